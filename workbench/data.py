@@ -1,0 +1,152 @@
+"""Evaluation data: the built-in digits splits and user files (.npz, .csv).
+
+A `Dataset` holds positional model inputs (one array per model input, samples on axis 0) and optional
+integer labels. Without labels, callers measure *fidelity* against the original model instead of
+accuracy. This module knows nothing about models beyond reshaping inputs to a declared shape.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from workbench.errors import WorkbenchError
+
+DIGITS_SPLIT = {"seed": 0, "test": 360, "calib": 180}  # the rest (1257) is train; fixed for every run
+LABEL_COLUMNS = ("label", "y", "target", "class")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    inputs: tuple[np.ndarray, ...]
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.inputs[0])
+
+    @property
+    def num_classes(self) -> int | None:
+        return None if self.labels is None else int(self.labels.max()) + 1
+
+    def take(self, n: int) -> Dataset:
+        """The first `n` samples (deterministic: splits are already shuffled)."""
+        labels = None if self.labels is None else self.labels[:n]
+        return Dataset(self.name, tuple(x[:n] for x in self.inputs), labels)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train (for fine-tuning; None for eval-only user data), calibration and test sets."""
+
+    train: Dataset | None
+    calib: Dataset
+    test: Dataset
+
+
+def digits_splits() -> Splits:
+    """scikit-learn's 8x8 digits, scaled to [0, 1], shaped (N, 1, 8, 8); a fixed stratified split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = (bunch.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    y = bunch.target.astype(np.int64)
+    seed = DIGITS_SPLIT["seed"]
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        x, y, test_size=DIGITS_SPLIT["test"], random_state=seed, stratify=y
+    )
+    x_train, x_cal, y_train, y_cal = train_test_split(
+        x_rest, y_rest, test_size=DIGITS_SPLIT["calib"], random_state=seed, stratify=y_rest
+    )
+    return Splits(
+        train=Dataset("digits/train", (x_train,), y_train),
+        calib=Dataset("digits/calib", (x_cal,), y_cal),
+        test=Dataset("digits/test", (x_test,), y_test),
+    )
+
+
+def load_user_data(path: str | Path, input_names: list[str] | None = None,
+                   label_column: str | None = None) -> Dataset:
+    """Load a `.npz` (`x`, optional `y`) or `.csv` (numeric features + optional label column)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorkbenchError(f"{path}: data file not found")
+    if path.stat().st_size == 0:
+        raise WorkbenchError(f"{path.name}: the file is empty")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return _load_npz(path, input_names or [])
+    if suffix == ".csv":
+        return _load_csv(path, label_column)
+    raise WorkbenchError(f"{path.name}: unsupported data format '{suffix}' (use .npz with x/y or .csv)")
+
+
+def _load_npz(path: Path, input_names: list[str]) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as exc:  # zipfile/ValueError: any unreadable file is a user error
+        raise WorkbenchError(f"{path.name}: not a readable .npz file ({exc})") from None
+    if input_names and all(n in arrays for n in input_names):
+        inputs = [arrays[n] for n in input_names]
+    elif "x" in arrays:
+        inputs = [arrays["x"]]
+    elif "x0" in arrays:
+        inputs = [arrays[f"x{i}"] for i in range(len(arrays)) if f"x{i}" in arrays]
+    else:
+        raise WorkbenchError(f"{path.name}: no 'x' array (found: {', '.join(sorted(arrays)) or 'none'})")
+    labels = arrays.get("y")
+    return _checked(path.name, inputs, labels)
+
+
+def _load_csv(path: Path, label_column: str | None) -> Dataset:
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if len(rows) < 2:
+        raise WorkbenchError(f"{path.name}: needs a header row and at least one data row")
+    header, body = [h.strip() for h in rows[0]], rows[1:]
+    label_col = label_column or next((h for h in header if h.lower() in LABEL_COLUMNS), None)
+    if label_column and label_column not in header:
+        raise WorkbenchError(f"{path.name}: label column '{label_column}' not in header")
+    try:
+        table = np.array([[float(v) for v in row] for row in body], dtype=np.float64)
+    except ValueError as exc:
+        raise WorkbenchError(f"{path.name}: all columns must be numeric ({exc})") from None
+    if table.ndim != 2 or table.shape[1] != len(header):
+        raise WorkbenchError(f"{path.name}: rows do not all have {len(header)} columns")
+    features = [i for i, h in enumerate(header) if h != label_col]
+    labels = table[:, header.index(label_col)] if label_col else None
+    return _checked(path.name, [table[:, features].astype(np.float32)], labels)
+
+
+def _checked(name: str, inputs: list[np.ndarray], labels: np.ndarray | None) -> Dataset:
+    n = len(inputs[0])
+    if n == 0 or any(len(x) != n for x in inputs):
+        raise WorkbenchError(f"{name}: inputs are empty or have different sample counts")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (n,):
+            raise WorkbenchError(f"{name}: labels have shape {labels.shape}, expected ({n},)")
+        if not np.all(np.isfinite(labels.astype(np.float64))) or np.any(labels < 0) or np.any(
+            labels != np.round(labels)
+        ):
+            raise WorkbenchError(f"{name}: labels must be non-negative integers")
+        labels = labels.astype(np.int64)
+    return Dataset(name, tuple(inputs), labels)
+
+
+def adapt_to_shape(x: np.ndarray, shape: list[int | str | None], dtype: np.dtype, source: str) -> np.ndarray:
+    """Reshape/cast samples to a model input (`shape` includes the batch axis; names mean dynamic)."""
+    per_sample = shape[1:]
+    if all(isinstance(d, int) and d > 0 for d in per_sample):
+        want = int(np.prod(per_sample))
+        if int(np.prod(x.shape[1:])) != want:
+            raise WorkbenchError(
+                f"{source}: samples have shape {tuple(x.shape[1:])}, the model expects {tuple(per_sample)}"
+            )
+        x = x.reshape((len(x), *per_sample))
+    return x.astype(dtype, copy=False)

@@ -1,0 +1,125 @@
+"""Read an ONNX graph the way a compression tool needs: which initializers are weights, at how many
+bits, and which compute ops run quantized. Pure `onnx` + numpy; no ONNX Runtime, no torch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+# Ops that run an integer or low-bit kernel in ONNX Runtime (QOperator / dynamic / weight-only forms).
+QUANTIZED_KERNEL_OPS = frozenset({
+    "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulNBits", "QGemm",
+    "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention",
+})
+PASS_THROUGH = frozenset({"DequantizeLinear", "Cast", "Transpose", "Reshape", "Identity"})
+
+
+@dataclass(frozen=True)
+class WeightTensor:
+    """One weight matrix/kernel of a compute op, as stored in the graph."""
+
+    name: str          # initializer name
+    layer: str         # the compute node that consumes it
+    op_type: str       # that node's op type
+    shape: tuple[int, ...]   # logical (unpacked) shape
+    params: int
+    nonzero: int
+    bits: int          # bits per stored value (32 float, 16 half, 8 int8, 4 for MatMulNBits 4-bit ...)
+
+
+def initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def _source_initializer(name: str, inits: dict, producers: dict) -> str | None:
+    """Follow DequantizeLinear/Cast/Transpose back from a node input to the initializer feeding it."""
+    for _ in range(4):
+        if name in inits:
+            return name
+        node = producers.get(name)
+        if node is None or node.op_type not in PASS_THROUGH or not node.input:
+            return None
+        name = node.input[0]
+    return None
+
+
+def _bits(tensor: onnx.TensorProto) -> int:
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+        return 4
+    return int(np.dtype(dtype).itemsize * 8)
+
+
+def weight_tensors(model: onnx.ModelProto) -> list[WeightTensor]:
+    """The weights of Conv/MatMul/Gemm (also behind DequantizeLinear) and of quantized kernels."""
+    inits, producers = initializers(model), _producers(model)
+    seen: dict[str, WeightTensor] = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            tensor = inits.get(node.input[1])
+            if tensor is None:
+                continue
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            k, n, bits = int(attrs["K"]), int(attrs["N"]), int(attrs["bits"])
+            packed = numpy_helper.to_array(tensor)
+            # a zero weight is not visible in packed codes; count codes equal to the zero point (approx.)
+            seen[tensor.name] = WeightTensor(tensor.name, node.name or node.output[0], node.op_type,
+                                             (k, n), k * n, k * n if packed.any() else 0, bits)
+            continue
+        if node.op_type not in COMPUTE_OPS and node.op_type not in QUANTIZED_KERNEL_OPS:
+            continue
+        weight_input = 3 if node.op_type in ("QLinearConv", "QLinearMatMul") else 1
+        if len(node.input) <= weight_input:
+            continue
+        name = _source_initializer(node.input[weight_input], inits, producers)
+        if name is None or name in seen:
+            continue
+        tensor = inits[name]
+        array = numpy_helper.to_array(tensor)
+        if array.ndim < 2:
+            continue
+        seen[name] = WeightTensor(name, node.name or node.output[0], node.op_type, tuple(array.shape),
+                                  int(array.size), int(np.count_nonzero(array)), _bits(tensor))
+    return list(seen.values())
+
+
+@dataclass(frozen=True)
+class OpCoverage:
+    """How many compute ops run an integer kernel versus float."""
+
+    histogram: dict[str, int]
+    quantized: int
+    float_ops: int
+    float_names: tuple[str, ...]
+
+    @property
+    def fraction(self) -> float:
+        total = self.quantized + self.float_ops
+        return self.quantized / total if total else 0.0
+
+
+def op_coverage(model: onnx.ModelProto) -> OpCoverage:
+    """Count compute ops: quantized kernels, QDQ-wrapped ops (ORT fuses DQ->op->Q into int8), float."""
+    producers = _producers(model)
+    histogram = Counter(node.op_type for node in model.graph.node)
+    quantized, float_names = 0, []
+    for node in model.graph.node:
+        if node.op_type in QUANTIZED_KERNEL_OPS:
+            quantized += 1
+        elif node.op_type in COMPUTE_OPS:
+            fed = [producers.get(i) for i in node.input[:2]]
+            if all(p is not None and p.op_type == "DequantizeLinear" for p in fed):
+                quantized += 1
+            else:
+                float_names.append(node.name or node.output[0])
+    return OpCoverage(dict(sorted(histogram.items())), quantized, len(float_names), tuple(float_names))

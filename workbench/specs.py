@@ -1,0 +1,357 @@
+"""Recipes as data: frozen, validated dataclasses that round-trip to plain dicts (and YAML).
+
+A `RunSpec` is everything needed to reproduce a run: which model, which data, the compression
+stages in order, and how to measure. Specs validate in `__post_init__`; errors name the field
+(`stages[1].sparsity: ...`). `to_dict` writes a `version`; `from_dict` migrates older versions, so
+old runs stay readable. This module imports neither torch nor onnxruntime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from workbench.errors import WorkbenchError
+
+SPEC_VERSION = 1
+MODEL_SUFFIXES = (".onnx", ".pt2", ".pt", ".ts", ".safetensors")
+PRUNE_METHODS = ("magnitude", "random")
+PRUNE_SCOPES = ("global", "layer")
+PRUNE_SCHEDULES = ("oneshot", "iterative")
+QUANT_METHODS = ("static", "dynamic", "weight_only", "fp16", "fake")
+CALIBRATIONS = ("minmax", "entropy", "percentile")
+WEIGHT_ONLY_BITS = (2, 4, 8)
+
+
+class SpecError(WorkbenchError):
+    """An invalid recipe field; the message starts with the field's path."""
+
+
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise SpecError(f"{name}: {message}")
+
+
+def _fraction(value: float, name: str, upper_open: bool = True) -> None:
+    _check(isinstance(value, int | float) and not isinstance(value, bool), name, f"must be a number, got {value!r}")
+    _check(0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0, name,
+           f"must be in [0, 1{')' if upper_open else ']'}, got {value}")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A sample by name, or a user file (ONNX, torch.export .pt2, TorchScript, safetensors + arch)."""
+
+    sample: str | None = None
+    path: str | None = None
+    arch: str | None = None
+    input_shape: tuple[int, ...] | None = None  # per-sample shape, for TorchScript without data hints
+
+    def __post_init__(self) -> None:
+        _check((self.sample is None) != (self.path is None), "sample", "give exactly one of 'sample' or 'path'")
+        if self.path is not None:
+            suffix = Path(self.path).suffix.lower()
+            _check(suffix in MODEL_SUFFIXES, "path",
+                   f"unsupported file type '{suffix}' (supported: {', '.join(MODEL_SUFFIXES)})")
+            _check(suffix != ".safetensors" or self.arch is not None, "arch",
+                   "safetensors weights need 'arch' (a built-in architecture name)")
+
+    @property
+    def label(self) -> str:
+        return self.sample or Path(self.path or "").name
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """Built-in data by name, or a user `.npz`/`.csv` for evaluation (+ optional training file)."""
+
+    builtin: str | None = "digits"
+    path: str | None = None
+    train_path: str | None = None
+    label_column: str | None = None
+    max_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.path is not None and self.builtin is not None:
+            object.__setattr__(self, "builtin", None)
+        _check(self.builtin in (None, "digits"), "builtin", f"unknown dataset '{self.builtin}' (known: digits)")
+        _check(self.builtin is not None or self.path is not None, "path", "give 'builtin' or 'path'")
+        _check(self.max_samples is None or self.max_samples > 0, "max_samples", "must be positive")
+
+    @property
+    def label(self) -> str:
+        return self.builtin or Path(self.path or "").name
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    """Recovery training of a torch model; pruning masks are kept (pruned weights stay zero)."""
+
+    kind: ClassVar[str] = "finetune"
+    epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.epochs, int) and self.epochs >= 0, "epochs", f"must be >= 0, got {self.epochs}")
+        _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """Unstructured pruning of Linear/Conv (MatMul/Gemm/Conv) weights.
+
+    `scope="global"` ranks all weights together; `"layer"` prunes each layer to the same sparsity.
+    `overrides` sets a sparsity per layer (glob patterns on layer names), `exclude` leaves layers dense.
+    `schedule="iterative"` prunes `per_round` of the remaining weights per round until `sparsity`,
+    running `finetune` between rounds (the seed recipe).
+    """
+
+    kind: ClassVar[str] = "prune"
+    method: str = "magnitude"
+    scope: str = "global"
+    sparsity: float = 0.5
+    overrides: dict[str, float] = field(default_factory=dict)
+    exclude: tuple[str, ...] = ()
+    schedule: str = "oneshot"
+    per_round: float = 0.2
+    finetune: FinetuneSpec | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.method in PRUNE_METHODS, "method", f"unknown '{self.method}' (known: {', '.join(PRUNE_METHODS)})")
+        _check(self.scope in PRUNE_SCOPES, "scope", f"unknown '{self.scope}' (known: {', '.join(PRUNE_SCOPES)})")
+        _check(self.schedule in PRUNE_SCHEDULES, "schedule",
+               f"unknown '{self.schedule}' (known: {', '.join(PRUNE_SCHEDULES)})")
+        _fraction(self.sparsity, "sparsity")
+        _fraction(self.per_round, "per_round")
+        _check(self.per_round > 0, "per_round", "must be > 0")
+        for pattern, value in self.overrides.items():
+            _fraction(value, f"overrides[{pattern}]")
+
+    @property
+    def rounds(self) -> int:
+        """Rounds needed to reach `sparsity` removing `per_round` of the survivors each round."""
+        if self.schedule == "oneshot" or self.sparsity == 0:
+            return 1
+        import math
+
+        return max(1, math.ceil(math.log(1 - self.sparsity) / math.log(1 - self.per_round) - 1e-9))
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """Quantization of the exported ONNX model.
+
+    static: int8 QDQ with calibration (ORT); dynamic: int8 weights, activations quantized at run time
+    (ORT; MatMul/Gemm only unless `op_types` says otherwise); weight_only: MatMulNBits 2/4/8-bit (ORT);
+    fp16: half-precision weights; fake: weights (and optionally activations) rounded to `weight_bits` /
+    `activation_bits` but stored in float -- accuracy simulated, storage computed.
+    """
+
+    kind: ClassVar[str] = "quantize"
+    method: str = "static"
+    weight_bits: int = 8
+    activation_bits: int | None = None
+    calibration: str = "minmax"
+    per_channel: bool = False
+    op_types: tuple[str, ...] | None = None
+    block_size: int = 32
+    calib_samples: int = 128
+
+    def __post_init__(self) -> None:
+        m = self.method
+        _check(m in QUANT_METHODS, "method", f"unknown '{m}' (known: {', '.join(QUANT_METHODS)})")
+        _check(self.calibration in CALIBRATIONS, "calibration",
+               f"unknown '{self.calibration}' (known: {', '.join(CALIBRATIONS)})")
+        b = self.weight_bits
+        _check(isinstance(b, int) and 1 <= b <= 32, "weight_bits", f"must be an integer in 1..32, got {b}")
+        if m in ("static", "dynamic"):
+            _check(b == 8, "weight_bits", f"{m} quantization is int8; use method 'fake' for {b} bits")
+        elif m == "weight_only":
+            _check(b in WEIGHT_ONLY_BITS, "weight_bits",
+                   f"MatMulNBits supports {WEIGHT_ONLY_BITS}; use method 'fake' to simulate {b} bits")
+        elif m == "fp16":
+            _check(b == 16, "weight_bits", "fp16 stores 16-bit weights; set weight_bits: 16")
+        else:
+            _check(2 <= b <= 16, "weight_bits", f"fake quantization supports 2..16 bits, got {b}")
+        a = self.activation_bits
+        _check(a is None or (isinstance(a, int) and 2 <= a <= 16), "activation_bits", f"must be 2..16, got {a}")
+        _check(a is None or m == "fake", "activation_bits",
+               "only method 'fake' takes activation_bits (static/dynamic activations are int8)")
+        _check(self.block_size >= 16 and self.block_size & (self.block_size - 1) == 0, "block_size",
+               f"must be a power of two >= 16, got {self.block_size}")
+        _check(self.calib_samples > 0, "calib_samples", "must be positive")
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """How every variant is measured: the same for the baseline and each stage."""
+
+    batch_sizes: tuple[int, ...] = (1, 256)
+    threads: int = 1
+    warmup: int = 10
+    repeats: int = 100
+    torch_eager: bool = True
+    max_eval_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(len(self.batch_sizes) > 0 and all(b > 0 for b in self.batch_sizes), "batch_sizes",
+               "must be a non-empty list of positive integers")
+        _check(self.threads >= 1, "threads", "must be >= 1")
+        _check(self.repeats >= 1 and self.warmup >= 0, "repeats", "repeats >= 1 and warmup >= 0")
+
+
+StageSpec = PruneSpec | FinetuneSpec | QuantSpec
+STAGES: dict[str, type] = {cls.kind: cls for cls in (PruneSpec, FinetuneSpec, QuantSpec)}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    model: ModelRef
+    data: DataRef = field(default_factory=DataRef)
+    stages: tuple[StageSpec, ...] = ()
+    measure: MeasureSpec = field(default_factory=MeasureSpec)
+    name: str = ""
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": SPEC_VERSION,
+            "name": self.name,
+            "seed": self.seed,
+            "model": _plain(self.model),
+            "data": _plain(self.data),
+            "stages": [{stage.kind: _plain(stage)} for stage in self.stages],
+            "measure": _plain(self.measure),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunSpec:
+        if not isinstance(raw, dict):
+            raise SpecError(f"recipe: expected a mapping, got {type(raw).__name__}")
+        raw = _migrate(dict(raw))
+        _no_unknown(raw, {"version", "name", "seed", "model", "data", "stages", "measure"}, "recipe")
+        _check("model" in raw, "model", "missing (give a sample name or a file path)")
+        model = raw["model"]
+        if isinstance(model, str):
+            model = {"sample": model} if Path(model).suffix.lower() not in MODEL_SUFFIXES else {"path": model}
+        data = raw.get("data") or {}
+        if isinstance(data, str):
+            data = {"builtin": data} if data == "digits" else {"path": data}
+        stages = raw.get("stages") or []
+        _check(isinstance(stages, list), "stages", "must be a list")
+        return cls(
+            model=_build(ModelRef, model, "model"),
+            data=_build(DataRef, data, "data"),
+            stages=tuple(_stage(s, f"stages[{i}]") for i, s in enumerate(stages)),
+            measure=_build(MeasureSpec, raw.get("measure") or {}, "measure"),
+            name=str(raw.get("name") or ""),
+            seed=int(raw.get("seed", 0)),
+        )
+
+
+def _migrate(raw: dict[str, Any]) -> dict[str, Any]:
+    version = raw.pop("version", SPEC_VERSION)
+    _check(isinstance(version, int) and 1 <= version <= SPEC_VERSION, "version",
+           f"unsupported recipe version {version!r} (this workbench reads 1..{SPEC_VERSION})")
+    return raw  # version 1 is the first; later versions add their migration steps here
+
+
+def _stage(raw: Any, where: str) -> StageSpec:
+    if isinstance(raw, dict) and "kind" in raw:
+        kind, body = raw["kind"], {k: v for k, v in raw.items() if k != "kind"}
+    elif isinstance(raw, dict) and len(raw) == 1:
+        (kind, body), = raw.items()
+    else:
+        raise SpecError(f"{where}: expected {{<stage>: {{...}}}} with stage one of {', '.join(STAGES)}")
+    _check(kind in STAGES, where, f"unknown stage '{kind}' (known: {', '.join(STAGES)})")
+    return _build(STAGES[kind], body or {}, f"{where}.{kind}")
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    _check(isinstance(raw, dict), where, f"expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    _no_unknown(raw, names, where)
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in raw.items()}
+    try:
+        return cls(**kwargs)
+    except SpecError as exc:
+        raise SpecError(f"{where}.{exc}") from None
+    except TypeError as exc:
+        raise SpecError(f"{where}: {exc}") from None
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    """Turn YAML values (lists, dicts) into the field's type: tuples and nested specs."""
+    if value is None:
+        return None
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _coerce(args[0], value, where)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin is tuple:
+        _check(isinstance(value, list | tuple), where, f"expected a list, got {value!r}")
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _no_unknown(raw: dict, known: set[str], where: str) -> None:
+    unknown = sorted(set(raw) - known)
+    _check(not unknown, f"{where}.{unknown[0]}" if unknown else where,
+           f"unknown field (known: {', '.join(sorted(known))})")
+
+
+def _plain(spec: Any) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        if dataclasses.is_dataclass(value):
+            value = _plain(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, dict):
+            value = dict(value)
+        out[f.name] = value
+    return out
+
+
+def load_recipe(path: str | Path) -> RunSpec:
+    """Read and validate a YAML (or JSON) recipe; relative model/data paths resolve next to it."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise WorkbenchError(f"{path}: recipe not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise WorkbenchError(f"{path.name}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    spec = RunSpec.from_dict(raw)
+    return resolve_paths(spec, path.parent)
+
+
+def resolve_paths(spec: RunSpec, base: Path) -> RunSpec:
+    def fix(p: str | None) -> str | None:
+        return None if p is None or Path(p).is_absolute() else str((base / p).resolve())
+
+    model = dataclasses.replace(spec.model, path=fix(spec.model.path)) if spec.model.path else spec.model
+    data = dataclasses.replace(spec.data, path=fix(spec.data.path), train_path=fix(spec.data.train_path))
+    return dataclasses.replace(spec, model=model, data=data)
+
+
+def dump_recipe(spec: RunSpec) -> str:
+    import yaml
+
+    return yaml.safe_dump(spec.to_dict(), sort_keys=False)

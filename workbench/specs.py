@@ -228,7 +228,7 @@ class RunSpec:
             "seed": self.seed,
             "model": _plain(self.model),
             "data": _plain(self.data),
-            "stages": [{stage.kind: _plain(stage)} for stage in self.stages],
+            "stages": [stage_dict(stage) for stage in self.stages],
             "measure": _plain(self.measure),
         }
 
@@ -255,6 +255,11 @@ class RunSpec:
             name=str(raw.get("name") or ""),
             seed=int(raw.get("seed", 0)),
         )
+
+
+def stage_dict(stage: StageSpec) -> dict[str, Any]:
+    """A stage as recipes write it: `{kind: {field: value, ...}}`."""
+    return {stage.kind: _plain(stage)}
 
 
 def _migrate(raw: dict[str, Any]) -> dict[str, Any]:

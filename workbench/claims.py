@@ -1,0 +1,135 @@
+"""Say, per gain, whether it is real (smaller file, faster kernel, measured here) or simulated/estimated,
+with a one-line reason a user can act on. Pure functions over two measurements; no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from workbench.measure import Measurement
+
+NOISE = 0.10  # latency ratios within +-10% are reported as "no measurable change"
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a variant is, as opposed to what it measured."""
+
+    sparsity: float = 0.0              # fraction of weight values that are zero
+    quant_method: str | None = None    # static | dynamic | weight_only | fp16 | fake
+    simulated_quant: bool = False
+    storage_bits: int | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    aspect: str        # file size | compressed size | minimum storage | latency @ batch N | accuracy
+    kind: str          # real | simulated | estimate | none
+    ratio: float | None
+    reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _ratio(before: float, after: float) -> float:
+    return before / after if after > 0 else float("inf")
+
+
+def size_claims(base: Measurement, var: Measurement, facts: Facts) -> list[Claim]:
+    b, v = base.size, var.size
+    raw = _ratio(b.file_bytes, v.file_bytes)
+    pct = round(100 * facts.sparsity)
+    if facts.simulated_quant:
+        raw_claim = Claim("file size", "simulated", raw,
+                          f"weights rounded to {facts.storage_bits} bits but stored as float32: the file does not "
+                          f"shrink; a real {facts.storage_bits}-bit format would (see minimum storage)")
+    elif raw >= 1.05:
+        raw_claim = Claim("file size", "real", raw,
+                          f"the ONNX file is {raw:.1f}x smaller: weights stored at {v.bits_per_weight:.0f} bits "
+                          f"instead of {b.bits_per_weight:.0f}")
+    elif facts.sparsity >= 0.05:
+        raw_claim = Claim("file size", "none", raw,
+                          f"{pct}% of weights are zero but stored densely: the raw file is the same size")
+    else:
+        raw_claim = Claim("file size", "none", raw, "no change in how weights are stored")
+    gz = _ratio(b.gzip_bytes, v.gzip_bytes)
+    gz_why = ("zeros and repeated values compress well" if facts.sparsity >= 0.05 or facts.simulated_quant
+              else "smaller stored weights")
+    gz_claim = Claim("compressed size", "real" if gz >= 1.05 else "none", gz,
+                     f"gzip of the file is {gz:.1f}x smaller than the baseline's gzip: {gz_why}" if gz >= 1.05
+                     else "gzip gains nothing over the baseline's gzip")
+    mn = _ratio(b.file_bytes, v.min_storage_bytes)
+    min_claim = Claim("minimum storage", "estimate", mn,
+                      f"computed, not measured: {v.nonzero:,} nonzero weights at {v.storage_bits} bits + index = "
+                      f"{v.min_storage_bytes:,} bytes, {mn:.1f}x below the baseline file; needs a sparse/packed "
+                      "format that ONNX Runtime does not load")
+    return [raw_claim, gz_claim, min_claim]
+
+
+def latency_claims(base: Measurement, var: Measurement, facts: Facts) -> list[Claim]:
+    claims = []
+    for stats in var.latency:
+        ref = base.latency_at(stats.batch_size)
+        if ref is None:
+            continue
+        speed = _ratio(ref.median_ms, stats.median_ms)
+        aspect = f"latency @ batch {stats.batch_size}"
+        where = f"measured with ONNX Runtime, {stats.threads} thread(s), median of {stats.repeats}"
+        if speed >= 1 + NOISE:
+            claims.append(Claim(aspect, "real", speed, f"{speed:.2f}x faster ({where}); "
+                                f"{_speed_reason(var, facts)}"))
+        elif speed <= 1 - NOISE:
+            claims.append(Claim(aspect, "real", speed, f"{1 / speed:.2f}x SLOWER ({where}); "
+                                f"{_slow_reason(var, facts, stats.batch_size)}"))
+        else:
+            claims.append(Claim(aspect, "none", speed, f"no measurable change ({where}); "
+                                f"{_flat_reason(var, facts)}"))
+    return claims
+
+
+def _speed_reason(var: Measurement, facts: Facts) -> str:
+    if facts.quant_method in ("static", "dynamic", "weight_only"):
+        c = var.coverage
+        return f"integer kernels: {c.quantized} of {c.quantized + c.float_ops} compute ops quantized"
+    return "fewer bytes to move or cheaper kernels"
+
+
+def _slow_reason(var: Measurement, facts: Facts, batch: int) -> str:
+    if facts.quant_method in ("static", "dynamic"):
+        if var.coverage.histogram.get("ConvInteger"):
+            return "dynamic int8 Conv (ConvInteger) has slow CPU kernels; use static quantization for convs"
+        if batch <= 8:
+            return "quantize/dequantize overhead dominates a small model at small batch"
+        return "conversion overhead outweighs the int8 arithmetic here"
+    if facts.quant_method == "weight_only":
+        return "MatMulNBits unpacks low-bit weights per call; it pays off only for large layers at batch 1"
+    if facts.quant_method == "fp16":
+        return "ONNX Runtime's CPU provider has few fp16 kernels; it inserts casts back to float32"
+    if facts.simulated_quant:
+        return "fake-quant nodes add float work; a simulation is never faster"
+    return "variance or extra ops; check the op histogram"
+
+
+def _flat_reason(var: Measurement, facts: Facts) -> str:
+    if facts.sparsity >= 0.05 and facts.quant_method is None:
+        return (f"{round(100 * facts.sparsity)}% zeros stored densely: ONNX Runtime has no sparse kernel, "
+                "so no speedup is expected")
+    if facts.simulated_quant:
+        return "simulated quantization still computes in float32"
+    return "the model's arithmetic did not change enough to show"
+
+
+def accuracy_claim(base: Measurement, var: Measurement, facts: Facts) -> Claim:
+    key = "accuracy" if "accuracy" in var.metrics else "top1_agreement"
+    before, after = base.metrics.get(key), var.metrics.get(key)
+    delta = None if before is None or after is None else after - before
+    where = f"on {var.eval_samples} samples with ONNX Runtime"
+    if facts.simulated_quant:
+        return Claim(key, "simulated", delta, f"measured {where}, but quantization is simulated in float32 "
+                     "(fake-quant): a real low-bit kernel may differ slightly")
+    return Claim(key, "real", delta, f"measured {where} on the exported model")
+
+
+def claims_for(base: Measurement, var: Measurement, facts: Facts) -> list[Claim]:
+    return [*size_claims(base, var, facts), *latency_claims(base, var, facts), accuracy_claim(base, var, facts)]

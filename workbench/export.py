@@ -1,0 +1,74 @@
+"""torch -> ONNX, with a dynamic batch axis and stable names ("input", "logits").
+
+Uses the torch.export-based exporter (`dynamo=True`, needs onnxscript); TorchScript modules, which
+it cannot trace, go through the legacy TorchScript exporter. Export never changes the module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+
+import onnx
+import torch
+
+from workbench.errors import WorkbenchError
+
+log = logging.getLogger(__name__)
+OPSET = 18
+
+
+def input_names(count: int) -> list[str]:
+    return ["input"] if count == 1 else [f"input_{i}" for i in range(count)]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters print progress and warnings meant for developers; keep the user's terminal clean."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> onnx.ModelProto:
+    """Export `module` (eval mode) for inputs like `example` (batch on axis 0)."""
+    module = module.eval()
+    names = input_names(len(example))
+    with _quiet(), torch.no_grad():
+        if not isinstance(module, torch.jit.ScriptModule):
+            try:
+                return _export_dynamo(module, example, names)
+            except Exception as exc:  # fall back to the legacy exporter, which handles more Python
+                log.info("dynamo export failed (%s); trying the TorchScript exporter", str(exc).splitlines()[0])
+        try:
+            return _export_legacy(module, example, names)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise WorkbenchError(f"export to ONNX failed: {first}") from None
+
+
+def _export_dynamo(module: torch.nn.Module, example: tuple, names: list[str]) -> onnx.ModelProto:
+    batch = torch.export.Dim("batch")
+    program = torch.onnx.export(
+        module, example, dynamo=True, opset_version=OPSET, input_names=names, output_names=["logits"],
+        dynamic_shapes=tuple({0: batch} for _ in example), verbose=False,
+    )
+    return program.model_proto
+
+
+def _export_legacy(module: torch.nn.Module, example: tuple, names: list[str]) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    axes = {n: {0: "batch"} for n in [*names, "logits"]}
+    torch.onnx.export(module, example, buffer, dynamo=False, opset_version=OPSET, input_names=names,
+                      output_names=["logits"], dynamic_axes=axes)
+    return onnx.load_from_string(buffer.getvalue())

@@ -1,0 +1,69 @@
+"""Recovery fine-tuning of a torch model that keeps pruning masks (pruned weights stay exactly zero).
+
+Plain cross-entropy training with Adam on the training split; masks are re-applied after every
+optimizer step. Knows nothing about ONNX or measurement.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from workbench.data import Dataset
+from workbench.errors import WorkbenchError
+from workbench.pruning import torch_weights
+from workbench.specs import FinetuneSpec
+
+log = logging.getLogger(__name__)
+
+
+def finetune(module: nn.Module, spec: FinetuneSpec, train: Dataset, masks: dict[str, np.ndarray] | None = None,
+             progress: Callable[[float], None] | None = None, cancelled: Callable[[], bool] | None = None) -> float:
+    """Train `module` in place for `spec.epochs`; returns the last epoch's mean loss."""
+    if train.labels is None:
+        raise WorkbenchError("finetune: the training data has no labels")
+    if spec.epochs == 0:
+        return float("nan")
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise WorkbenchError("finetune: the model has no trainable parameters")
+    weights = torch_weights(module)
+    mask_tensors = {n: torch.from_numpy(m).to(weights[n].dtype) for n, m in (masks or {}).items() if n in weights}
+    x = tuple(torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in train.inputs)
+    y = torch.from_numpy(train.labels)
+    generator = torch.Generator().manual_seed(spec.seed)
+    optimizer = torch.optim.Adam(params, lr=spec.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    module.train()
+    last = float("nan")
+    try:
+        for epoch in range(spec.epochs):
+            order = torch.randperm(len(y), generator=generator)
+            losses = []
+            for start in range(0, len(y), spec.batch_size):
+                idx = order[start:start + spec.batch_size]
+                optimizer.zero_grad()
+                loss = loss_fn(module(*(t[idx] for t in x)), y[idx])
+                loss.backward()
+                optimizer.step()
+                _reapply(weights, mask_tensors)
+                losses.append(loss.item())
+                if cancelled and cancelled():
+                    return last
+            last = float(np.mean(losses))
+            log.info("finetune epoch %d/%d loss %.4f", epoch + 1, spec.epochs, last)
+            if progress:
+                progress((epoch + 1) / spec.epochs)
+    finally:
+        module.eval()
+    return last
+
+
+def _reapply(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, mask in masks.items():
+            weights[name].mul_(mask)

@@ -1,0 +1,56 @@
+"""Measure one variant the same way as every other: accuracy (or fidelity), latency, size, op coverage.
+
+The caller fixes the eval set, batch sizes and threads once per run (a `MeasureSpec`), so the baseline
+and each variant are measured under identical conditions. Nothing here decides what a number means;
+that is workbench.claims.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+
+from workbench.benchmark import LatencyStats, ort_latency, torch_latency
+from workbench.data import Dataset
+from workbench.evaluate import make_session, predict, score
+from workbench.onnx_graph import OpCoverage, op_coverage, weight_tensors
+from workbench.size import SizeStats, size_stats
+from workbench.specs import MeasureSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    metrics: dict[str, float]                 # accuracy and/or fidelity vs the baseline
+    latency: tuple[LatencyStats, ...]         # ONNX Runtime, per batch size
+    torch_latency: tuple[LatencyStats, ...]   # torch eager, when the variant is still a torch model
+    size: SizeStats
+    coverage: OpCoverage
+    eval_samples: int
+
+    def latency_at(self, batch_size: int, engine: str = "onnxruntime") -> LatencyStats | None:
+        pool = self.latency if engine == "onnxruntime" else self.torch_latency
+        return next((s for s in pool if s.batch_size == batch_size), None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure(model: onnx.ModelProto, eval_set: Dataset, spec: MeasureSpec, module=None,
+            reference: np.ndarray | None = None, storage_bits: int | None = None) -> tuple[Measurement, np.ndarray]:
+    """Measure `model` (and `module`'s eager latency if given); returns the measurement and raw outputs."""
+    data = model.SerializeToString()
+    session = make_session(data, spec.threads)
+    outputs = predict(session, eval_set)
+    metrics = score(outputs, eval_set.labels, reference)
+    latency = ort_latency(data, eval_set, spec.batch_sizes, spec.threads, spec.warmup, spec.repeats)
+    eager: list[LatencyStats] = []
+    if module is not None and spec.torch_eager:
+        eager = torch_latency(module, eval_set, spec.batch_sizes, spec.threads, spec.warmup, spec.repeats)
+    size = size_stats(data, weight_tensors(model), storage_bits)
+    result = Measurement(metrics, tuple(latency), tuple(eager), size, op_coverage(model), len(eval_set))
+    return result, outputs

@@ -1,0 +1,152 @@
+"""run_pipeline(spec, progress, cancel) -> Report: load, measure the baseline once, run each stage,
+measure each variant the same way, and write the artifacts.
+
+Progress is reported as (fraction of the whole run, stage label, message); `cancel` is polled between
+stages and inside long loops. This module does orchestration only: loading, compression, measurement
+and claims live in their own modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from workbench.claims import Facts, claims_for
+from workbench.data import Dataset, Splits, adapt_to_shape, digits_splits, load_user_data
+from workbench.environment import environment
+from workbench.errors import WorkbenchError
+from workbench.measure import measure
+from workbench.models import LoadedModel, load_model
+from workbench.report import Report, VariantResult
+from workbench.specs import RunSpec, stage_dict
+from workbench.stages import STAGE_RUNNERS, Context, Variant, to_onnx
+
+log = logging.getLogger(__name__)
+Progress = Callable[[float, str, str], None]
+
+
+def load_splits(spec: RunSpec, model: LoadedModel, input_names: list[str] | None = None) -> Splits:
+    """Train/calib/test for the run, shaped for the model when its input shape is known."""
+    ref = spec.data
+    if ref.builtin == "digits":
+        splits = digits_splits()
+    else:
+        test = load_user_data(ref.path, input_names, ref.label_column)
+        train = load_user_data(ref.train_path, input_names, ref.label_column) if ref.train_path else None
+        splits = Splits(train=train, calib=test, test=test)
+    limit = ref.max_samples or spec.measure.max_eval_samples
+    if limit:
+        splits = dataclasses.replace(splits, test=splits.test.take(limit))
+    if model.input_shape is not None:
+        parts = (splits.train, splits.calib, splits.test)
+        splits = Splits(*(None if d is None else _shaped(d, model.input_shape) for d in parts))
+    return splits
+
+
+def _shaped(data: Dataset, shape: tuple[int, ...]) -> Dataset:
+    if len(data.inputs) != 1:
+        return data
+    x = adapt_to_shape(data.inputs[0], [None, *shape], np.dtype(np.float32), data.name)
+    return dataclasses.replace(data, inputs=(x,))
+
+
+def _example(model: LoadedModel, splits: Splits) -> tuple:
+    import torch
+
+    return tuple(torch.from_numpy(np.ascontiguousarray(x[:2])) for x in splits.test.inputs)
+
+
+def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
+                 out_dir: str | Path | None = None) -> Report:
+    """Run `spec` end to end; if `out_dir` is given, write model.onnx, report.json and recipe.yaml there."""
+    started = time.perf_counter()
+    report_progress = progress or (lambda *_: None)
+    cancelled = cancel or (lambda: False)
+    steps = len(spec.stages) + 1
+
+    report_progress(0.0, "load", f"loading {spec.model.label}")
+    loaded = load_model(spec.model)
+    names = _onnx_input_names(loaded)
+    splits = load_splits(spec, loaded, names)
+    variant = Variant(module=loaded.module, onnx_model=loaded.onnx_model)
+    ctx = Context(spec, splits, _example(loaded, splits) if loaded.module is not None else (),
+                  lambda f, msg: None, cancelled)
+
+    report_progress(0.02, "baseline", "exporting and measuring the baseline")
+    base_model = to_onnx(variant, ctx)
+    base_m, reference = measure(base_model, splits.test, spec.measure, module=loaded.module)
+    baseline = VariantResult("baseline", None, base_m, Facts())
+    reference = reference if splits.test.labels is None else None
+
+    results, model = [], base_model
+    for i, stage in enumerate(spec.stages, start=1):
+        ctx.check()
+        label = f"{i}: {stage.kind}"
+        ctx.progress = lambda f, msg, i=i, label=label: report_progress((i + f) / (steps + 1), label, msg)
+        ctx.progress(0.0, f"running {stage.kind}")
+        variant = STAGE_RUNNERS[stage.kind](variant, stage, ctx)
+        ctx.progress(0.9, "measuring")
+        model = to_onnx(variant, ctx)
+        m, _ = measure(model, splits.test, spec.measure, module=variant.module, reference=reference,
+                       storage_bits=variant.storage_bits if variant.simulated_quant else None)
+        facts = Facts(m.size.sparsity, variant.quant_method, variant.simulated_quant, variant.storage_bits)
+        results.append(VariantResult(label, stage_dict(stage), m, facts,
+                                     tuple(claims_for(base_m, m, facts)), tuple(variant.notes),
+                                     tuple(variant.history)))
+    report = Report(spec.to_dict(), environment(spec.measure.threads), baseline, tuple(results),
+                    round(time.perf_counter() - started, 2))
+    if out_dir is not None:
+        report = write_artifacts(report, model, spec, Path(out_dir))
+    report_progress(1.0, "done", f"finished in {report.seconds:.1f} s")
+    return report
+
+
+def _onnx_input_names(loaded: LoadedModel) -> list[str] | None:
+    if loaded.onnx_model is None:
+        return None
+    inits = {t.name for t in loaded.onnx_model.graph.initializer}
+    return [i.name for i in loaded.onnx_model.graph.input if i.name not in inits]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, then rename: readers never see a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_artifacts(report: Report, model, spec: RunSpec, out_dir: Path) -> Report:
+    from workbench.specs import dump_recipe
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(out_dir / "model.onnx", model.SerializeToString())
+        _atomic_write(out_dir / "recipe.yaml", dump_recipe(spec).encode())
+        report = dataclasses.replace(report, artifacts={"model": "model.onnx", "recipe": "recipe.yaml",
+                                                        "report": "report.json"})
+        _atomic_write(out_dir / "report.json", json.dumps(report.to_dict(), indent=2, default=_json).encode())
+    except OSError as exc:
+        raise WorkbenchError(f"{out_dir}: could not write artifacts ({exc.strerror or exc})") from None
+    return report
+
+
+def _json(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple | set):
+        return list(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+

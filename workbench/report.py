@@ -1,0 +1,87 @@
+"""The result of a run: the baseline and each stage's variant, measured alike, with claims.
+
+`Report.to_dict()` is what `report.json` holds; `render_text` is what the CLI prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from workbench.claims import Claim, Facts
+from workbench.measure import Measurement
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    name: str                          # "baseline" or "<n>: <stage>"
+    stage: dict[str, Any] | None       # the stage spec that produced it
+    measurement: Measurement
+    facts: Facts
+    claims: tuple[Claim, ...] = ()
+    notes: tuple[str, ...] = ()
+    history: tuple[dict[str, Any], ...] = ()   # per-round records (iterative pruning)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Report:
+    spec: dict[str, Any]
+    environment: dict[str, Any]
+    baseline: VariantResult
+    variants: tuple[VariantResult, ...]
+    seconds: float
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def final(self) -> VariantResult:
+        return self.variants[-1] if self.variants else self.baseline
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "environment": self.environment,
+            "baseline": self.baseline.to_dict(),
+            "variants": [v.to_dict() for v in self.variants],
+            "seconds": self.seconds,
+            "artifacts": self.artifacts,
+        }
+
+    def summary_rows(self) -> list[dict[str, Any]]:
+        """One flat row per variant (baseline first): the numbers a comparison table shows."""
+        return [_row(v, self.baseline) for v in (self.baseline, *self.variants)]
+
+
+def _row(v: VariantResult, base: VariantResult) -> dict[str, Any]:
+    m, b = v.measurement, base.measurement
+    row: dict[str, Any] = {"variant": v.name, **{k: round(x, 4) for k, x in m.metrics.items()}}
+    row.update(file_kb=round(m.size.file_bytes / 1024, 1), gzip_kb=round(m.size.gzip_bytes / 1024, 1),
+               min_storage_kb=round(m.size.min_storage_bytes / 1024, 1), sparsity=round(m.size.sparsity, 3),
+               bits=m.size.bits_per_weight, gzip_x=round(b.size.file_bytes / m.size.gzip_bytes, 2))
+    for s in m.latency:
+        ref = b.latency_at(s.batch_size)
+        row[f"ort_ms@{s.batch_size}"] = round(s.median_ms, 4)
+        if ref:
+            row[f"speedup@{s.batch_size}"] = round(ref.median_ms / s.median_ms, 2)
+    for s in m.torch_latency:
+        row[f"torch_ms@{s.batch_size}"] = round(s.median_ms, 4)
+    row["int8_ops"] = f"{m.coverage.quantized}/{m.coverage.quantized + m.coverage.float_ops}"
+    return row
+
+
+def render_text(report: Report) -> str:
+    """A plain-text report: the table, then each variant's claims."""
+    rows = report.summary_rows()
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys}
+    lines = ["  ".join(k.ljust(widths[k]) for k in keys)]
+    lines += ["  ".join(str(r.get(k, "")).ljust(widths[k]) for k in keys) for r in rows]
+    env = report.environment
+    lines.append(f"\nmeasured on {env.get('cpu_model')} ({env.get('int8_note')}), {env.get('threads')} thread(s)")
+    for v in report.variants:
+        lines.append(f"\n{v.name}")
+        lines += [f"  [{c.kind.upper():9}] {c.aspect}: {c.reason}" for c in v.claims]
+        lines += [f"  note: {n}" for n in v.notes]
+    return "\n".join(lines)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 from workbench.measure import Measurement
 
-NOISE = 0.10  # latency ratios within +-10% are reported as "no measurable change"
+NOISE = 0.10  # latency ratios within +-10% (or the measured spread, if wider) are "no measurable change"
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class Facts:
     quant_method: str | None = None    # static | dynamic | weight_only | fp16 | fake
     simulated_quant: bool = False
     storage_bits: int | None = None
+    same_kernels: bool = False         # same ops and tensor shapes as the baseline: only values differ
 
 
 @dataclass(frozen=True)
@@ -76,16 +77,27 @@ def latency_claims(base: Measurement, var: Measurement, facts: Facts) -> list[Cl
         speed = _ratio(ref.median_ms, stats.median_ms)
         aspect = f"latency @ batch {stats.batch_size}"
         where = f"measured with ONNX Runtime, {stats.threads} thread(s), median of {stats.repeats}"
-        if speed >= 1 + NOISE:
+        noise = max(NOISE, _spread(ref.median_ms, ref.p90_ms), _spread(stats.median_ms, stats.p90_ms))
+        if facts.same_kernels:
+            claims.append(Claim(aspect, "none", speed, f"no change expected: same ops and shapes as the baseline, "
+                                f"so ONNX Runtime runs the same dense kernels; {_flat_reason(var, facts)} "
+                                f"(measured ratio {speed:.2f}x is run-to-run noise; {where})"))
+        elif speed >= 1 + noise:
             claims.append(Claim(aspect, "real", speed, f"{speed:.2f}x faster ({where}); "
                                 f"{_speed_reason(var, facts)}"))
-        elif speed <= 1 - NOISE:
+        elif speed <= 1 / (1 + noise):
             claims.append(Claim(aspect, "real", speed, f"{1 / speed:.2f}x SLOWER ({where}); "
                                 f"{_slow_reason(var, facts, stats.batch_size)}"))
         else:
-            claims.append(Claim(aspect, "none", speed, f"no measurable change ({where}); "
+            claims.append(Claim(aspect, "none", speed, f"no measurable change: {speed:.2f}x is within the "
+                                f"run-to-run spread of {noise:.0%} ({where}); "
                                 f"{_flat_reason(var, facts)}"))
     return claims
+
+
+def _spread(median: float, p90: float) -> float:
+    """Relative p90-over-median spread: a change smaller than this is indistinguishable from noise."""
+    return (p90 - median) / median if median > 0 else 0.0
 
 
 def _speed_reason(var: Measurement, facts: Facts) -> str:

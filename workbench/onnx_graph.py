@@ -123,3 +123,10 @@ def op_coverage(model: onnx.ModelProto) -> OpCoverage:
             else:
                 float_names.append(node.name or node.output[0])
     return OpCoverage(dict(sorted(histogram.items())), quantized, len(float_names), tuple(float_names))
+
+
+def kernel_signature(model: onnx.ModelProto) -> tuple:
+    """Op types in order plus initializer shapes and dtypes: equal signatures run the same kernels."""
+    ops = tuple(node.op_type for node in model.graph.node)
+    tensors = tuple(sorted((tuple(t.dims), t.data_type) for t in model.graph.initializer))
+    return ops, tensors

@@ -25,6 +25,7 @@ from workbench.environment import environment
 from workbench.errors import WorkbenchError
 from workbench.measure import measure
 from workbench.models import LoadedModel, load_model
+from workbench.onnx_graph import kernel_signature
 from workbench.report import Report, VariantResult
 from workbench.specs import RunSpec, stage_dict
 from workbench.stages import STAGE_RUNNERS, Context, Variant, to_onnx
@@ -86,7 +87,7 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
     baseline = VariantResult("baseline", None, base_m, Facts())
     reference = reference if splits.test.labels is None else None
 
-    results, model = [], base_model
+    results, model, base_signature = [], base_model, kernel_signature(base_model)
     for i, stage in enumerate(spec.stages, start=1):
         ctx.check()
         label = f"{i}: {stage.kind}"
@@ -97,7 +98,8 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
         model = to_onnx(variant, ctx)
         m, _ = measure(model, splits.test, spec.measure, module=variant.module, reference=reference,
                        storage_bits=variant.storage_bits if variant.simulated_quant else None)
-        facts = Facts(m.size.sparsity, variant.quant_method, variant.simulated_quant, variant.storage_bits)
+        facts = Facts(m.size.sparsity, variant.quant_method, variant.simulated_quant, variant.storage_bits,
+                      same_kernels=kernel_signature(model) == base_signature)
         results.append(VariantResult(label, stage_dict(stage), m, facts,
                                      tuple(claims_for(base_m, m, facts)), tuple(variant.notes),
                                      tuple(variant.history)))

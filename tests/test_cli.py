@@ -1,0 +1,62 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import FAST_MEASURE
+from workbench.cli import main
+
+
+def _recipe(tmp_path, stages, model="digits-mlp"):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"name": "cli-test", "model": model, "stages": stages, "measure": FAST_MEASURE}))
+    return path
+
+
+def test_run_writes_model_report_and_log(tmp_path, capsys):
+    recipe = _recipe(tmp_path, [{"prune": {"sparsity": 0.5}}, {"quantize": {"method": "dynamic"}}])
+    main(["run", str(recipe), "--out", str(tmp_path / "out"), "--quiet"])
+    out = tmp_path / "out"
+    assert {p.name for p in out.iterdir()} >= {"model.onnx", "report.json", "recipe.yaml", "log.txt"}
+    assert "baseline" in json.loads((out / "report.json").read_text())
+    assert "1: prune" in (out / "log.txt").read_text()
+    printed = capsys.readouterr().out
+    assert "[NONE" in printed and "stored densely" in printed
+
+
+def test_inspect_prints_layers(capsys):
+    main(["inspect", "digits-cnn"])
+    out = capsys.readouterr().out
+    assert "features.1.0" in out and "MACs/sample 2,382,848" in out
+
+
+def test_bad_recipe_is_one_line_exit_2(tmp_path, capsys):
+    recipe = _recipe(tmp_path, [{"prune": {"sparsity": 1.5}}])
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(recipe), "--out", str(tmp_path / "out")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: stages[0].prune.sparsity: must be in [0, 1), got 1.5"
+
+
+def test_corrupt_model_is_one_line_naming_the_file(tmp_path, capsys):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x08\x07garbage")
+    with pytest.raises(SystemExit):
+        main(["inspect", str(bad)])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "broken.onnx" in err
+
+
+def test_export_script_reproduces_the_run(tmp_path):
+    recipe = _recipe(tmp_path, [{"quantize": {"method": "dynamic"}}])
+    script = tmp_path / "reproduce.py"
+    main(["export-script", str(recipe), "-o", str(script)])
+    done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "again")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert report["spec"]["name"] == "cli-test"
+    assert report["variants"][0]["facts"]["quant_method"] == "dynamic"

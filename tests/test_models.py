@@ -1,0 +1,129 @@
+"""Loading user models: every supported format, and bad files give one-line errors that name them."""
+
+import pickle
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from workbench.errors import WorkbenchError
+from workbench.models import load_model
+from workbench.specs import ModelRef
+from workbench.summary import summarize, summarize_onnx
+from workbench.zoo import build
+
+
+class Sentinel:
+    """Unpickling this creates a file: proof that a loader ran pickled code."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _one_line_error(ref: ModelRef, name: str) -> str:
+    with pytest.raises(WorkbenchError) as info:
+        load_model(ref)
+    message = str(info.value)
+    assert name in message and "\n" not in message, message
+    return message
+
+
+def test_onnx_loads_and_summarizes(tiny_onnx):
+    loaded = load_model(ModelRef(path=str(tiny_onnx)))
+    assert loaded.kind == "onnx" and loaded.file_bytes == tiny_onnx.stat().st_size
+    summary = summarize(loaded)
+    assert [r.name for r in summary.layers] == ["conv", "fc"]
+    assert summary.layers[0].macs == 8 * 6 * 6 * 9 and summary.layers[1].macs == 288 * 10
+    assert summary.weight_params == 72 + 2880
+
+
+def test_safetensors_with_builtin_arch_and_summary_matches_onnx(tmp_path):
+    from workbench.export import export_onnx
+
+    path = tmp_path / "cnn.safetensors"
+    save_file(build("digits-cnn").state_dict(), str(path))
+    loaded = load_model(ModelRef(path=str(path), arch="digits-cnn"))
+    torch_summary = summarize(loaded)
+    onnx_summary = summarize_onnx(export_onnx(loaded.module, (torch.zeros(2, 1, 8, 8),)), "cnn")
+    assert torch_summary.total_macs == onnx_summary.total_macs > 0
+    assert [r.params for r in torch_summary.layers] == [r.params for r in onnx_summary.layers]
+
+
+def test_torch_export_program_loads(tmp_path):
+    module = build("digits-mlp").eval()
+    path = tmp_path / "mlp.pt2"
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(module, (torch.zeros(2, 1, 8, 8),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+    loaded = load_model(ModelRef(path=str(path)))
+    assert loaded.kind == "torch" and loaded.input_shape == (1, 8, 8)
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.allclose(loaded.module(x), module(x), atol=1e-6)
+
+
+def test_torchscript_loads(tmp_path):
+    module = build("digits-mlp").eval()
+    path = tmp_path / "mlp.ts"
+    torch.jit.script(module).save(str(path))
+    loaded = load_model(ModelRef(path=str(path), input_shape=(1, 8, 8)))
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.allclose(loaded.module(x), module(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pt2", ".ts"])
+def test_pickle_payload_is_never_unpickled(tmp_path, suffix):
+    sentinel = tmp_path / "pwned"
+    path = tmp_path / f"evil{suffix}"
+    path.write_bytes(pickle.dumps(Sentinel(str(sentinel))))
+    _one_line_error(ModelRef(path=str(path)), path.name)
+    assert not sentinel.exists()
+
+
+def test_pickle_inside_a_torch_save_zip_is_never_unpickled(tmp_path):
+    sentinel = tmp_path / "pwned"
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"x": Sentinel(str(sentinel))}, str(path))  # a zip archive, like TorchScript
+    _one_line_error(ModelRef(path=str(path)), path.name)
+    assert not sentinel.exists()
+
+
+def test_truncated_and_random_onnx(tiny_onnx, tmp_path):
+    truncated = tmp_path / "cut.onnx"
+    truncated.write_bytes(tiny_onnx.read_bytes()[:100])
+    assert "not a valid ONNX" in _one_line_error(ModelRef(path=str(truncated)), "cut.onnx")
+    noise = tmp_path / "noise.onnx"
+    noise.write_bytes(np.random.default_rng(0).bytes(4096))
+    _one_line_error(ModelRef(path=str(noise)), "noise.onnx")
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    assert "empty" in _one_line_error(ModelRef(path=str(empty)), "empty.onnx")
+
+
+@pytest.mark.parametrize("location", ["../../etc/passwd", "/etc/passwd"])
+def test_external_data_outside_the_folder_is_refused(tiny_onnx, tmp_path, location):
+    model = onnx.load(str(tiny_onnx))
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.ClearField("float_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value=location)
+    path = tmp_path / "ext.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert "outside" in _one_line_error(ModelRef(path=str(path)), "ext.onnx")
+
+
+def test_safetensors_that_do_not_fit_the_arch(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    state = build("digits-mlp").state_dict()
+    state.pop("fc3.bias")
+    save_file(state, str(path))
+    assert "missing fc3.bias" in _one_line_error(ModelRef(path=str(path), arch="digits-mlp"), "bad.safetensors")
+
+
+def test_missing_file():
+    _one_line_error(ModelRef(path="/nonexistent/model.onnx"), "model.onnx")

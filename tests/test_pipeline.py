@@ -1,0 +1,117 @@
+"""End to end: recipe -> variants measured alike -> claims -> artifacts."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import FAST_MEASURE
+from workbench.errors import WorkbenchError
+from workbench.evaluate import make_session
+from workbench.pipeline import run_pipeline
+from workbench.specs import RunSpec
+from workbench.stages import Cancelled
+
+
+def _spec(model, stages, **extra) -> RunSpec:
+    return RunSpec.from_dict({"model": model, "stages": stages, "measure": FAST_MEASURE, **extra})
+
+
+@pytest.fixture(scope="module")
+def mlp_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    seen = []
+    spec = _spec("digits-mlp", [{"prune": {"sparsity": 0.9}}, {"finetune": {"epochs": 2}},
+                                {"quantize": {"method": "static"}}])
+    report = run_pipeline(spec, progress=lambda f, stage, msg: seen.append(f), out_dir=out)
+    return report, out, seen
+
+
+def _claim(variant, aspect):
+    return next(c for c in variant.claims if c.aspect == aspect)
+
+
+def test_pruned_fp32_says_file_and_latency_did_not_improve_and_why(mlp_report):
+    report, _, _ = mlp_report
+    pruned = report.variants[0]
+    assert pruned.measurement.size.sparsity == pytest.approx(0.9, abs=0.01)
+    assert pruned.measurement.size.file_bytes == pytest.approx(report.baseline.measurement.size.file_bytes, rel=0.01)
+    size = _claim(pruned, "file size")
+    assert size.kind == "none" and "stored densely" in size.reason
+    for claim in (c for c in pruned.claims if c.aspect.startswith("latency")):
+        assert claim.kind == "none" and "no sparse kernel" in claim.reason
+    assert _claim(pruned, "compressed size").kind == "real"
+    assert _claim(pruned, "minimum storage").kind == "estimate"
+
+
+def test_int8_variant_is_really_smaller_and_quantized(mlp_report):
+    report, _, _ = mlp_report
+    final = report.final
+    assert final.facts.quant_method == "static"
+    assert final.measurement.coverage.quantized == 3 and final.measurement.coverage.float_ops == 0
+    assert final.measurement.size.bits_per_weight == 8
+    assert _claim(final, "file size").kind == "real"
+    assert final.measurement.torch_latency == ()  # no torch model after quantization
+    assert report.baseline.measurement.torch_latency  # torch eager shown beside ORT for the baseline
+
+
+def test_every_variant_is_measured_alike(mlp_report):
+    report, _, _ = mlp_report
+    for v in (report.baseline, *report.variants):
+        m = v.measurement
+        assert [s.batch_size for s in m.latency] == [1, 32]
+        assert {s.threads for s in m.latency} == {1}
+        assert m.eval_samples == 360 and "accuracy" in m.metrics
+
+
+def test_artifacts_and_progress(mlp_report):
+    report, out, seen = mlp_report
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["variants"][-1]["measurement"]["metrics"] == report.final.measurement.metrics
+    assert saved["environment"]["cpu_flags"]
+    assert RunSpec.from_dict(saved["spec"]).stages[0].sparsity == 0.9
+    session = make_session(str(out / "model.onnx"))
+    assert session.run(None, {"input": np.zeros((1, 1, 8, 8), np.float32)})[0].shape == (1, 10)
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    assert not list(out.glob(".*"))  # no temp files left behind
+
+
+def test_onnx_upload_with_unlabelled_data_reports_fidelity(tiny_onnx, tmp_path):
+    data = tmp_path / "inputs.npz"
+    np.savez(data, x=np.random.default_rng(0).random((40, 64), dtype=np.float32))
+    spec = _spec({"path": str(tiny_onnx)}, [{"prune": {"sparsity": 0.5}}, {"quantize": {"method": "dynamic"}}],
+                 data={"path": str(data)})
+    report = run_pipeline(spec)
+    metrics = report.variants[0].measurement.metrics
+    assert set(metrics) == {"top1_agreement", "output_mse", "output_cosine"}
+    assert 0 < metrics["top1_agreement"] <= 1 and metrics["output_mse"] > 0
+    assert report.baseline.measurement.metrics == {}  # the reference itself
+    assert report.final.measurement.coverage.histogram.get("MatMulInteger") or \
+        report.final.measurement.coverage.histogram.get("DynamicQuantizeMatMul")
+
+
+def test_finetune_after_quantize_is_a_clear_error():
+    spec = _spec("digits-mlp", [{"quantize": {"method": "dynamic"}}, {"finetune": {"epochs": 1}}])
+    with pytest.raises(WorkbenchError, match="finetune: needs a torch model"):
+        run_pipeline(spec)
+
+
+def test_cancel_stops_between_stages():
+    calls = {"n": 0}
+
+    def cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 1
+
+    with pytest.raises(Cancelled):
+        run_pipeline(_spec("digits-mlp", [{"prune": {"sparsity": 0.5}}, {"quantize": {}}]), cancel=cancel)
+
+
+def test_fake_quant_is_labelled_simulated():
+    report = run_pipeline(_spec("digits-mlp", [{"quantize": {"method": "fake", "weight_bits": 3}}]))
+    final = report.final
+    assert final.facts.simulated_quant
+    assert _claim(final, "file size").kind == "simulated"
+    assert _claim(final, "accuracy").kind == "simulated"
+    assert final.measurement.size.storage_bits == 3
+    assert final.measurement.size.min_storage_bytes < report.baseline.measurement.size.file_bytes / 8

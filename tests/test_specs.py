@@ -1,0 +1,89 @@
+import pytest
+
+from workbench.errors import WorkbenchError
+from workbench.specs import (
+    PruneSpec,
+    QuantSpec,
+    RunSpec,
+    SpecError,
+    dump_recipe,
+    load_recipe,
+)
+
+FULL = {
+    "name": "demo",
+    "model": "digits-mlp",
+    "stages": [
+        {"prune": {"sparsity": 0.9, "schedule": "iterative", "finetune": {"epochs": 1}, "exclude": ["fc3"]}},
+        {"finetune": {"epochs": 2, "lr": 0.01}},
+        {"quantize": {"method": "fake", "weight_bits": 3, "activation_bits": 6}},
+    ],
+    "measure": {"batch_sizes": [1, 64], "threads": 2},
+}
+
+
+def test_round_trip_through_dict_and_yaml(tmp_path):
+    spec = RunSpec.from_dict(FULL)
+    assert RunSpec.from_dict(spec.to_dict()) == spec
+    path = tmp_path / "r.yaml"
+    path.write_text(dump_recipe(spec))
+    assert load_recipe(path) == spec
+    assert spec.to_dict()["version"] == 1
+    assert spec.stages[0].finetune.epochs == 1 and spec.stages[0].exclude == ("fc3",)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"model": "m", "stages": [{"prune": {"sparsity": 1.5}}]}, "stages[0].prune.sparsity"),
+        ({"model": "m", "stages": [{"quantize": {"method": "fake", "weight_bits": 0}}]},
+         "stages[0].quantize.weight_bits"),
+        ({"model": "m", "stages": [{"finetune": {"epochs": -1}}]}, "stages[0].finetune.epochs"),
+        ({"model": "m", "stages": [{"prune": {"method": "lottery"}}]}, "stages[0].prune.method"),
+        ({"model": "m", "stages": [{"distill": {}}]}, "stages[0]"),
+        ({"stages": []}, "model"),
+        ({"model": "m", "measure": {"threads": 0}}, "measure.threads"),
+        ({"model": "m", "measure": {"speed": 1}}, "measure.speed"),
+        ({"model": {"path": "model.exe"}}, "model.path"),
+        ({"model": {"path": "w.safetensors"}}, "model.arch"),
+        ({"model": "m", "stages": [{"quantize": {"method": "static", "weight_bits": 4}}]},
+         "stages[0].quantize.weight_bits"),
+        ({"model": "m", "stages": [{"quantize": {"method": "weight_only", "weight_bits": 3}}]},
+         "stages[0].quantize.weight_bits"),
+        ({"model": "m", "stages": [{"prune": {"finetune": {"lr": -1}}}]}, "stages[0].prune.finetune.lr"),
+        ({"model": "m", "version": 99}, "version"),
+    ],
+)
+def test_errors_name_the_bad_field(raw, field):
+    with pytest.raises(SpecError) as info:
+        RunSpec.from_dict(raw)
+    assert str(info.value).startswith(f"{field}:"), str(info.value)
+
+
+def test_yaml_errors_are_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(WorkbenchError) as info:
+        load_recipe(path)
+    assert "bad.yaml" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_relative_paths_resolve_next_to_the_recipe(tmp_path):
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "r.yaml"
+    path.write_text("model: {path: m.onnx}\ndata: {path: d.npz}\n")
+    spec = load_recipe(path)
+    assert spec.model.path == str(tmp_path / "sub" / "m.onnx")
+    assert spec.data.path == str(tmp_path / "sub" / "d.npz") and spec.data.builtin is None
+
+
+def test_iterative_rounds_follow_the_20_percent_rule():
+    assert PruneSpec(sparsity=0.9, schedule="iterative", per_round=0.2).rounds == 11
+    assert PruneSpec(sparsity=0.2, schedule="iterative", per_round=0.2).rounds == 1
+    assert PruneSpec(sparsity=0.9).rounds == 1
+
+
+def test_activation_bits_only_for_fake():
+    with pytest.raises(SpecError, match="activation_bits"):
+        QuantSpec(method="static", activation_bits=4)
+    assert QuantSpec(method="fake", weight_bits=4, activation_bits=4).activation_bits == 4

@@ -91,10 +91,12 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
     for i, stage in enumerate(spec.stages, start=1):
         ctx.check()
         label = f"{i}: {stage.kind}"
-        ctx.progress = lambda f, msg, i=i, label=label: report_progress((i + f) / (steps + 1), label, msg)
+        # a stage's own work fills 80% of its slot, measuring the rest, so progress never goes back
+        ctx.progress = lambda f, msg, i=i, label=label: report_progress((i + 0.8 * min(f, 1.0)) / (steps + 1),
+                                                                         label, msg)
         ctx.progress(0.0, f"running {stage.kind}")
         variant = STAGE_RUNNERS[stage.kind](variant, stage, ctx)
-        ctx.progress(0.9, "measuring")
+        report_progress((i + 0.85) / (steps + 1), label, "measuring")
         model = to_onnx(variant, ctx)
         m, _ = measure(model, splits.test, spec.measure, module=variant.module, reference=reference,
                        storage_bits=variant.storage_bits if variant.simulated_quant else None)

@@ -1,12 +1,14 @@
 """Recovery fine-tuning of a torch model that keeps pruning masks (pruned weights stay exactly zero).
 
-Plain cross-entropy training with Adam on the training split; masks are re-applied after every
-optimizer step. Knows nothing about ONNX or measurement.
+Cross-entropy training (optional label smoothing) with Adam and a cosine or constant learning rate on
+the training split; masks are re-applied after every optimizer step, so Adam's momentum cannot revive
+a pruned weight. Knows nothing about ONNX or measurement.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -37,7 +39,9 @@ def finetune(module: nn.Module, spec: FinetuneSpec, train: Dataset, masks: dict[
     y = torch.from_numpy(train.labels)
     generator = torch.Generator().manual_seed(spec.seed)
     optimizer = torch.optim.Adam(params, lr=spec.lr)
-    loss_fn = nn.CrossEntropyLoss()
+    steps = spec.epochs * -(-len(y) // spec.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(spec.schedule, steps))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
     module.train()
     last = float("nan")
     try:
@@ -50,6 +54,7 @@ def finetune(module: nn.Module, spec: FinetuneSpec, train: Dataset, masks: dict[
                 loss = loss_fn(module(*(t[idx] for t in x)), y[idx])
                 loss.backward()
                 optimizer.step()
+                scheduler.step()
                 _reapply(weights, mask_tensors)
                 losses.append(loss.item())
                 if cancelled and cancelled():
@@ -61,6 +66,12 @@ def finetune(module: nn.Module, spec: FinetuneSpec, train: Dataset, masks: dict[
     finally:
         module.eval()
     return last
+
+
+def _schedule(kind: str, steps: int) -> Callable[[int], float]:
+    if kind == "constant":
+        return lambda step: 1.0
+    return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
 
 
 def _reapply(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> None:

@@ -23,6 +23,7 @@ PRUNE_METHODS = ("magnitude", "random")
 PRUNE_SCOPES = ("global", "layer")
 PRUNE_SCHEDULES = ("oneshot", "iterative")
 QUANT_METHODS = ("static", "dynamic", "weight_only", "fp16", "fake")
+LR_SCHEDULES = ("cosine", "constant")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 WEIGHT_ONLY_BITS = (2, 4, 8)
 
@@ -95,9 +96,14 @@ class FinetuneSpec:
     epochs: int = 3
     lr: float = 1e-3
     batch_size: int = 64
+    schedule: str = "cosine"          # cosine decay to 0 over all steps, or constant
+    label_smoothing: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check(self.schedule in LR_SCHEDULES, "schedule",
+               f"unknown '{self.schedule}' (known: {', '.join(LR_SCHEDULES)})")
+        _fraction(self.label_smoothing, "label_smoothing")
         _check(isinstance(self.epochs, int) and self.epochs >= 0, "epochs", f"must be >= 0, got {self.epochs}")
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")

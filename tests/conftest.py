@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-FAST_MEASURE = {"batch_sizes": [1, 32], "warmup": 1, "repeats": 5, "threads": 1}
+FAST_MEASURE = {"batch_sizes": [1, 32], "warmup": 1, "repeats": 5, "threads": 1, "min_time_s": 0}
 
 
 @pytest.fixture(autouse=True)

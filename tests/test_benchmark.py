@@ -76,3 +76,11 @@ def test_torch_latency_restores_threads() -> None:
     check(stats, "torch-eager", [1, 8], target)
     assert torch.get_num_threads() == before
     assert module.training
+
+
+def test_min_time_keeps_timing_fast_calls():
+    from workbench.benchmark import time_calls
+
+    times = time_calls(lambda: None, warmup=0, repeats=5, min_time_s=0.05)
+    assert len(times) > 5  # far more than `repeats`: a no-op takes well under 10 ms
+    assert len(time_calls(lambda: None, warmup=0, repeats=5)) == 5

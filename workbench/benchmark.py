@@ -4,9 +4,11 @@ Contract:
 - For batch size `b` the input is the first `b` samples of the dataset, tiled (repeated) when the
   dataset has fewer than `b` samples. Inputs are prepared before timing; only the model call is timed.
 - `warmup` untimed calls come first, then timed calls with `time.perf_counter_ns`, one call per
-  sample, with Python's garbage collector paused. Timing stops after `repeats` calls or once the
-  time budget (`budget_s`, default 2 s) is spent, but never before `min(5, repeats)` timed calls; warm-up
-  is cut short by the same budget. `LatencyStats.repeats` records how many calls were actually timed.
+  sample, with Python's garbage collector paused. Timing stops after `repeats` calls *and* at least
+  `min_time_s` of timed calls (so microsecond-scale calls get thousands of samples, not a 3 ms
+  window of scheduler noise), or once the time budget (`budget_s`, default 2 s) is spent, but never
+  before `min(5, repeats)` timed calls; warm-up is cut short by the same budget.
+  `LatencyStats.repeats` records how many calls were actually timed.
 - Reported: median, 90th percentile (numpy linear interpolation) and mean, in milliseconds.
 - ONNX Runtime runs through `evaluate.make_session` (`threads` intra-op threads, sequential).
   torch runs eager in eval mode under `no_grad` with `torch.set_num_threads(threads)`; the previous
@@ -64,7 +66,8 @@ def tiled_inputs(dataset: Dataset, batch_size: int) -> Dataset:
     return Dataset(dataset.name, arrays)
 
 
-def time_calls(call: Callable[[], object], warmup: int, repeats: int, budget_s: float = BUDGET_S) -> list[int]:
+def time_calls(call: Callable[[], object], warmup: int, repeats: int, budget_s: float = BUDGET_S,
+               min_time_s: float = 0.0) -> list[int]:
     """Per-call wall times in nanoseconds (see the module docstring for the stopping rule)."""
     budget_ns = int(budget_s * 1e9)
     start = time.perf_counter_ns()
@@ -78,7 +81,11 @@ def time_calls(call: Callable[[], object], warmup: int, repeats: int, budget_s: 
     gc.disable()
     try:
         start = time.perf_counter_ns()
-        while len(times) < repeats and (len(times) < floor or time.perf_counter_ns() - start < budget_ns):
+        min_ns = min(int(min_time_s * 1e9), budget_ns)
+        while True:
+            elapsed = time.perf_counter_ns() - start
+            if (len(times) >= repeats and elapsed >= min_ns) or (len(times) >= floor and elapsed >= budget_ns):
+                break
             t0 = time.perf_counter_ns()
             call()
             times.append(time.perf_counter_ns() - t0)
@@ -105,7 +112,8 @@ def _check_args(batch_sizes: Iterable[int], threads: int, warmup: int, repeats: 
 
 
 def ort_latency(model: ModelSource, dataset: Dataset, batch_sizes: Iterable[int], threads: int = 1,
-                warmup: int = 10, repeats: int = 100, budget_s: float = BUDGET_S) -> list[LatencyStats]:
+                warmup: int = 10, repeats: int = 100, budget_s: float = BUDGET_S,
+                min_time_s: float = 0.0) -> list[LatencyStats]:
     """ONNX Runtime latency of one `session.run` (all outputs) per batch size."""
     sizes = _check_args(batch_sizes, threads, warmup, repeats)
     session = make_session(model, threads)
@@ -121,13 +129,15 @@ def ort_latency(model: ModelSource, dataset: Dataset, batch_sizes: Iterable[int]
         def call(batch: dict[str, np.ndarray] = batch) -> object:
             return session.run(None, batch)
 
-        results.append(summarize(time_calls(call, warmup, repeats, budget_s), "onnxruntime", b, threads, warmup))
+        times = time_calls(call, warmup, repeats, budget_s, min_time_s)
+        results.append(summarize(times, "onnxruntime", b, threads, warmup))
         log.debug("onnxruntime batch %d: median %.3f ms", b, results[-1].median_ms)
     return results
 
 
 def torch_latency(module: nn.Module, dataset: Dataset, batch_sizes: Iterable[int], threads: int = 1,
-                  warmup: int = 10, repeats: int = 100, budget_s: float = BUDGET_S) -> list[LatencyStats]:
+                  warmup: int = 10, repeats: int = 100, budget_s: float = BUDGET_S,
+                  min_time_s: float = 0.0) -> list[LatencyStats]:
     """Eager torch latency of one forward call per batch size (float32 inputs shaped like the data)."""
     import torch
 
@@ -145,8 +155,8 @@ def torch_latency(module: nn.Module, dataset: Dataset, batch_sizes: Iterable[int
                 def call(args: list[torch.Tensor] = args) -> object:
                     return module(*args)
 
-                results.append(summarize(time_calls(call, warmup, repeats, budget_s), "torch-eager", b, threads,
-                                         warmup))
+                times = time_calls(call, warmup, repeats, budget_s, min_time_s)
+                results.append(summarize(times, "torch-eager", b, threads, warmup))
     finally:
         torch.set_num_threads(previous_threads)
         module.train(was_training)

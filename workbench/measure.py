@@ -47,10 +47,12 @@ def measure(model: onnx.ModelProto, eval_set: Dataset, spec: MeasureSpec, module
     session = make_session(data, spec.threads)
     outputs = predict(session, eval_set)
     metrics = score(outputs, eval_set.labels, reference)
-    latency = ort_latency(data, eval_set, spec.batch_sizes, spec.threads, spec.warmup, spec.repeats)
+    latency = ort_latency(data, eval_set, spec.batch_sizes, spec.threads, spec.warmup, spec.repeats,
+                          min_time_s=spec.min_time_s)
     eager: list[LatencyStats] = []
     if module is not None and spec.torch_eager:
-        eager = torch_latency(module, eval_set, spec.batch_sizes, spec.threads, spec.warmup, spec.repeats)
+        eager = torch_latency(module, eval_set, spec.batch_sizes, spec.threads, spec.warmup, spec.repeats,
+                              min_time_s=spec.min_time_s)
     size = size_stats(data, weight_tensors(model), storage_bits)
     result = Measurement(metrics, tuple(latency), tuple(eager), size, op_coverage(model), len(eval_set))
     return result, outputs

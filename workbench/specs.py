@@ -204,6 +204,7 @@ class MeasureSpec:
     threads: int = 1
     warmup: int = 10
     repeats: int = 100
+    min_time_s: float = 0.25   # time fast calls for at least this long: a few-ms window is mostly noise
     torch_eager: bool = True
     max_eval_samples: int | None = None
 
@@ -212,6 +213,7 @@ class MeasureSpec:
                "must be a non-empty list of positive integers")
         _check(self.threads >= 1, "threads", "must be >= 1")
         _check(self.repeats >= 1 and self.warmup >= 0, "repeats", "repeats >= 1 and warmup >= 0")
+        _check(0 <= self.min_time_s <= 60, "min_time_s", f"must be in [0, 60] seconds, got {self.min_time_s}")
 
 
 StageSpec = PruneSpec | FinetuneSpec | QuantSpec

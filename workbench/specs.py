@@ -196,6 +196,22 @@ class QuantSpec:
         _check(self.calib_samples > 0, "calib_samples", "must be positive")
 
 
+def quant_spec_for_bits(bits: int, base: QuantSpec | None = None) -> QuantSpec | None:
+    """The quantization a bitwidth slider means: 32 none, 16 fp16, 8 static int8 (or the base's int8
+    method), 4 and 2 weight-only MatMulNBits, other bits simulated (fake-quant)."""
+    keep = {"per_channel": base.per_channel, "calibration": base.calibration} if base else {}
+    if bits == 32:
+        return None
+    if bits == 16:
+        return QuantSpec(method="fp16", weight_bits=16)
+    if bits == 8:
+        method = base.method if base and base.method in ("static", "dynamic") else "static"
+        return QuantSpec(method=method, weight_bits=8, **keep)
+    if bits in (2, 4):
+        return QuantSpec(method="weight_only", weight_bits=bits, block_size=base.block_size if base else 32)
+    return QuantSpec(method="fake", weight_bits=bits, **keep)
+
+
 @dataclass(frozen=True)
 class MeasureSpec:
     """How every variant is measured: the same for the baseline and each stage."""

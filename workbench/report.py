@@ -83,5 +83,9 @@ def render_text(report: Report) -> str:
     for v in report.variants:
         lines.append(f"\n{v.name}")
         lines += [f"  [{c.kind.upper():9}] {c.aspect}: {c.reason}" for c in v.claims]
+        cov = v.measurement.coverage
+        if v.facts.quant_method:
+            ops = ", ".join(f"{op} {n}" for op, n in cov.histogram.items())
+            lines.append(f"  ops: {cov.quantized} of {cov.quantized + cov.float_ops} compute ops quantized; {ops}")
         lines += [f"  note: {n}" for n in v.notes]
     return "\n".join(lines)

@@ -20,7 +20,7 @@ def test_counts_are_exact_and_labelled(mlp):
     assert p.get("parameters").value == 50_200 and p.get("parameters").kind == "computed"
     assert p.get("nonzero").value == 5_020
     assert p.get("raw size").kind == "estimate" and p.get("compressed size").kind == "estimate"
-    assert ("sparsity", "simulated") == p.gains[0][:2]
+    assert p.gains[0][:2] == ("sparsity", "simulated")
 
 
 def test_sliders_move_the_numbers(mlp):
@@ -38,8 +38,8 @@ def test_simulated_bitwidth_does_not_shrink_the_raw_file(mlp):
     loaded, weights, other = mlp
     three = preview(weights, other, 0.0, 3)
     assert three.get("raw size").value == preview(weights, other, 0.0, 32).get("raw size").value
-    assert ("bitwidth", "simulated") == three.gains[-1][:2]
-    assert ("bitwidth", "real") == preview(weights, other, 0.0, 8).gains[-1][:2]
+    assert three.gains[-1][:2] == ("bitwidth", "simulated")
+    assert preview(weights, other, 0.0, 8).gains[-1][:2] == ("bitwidth", "real")
 
 
 def test_one_shot_accuracy_is_measured_and_model_restored(mlp):

@@ -77,6 +77,12 @@ def test_relative_paths_resolve_next_to_the_recipe(tmp_path):
     assert spec.data.path == str(tmp_path / "sub" / "d.npz") and spec.data.builtin is None
 
 
+def test_absolute_paths_stay_as_they_are(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("model: {path: /models/m.onnx}\n")
+    assert load_recipe(path).model.path == "/models/m.onnx"
+
+
 def test_iterative_rounds_follow_the_20_percent_rule():
     assert PruneSpec(sparsity=0.9, schedule="iterative", per_round=0.2).rounds == 11
     assert PruneSpec(sparsity=0.2, schedule="iterative", per_round=0.2).rounds == 1

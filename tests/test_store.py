@@ -101,3 +101,14 @@ def test_reap_by_stale_heartbeat(store):
         conn.execute("UPDATE runs SET heartbeat = heartbeat - 100")
     assert store.reap(stale_after=30) == [run.id]
     assert "no heartbeat" in store.get(run.id).error
+
+
+def test_a_stale_attempt_cannot_write_over_a_new_one(store):
+    run = store.submit(SPEC)
+    store.claim("old")
+    store.finish(run.id, "interrupted", error="reaped")
+    store.retry(run.id)
+    store.claim("new")
+    assert not store.set_progress(run.id, 0.9, "x", "y", worker_id="old")
+    assert not store.finish(run.id, "failed", error="late", worker_id="old")
+    assert store.finish(run.id, "succeeded", worker_id="new")

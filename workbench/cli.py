@@ -1,6 +1,7 @@
-"""The `workbench` command: run a recipe, inspect a model, export a reproducing script.
+"""The `workbench` command: run a recipe, inspect a model, export a reproducing script, and queue runs
+for a background worker (submit, sweep, runs, show, cancel, retry, delete, sweep-summary, worker).
 
-Errors a user can fix (bad file, bad recipe field) print one line and exit with status 2.
+Errors a user can fix (bad file, bad recipe field, unknown run id) print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -8,10 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workbench.errors import WorkbenchError
+
+if TYPE_CHECKING:
+    from workbench.store import Store
+    from workbench.worker import Executor
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -95,6 +102,195 @@ def _check(args: argparse.Namespace) -> None:
     print(dump_recipe(load_recipe(args.recipe)), end="")
 
 
+# --- background runs ----------------------------------------------------------------------------
+
+def _store(args: argparse.Namespace) -> Store:
+    from workbench.settings import get_settings
+    from workbench.store import Store
+
+    return Store((Path(args.home).expanduser() if args.home else get_settings().home).absolute())
+
+
+def _run_id(text: str) -> int:
+    if not text.strip().isdigit():
+        raise WorkbenchError(f"run id must be a whole number, got '{text}'")
+    return int(text)
+
+
+def _submit(args: argparse.Namespace) -> None:
+    from workbench.jobs import submit
+    from workbench.specs import load_recipe
+
+    store = _store(args)
+    run = submit(store, load_recipe(args.recipe), name=args.name)
+    print(run.id)
+    _maybe_start_worker(args, store)
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from workbench.jobs import parse_grid, submit_sweep
+    from workbench.specs import load_recipe
+
+    store = _store(args)
+    sweep_id, runs = submit_sweep(store, load_recipe(args.recipe), parse_grid(args.grid))
+    print(f"sweep {sweep_id}")
+    for run in runs:
+        print(f"{run.id}  {run.name}")
+    _maybe_start_worker(args, store)
+
+
+def _maybe_start_worker(args: argparse.Namespace, store: Store) -> None:
+    if args.start_worker:
+        from workbench.worker import ensure_worker
+
+        started = ensure_worker(store.home)
+        state = "started a background worker" if started else "a background worker already runs"
+        print(f"{state} (log: {store.home / 'worker.log'})", file=sys.stderr)
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _table(rows: list[dict], keys: list[str] | None = None) -> str:
+    keys = keys or list(dict.fromkeys(k for r in rows for k in r))
+    cells = [[("" if r.get(k) is None else str(r.get(k))) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _runs(args: argparse.Namespace) -> None:
+    import time
+
+    runs = _store(args).list(status=args.status, sweep_id=args.sweep, limit=args.limit)
+    if not runs:
+        print("no runs")
+        return
+    now = time.time()
+    rows = [{"id": r.id, "name": r.name[:40], "status": r.status, "progress": f"{100 * r.progress:.0f}%",
+             "stage": r.stage[:20], "age": _age(now - r.created),
+             "accuracy": ((r.metrics or {}).get("final") or {}).get("accuracy"), "sweep": r.sweep_id}
+            for r in runs]
+    print(_table(rows))
+
+
+def _spec_line(spec: dict) -> str:
+    """`digits-mlp on digits: prune(sparsity=0.9) -> quantize(method=static)`, listing non-default fields only."""
+    from workbench.specs import STAGES, RunSpec, SpecError, stage_dict
+
+    try:
+        parsed = RunSpec.from_dict(spec)
+    except SpecError as exc:
+        return f"(unreadable recipe: {exc})"
+    parts = []
+    for stage in parsed.stages:
+        default = stage_dict(STAGES[stage.kind]())[stage.kind]
+        fields = {k: v for k, v in stage_dict(stage)[stage.kind].items() if default.get(k) != v}
+        parts.append(f"{stage.kind}({', '.join(f'{k}={v}' for k, v in fields.items())})")
+    return f"{parsed.model.label} on {parsed.data.label}: {' -> '.join(parts) or 'baseline only'}"
+
+
+def _when(stamp: float | None) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"
+
+
+def _show(args: argparse.Namespace) -> None:
+    store = _store(args)
+    run = store.get(_run_id(args.id))
+    print(f"run {run.id}: {run.name}")
+    print(f"  status    {run.status} (attempt {run.attempts})" + ("; cancel requested" if run.cancel_requested else ""))
+    print(f"  progress  {100 * run.progress:.0f}% {run.stage}: {run.message}".rstrip(": "))
+    print(f"  recipe    {_spec_line(run.spec)}")
+    print(f"  times     created {_when(run.created)}, started {_when(run.started)}, finished {_when(run.finished)}")
+    print(f"  worker    {run.worker_id or '-'}; sweep {run.sweep_id or '-'}")
+    if run.error:
+        print("  error     " + run.error.rstrip().replace("\n", "\n            "))
+    if run.metrics and run.metrics.get("rows"):
+        print("\n" + _table(run.metrics["rows"]))
+    folder = store.run_dir(run.id)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")) if folder.is_dir() else []
+    print("\nartifacts:" + "".join(f"\n  {p}" for p in files) if files else "\nartifacts: none")
+
+
+def _cancel(args: argparse.Namespace) -> None:
+    store = _store(args)
+    run = store.get(_run_id(args.id))
+    if run.done:
+        raise WorkbenchError(f"run {run.id}: already {run.status}")
+    run = store.request_cancel(run.id)
+    print(f"run {run.id}: cancelled" if run.status == "cancelled"
+          else f"run {run.id}: cancel requested; its worker stops it within a few seconds")
+
+
+def _retry(args: argparse.Namespace) -> None:
+    run = _store(args).retry(_run_id(args.id))
+    print(f"run {run.id}: queued again")
+
+
+def _delete(args: argparse.Namespace) -> None:
+    run_id = _run_id(args.id)
+    _store(args).delete(run_id)
+    print(f"run {run_id}: deleted")
+
+
+def _sweep_summary(args: argparse.Namespace) -> None:
+    from workbench.jobs import sweep_summary
+
+    rows = sweep_summary(_store(args), args.id)
+    if not rows:
+        raise WorkbenchError(f"sweep {args.id}: no such sweep")
+    print(_table(rows))
+
+
+def _execute(args: argparse.Namespace) -> None:
+    from workbench.jobs import execute
+
+    store = _store(args)
+    run = store.get(_run_id(args.id))
+    if run.status != "running":
+        raise WorkbenchError(f"run {run.id}: is {run.status}, not claimed by a worker; `workbench worker` runs it")
+    print(f"run {run.id}: {execute(store, run.id)}")
+
+
+def _executor(args: argparse.Namespace) -> Executor | None:
+    address = args.ray or os.environ.get("WORKBENCH_RAY_ADDRESS")
+    if not address:
+        return None
+    from workbench.ray_executor import RayExecutor
+
+    executor = RayExecutor(address, num_gpus=args.ray_gpus)
+    executor.connect()  # fail here on a bad address or a missing extra, before any run is claimed
+    return executor
+
+
+def _worker(args: argparse.Namespace) -> None:
+    import signal
+    import threading
+
+    from workbench.worker import Worker, hold_worker_lock
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = _store(args)
+    if args.auto and hold_worker_lock(store.home, args.lock_fd) is None:
+        logging.getLogger("workbench.worker").info("a worker already serves %s; exiting", store.home)
+        return
+    worker = Worker(store, _executor(args), concurrency=args.concurrency)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        worker.run(stop, until_idle=args.until_idle)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="Compress a model and measure what it buys.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,7 +312,56 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a recipe and print it with all defaults filled in")
     check.add_argument("recipe")
     check.set_defaults(func=_check)
+    _add_queue_commands(sub)
+    _add_worker_commands(sub)
+    sub.metavar = "{" + ",".join(name for name in sub.choices if name != "execute") + "}"
     return parser
+
+
+def _add_queue_commands(sub: argparse._SubParsersAction) -> None:
+    from workbench.store import STATUSES
+
+    home = argparse.ArgumentParser(add_help=False)
+    home.add_argument("--home", help="data dir (default: $WORKBENCH_HOME or ~/.workbench)")
+    for name, helptext, func in (("submit", "queue a recipe for the background worker; prints the run id", _submit),
+                                 ("sweep", "queue every combination of a grid as one sweep", _sweep)):
+        cmd = sub.add_parser(name, parents=[home], help=helptext)
+        cmd.add_argument("recipe")
+        cmd.add_argument("--start-worker", action="store_true", help="start a background worker if none runs")
+        cmd.set_defaults(func=func)
+    sub.choices["submit"].add_argument("--name", help="run name (default: the recipe's name)")
+    sub.choices["sweep"].add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
+                                      help="sparsity, bits or STAGE.FIELD (e.g. prune.sparsity); repeatable")
+    runs = sub.add_parser("runs", parents=[home], help="list runs, newest first")
+    runs.add_argument("--status", choices=STATUSES)
+    runs.add_argument("--sweep", help="only the runs of this sweep id")
+    runs.add_argument("--limit", type=int, default=50)
+    runs.set_defaults(func=_runs)
+    for name, helptext, func in (("show", "a run's details, metrics and artifacts", _show),
+                                 ("cancel", "cancel a queued or running run", _cancel),
+                                 ("retry", "queue a failed, cancelled or interrupted run again", _retry),
+                                 ("delete", "delete a finished run and its artifacts", _delete),
+                                 ("sweep-summary", "one row per run of a sweep", _sweep_summary)):
+        cmd = sub.add_parser(name, parents=[home], help=helptext)
+        cmd.add_argument("id", help="sweep id" if name == "sweep-summary" else "run id")
+        cmd.set_defaults(func=func)
+
+
+def _add_worker_commands(sub: argparse._SubParsersAction) -> None:
+    worker = sub.add_parser("worker", help="claim and execute queued runs until stopped (Ctrl-C / SIGTERM)")
+    worker.add_argument("--home", help="data dir (default: $WORKBENCH_HOME or ~/.workbench)")
+    worker.add_argument("--concurrency", type=int, default=1, help="runs executed at once")
+    worker.add_argument("--until-idle", action="store_true", help="exit when the queue is empty")
+    worker.add_argument("--auto", action="store_true",
+                        help="the auto-started worker: hold HOME/worker.lock, exit quietly if another holds it")
+    worker.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)
+    worker.add_argument("--ray", metavar="ADDRESS", help="execute runs on a Ray cluster (or $WORKBENCH_RAY_ADDRESS)")
+    worker.add_argument("--ray-gpus", type=float, default=0.0, help="GPUs each run asks Ray for")
+    worker.set_defaults(func=_worker)
+    execute = sub.add_parser("execute")  # internal: one claimed run, in the worker's child process
+    execute.add_argument("id")
+    execute.add_argument("--home")
+    execute.set_defaults(func=_execute)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -125,22 +125,25 @@ def execute(store: Store, run_id: int) -> str:
     root = logging.getLogger("workbench")
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    progress = _throttled(lambda f, stage, msg: store.set_progress(run_id, f, stage, msg), THROTTLE_S)
+    run = store.get(run_id)
+    owner = run.worker_id  # this attempt's worker: a reaped-and-retried run is not ours to write any more
+    progress = _throttled(lambda f, stage, msg: store.set_progress(run_id, f, stage, msg, owner), THROTTLE_S)
     cancelled = _throttled(lambda: store.cancel_requested(run_id), THROTTLE_S)
     try:
-        spec = RunSpec.from_dict(store.get(run_id).spec)
+        spec = RunSpec.from_dict(run.spec)
         log.info("run %d: %s", run_id, spec.name or spec.model.label)
         report = run_pipeline(spec, progress=progress, cancel=cancelled, out_dir=out)
         rows = report.summary_rows()
-        store.finish(run_id, "succeeded", {"rows": rows, "final": rows[-1]})
+        store.finish(run_id, "succeeded", {"rows": rows, "final": rows[-1]}, worker_id=owner)
     except Cancelled:
         log.info("run %d: cancelled", run_id)
-        store.finish(run_id, "cancelled", error="cancelled by request")
+        store.finish(run_id, "cancelled", error="cancelled by request", worker_id=owner)
     except Exception as exc:  # any failure is this run's outcome, never the worker's crash
         message = str(exc) if isinstance(exc, WorkbenchError) else f"{type(exc).__name__}: {exc}"
         log.error("run %d failed: %s\n%s", run_id, message, traceback.format_exc())
         handler.flush()
-        store.finish(run_id, "failed", error=f"{message}\n--- log tail ---\n{_tail(out / 'log.txt')}")
+        store.finish(run_id, "failed", error=f"{message}\n--- log tail ---\n{_tail(out / 'log.txt')}",
+                     worker_id=owner)
     finally:
         root.removeHandler(handler)
         handler.close()

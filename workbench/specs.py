@@ -373,7 +373,7 @@ def load_recipe(path: str | Path) -> RunSpec:
 
 def resolve_paths(spec: RunSpec, base: Path) -> RunSpec:
     def fix(p: str | None) -> str | None:
-        return None if p is None or Path(p).is_absolute() else str((base / p).resolve())
+        return p if p is None or Path(p).is_absolute() else str((base / p).resolve())
 
     model = dataclasses.replace(spec.model, path=fix(spec.model.path)) if spec.model.path else spec.model
     data = dataclasses.replace(spec.data, path=fix(spec.data.path), train_path=fix(spec.data.train_path))

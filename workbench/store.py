@@ -198,28 +198,32 @@ class Store:
             ).fetchone()
         return _run(row) if row else None
 
-    def set_progress(self, run_id: int, fraction: float, stage: str, message: str) -> bool:
-        """Record progress of a running run; False if the run is no longer running (e.g. reaped)."""
+    def set_progress(self, run_id: int, fraction: float, stage: str, message: str,
+                     worker_id: str | None = None) -> bool:
+        """Record progress of a running run; False if it is no longer running (e.g. reaped) or, when
+        `worker_id` is given, no longer this worker's attempt (reaped, retried and claimed again)."""
         with self._db(write=True) as conn:
             cur = conn.execute(
                 "UPDATE runs SET progress = ?, stage = ?, message = ?, heartbeat = ? "
-                "WHERE id = ? AND status = 'running'",
-                (max(0.0, min(1.0, fraction)), stage[:200], message[:500], time.time(), int(run_id)),
+                "WHERE id = ? AND status = 'running' AND (? IS NULL OR worker_id = ?)",
+                (max(0.0, min(1.0, fraction)), stage[:200], message[:500], time.time(), int(run_id),
+                 worker_id, worker_id),
             )
         return cur.rowcount == 1
 
     def finish(self, run_id: int, status: str, metrics: dict[str, Any] | None = None,
-               error: str | None = None) -> bool:
-        """Move a running run to a finished status; False if it was not running any more."""
+               error: str | None = None, worker_id: str | None = None) -> bool:
+        """Move a running run to a finished status; False if it was not running any more (or, with
+        `worker_id`, is no longer that worker's attempt)."""
         if status not in FINISHED:
             raise ValueError(f"not a finished status: {status}")
         with self._db(write=True) as conn:
             cur = conn.execute(
                 "UPDATE runs SET status = ?, finished = ?, metrics = ?, error = ?, "
                 "progress = CASE WHEN ? = 'succeeded' THEN 1 ELSE progress END "
-                "WHERE id = ? AND status = 'running'",
+                "WHERE id = ? AND status = 'running' AND (? IS NULL OR worker_id = ?)",
                 (status, time.time(), json.dumps(metrics) if metrics is not None else None, error, status,
-                 int(run_id)),
+                 int(run_id), worker_id, worker_id),
             )
         return cur.rowcount == 1
 

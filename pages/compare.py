@@ -1,0 +1,84 @@
+"""Compare: finished runs side by side — cards with deltas, charts, the Pareto frontier, every number, downloads."""
+
+import streamlit as st
+
+from ui import runs_view as rv
+from ui import view
+from workbench import charts, compare
+
+st.title("Compare")
+store = rv.get_store()
+done = store.list(status="succeeded", limit=500)
+if not done:
+    st.info("No finished runs yet. Launch a run or a sweep on **Compress**; it appears here when it succeeds.")
+    st.stop()
+
+by_id = {r.id: r for r in done}
+ids = st.multiselect("Runs to compare", list(by_id), default=rv.selected_ids(list(by_id), rv.default_ids(store)),
+                     format_func=lambda i: f"#{i} {by_id[i].name}", key="compare_runs",
+                     help="Opens with the latest sweep, else the last runs of the current model.")
+rv.remember_selection(ids)
+if not ids:
+    st.info("Pick one or more runs.")
+    st.stop()
+
+runs = [by_id[i] for i in sorted(ids)]
+reports = rv.reports(store, runs)
+df = rv.compare_frame(store, runs)
+metric = compare.quality_metric(df)
+batches = compare.batch_sizes(df) or [1]
+batch = st.radio("Latency at batch size", batches, horizontal=True, key="compare_batch")
+claims = {i: compare.claims_frame(r).to_dict("records") for i, r in reports.items()}
+
+with view.guard():
+    rv.metric_cards(df, claims, batch)
+st.caption("Deltas are against each run's own baseline, measured in the same run under the same conditions. "
+           "Badges: :green-badge[REAL] a gain measured on this machine · :red-badge[REAL (worse)] a measured loss · "
+           ":orange-badge[SIMULATED] fake-quant or masked zeros · :gray-badge[NONE] no change beyond noise "
+           "(the reasons are under Claims and downloads).")
+
+st.subheader("Accuracy, size and latency")
+left, middle, right = st.columns(3)
+with view.guard():
+    left.altair_chart(charts.accuracy_bars(df, metric), width="stretch")
+    middle.altair_chart(charts.size_bars(df), width="stretch")
+    right.altair_chart(charts.latency_bars(df, batch), width="stretch")
+
+st.subheader("Trade-offs")
+size_col = st.radio("Size measure", ["gzip_kb", "file_kb", "min_storage_kb"], horizontal=True, key="compare_size",
+                    format_func=lambda c: {"gzip_kb": "gzip", "file_kb": "raw file",
+                                           "min_storage_kb": "minimum storage (estimate)"}[c])
+left, right, lat = *st.columns(2), f"ort_ms@{batch}"
+with view.guard():
+    left.altair_chart(charts.tradeoff_scatter(compare.tradeoff_frame(df, size_col, metric), size_col, metric,
+                                              x_title=f"{size_col.removesuffix('_kb')} size (KB)"), width="stretch")
+    right.altair_chart(charts.tradeoff_scatter(compare.tradeoff_frame(df, lat, metric), lat, metric,
+                                               x_title=f"ORT latency @ batch {batch} (ms)"), width="stretch")
+st.caption("Orange: the Pareto frontier — no other run (or the baseline) is both smaller/faster and more accurate. "
+           "Latency differences inside the run-to-run spread are noise: check the claims below.")
+
+with view.guard():
+    layers, history, sweep = rv.layers(store, df), rv.history(df, reports), compare.sweep_rows(df)
+    extra = [charts.layer_sparsity_bars(layers)] if not layers.empty else []
+    extra += [charts.sweep_heatmap(compare.sweep_frame(sweep, metric), metric)] if not sweep.empty else []
+    extra += [charts.rounds_line(history)] if not history.empty else []
+    if extra:
+        st.subheader("Per layer, per sweep setting, per pruning round")
+        for col, chart in zip(st.columns(len(extra)), extra, strict=True):
+            col.altair_chart(chart, width="stretch")
+
+st.subheader("Every number")
+shown, config = rv.table(df)
+st.dataframe(shown, column_config=config, hide_index=True, width="stretch")
+st.download_button("Download table (CSV)", df.to_csv(index=False), "comparison.csv", "text/csv",
+                   on_click="ignore", key="compare_csv")
+
+st.subheader("Claims and downloads")
+for row in df.to_dict("records"):
+    with st.expander(f"{row['label']} — {row['method']}"):
+        st.markdown(rv.badges(claims.get(row["id"], [])))
+        for claim in claims.get(row["id"], []):
+            st.markdown(f"- **{claim['aspect']}** ({claim['kind']}): {claim['reason']}")
+        model_col, recipe_col = st.columns(2)
+        rv.download(model_col, store, row["id"], "model", "Compressed model (model.onnx)", f"run-{row['id']}.onnx")
+        rv.download(recipe_col, store, row["id"], "recipe", "Recipe (recipe.yaml)", f"run-{row['id']}.yaml")

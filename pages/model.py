@@ -1,0 +1,109 @@
+"""Model: pick a sample or upload a model, pick the evaluation data, then see the layers, the measured
+baseline and the weight histogram."""
+
+import pandas as pd
+import streamlit as st
+
+from ui import cache, state, uploads, view
+from workbench import charts
+from workbench.specs import MODEL_SUFFIXES, DataRef, ModelRef
+from workbench.zoo import sample_card, sample_names
+
+st.title("Model")
+current, data = state.current_model(), state.current_data()
+SOURCES = ["Sample model", "Upload a model file"]
+DATA_SOURCES = ["Built-in digits", "Upload .npz / .csv"]
+st.session_state.setdefault("model_source", SOURCES[current.sample is None])
+st.session_state.setdefault("data_source", DATA_SOURCES[data.builtin is None])
+
+pick_model, pick_data = st.columns(2, gap="large")
+with pick_model:
+    st.subheader("Model")
+    source = st.radio("Source", SOURCES, key="model_source", horizontal=True, persist_state="session")
+    if source == SOURCES[0]:
+        names = sample_names()
+        name = st.selectbox("Sample model", names, index=names.index(current.sample) if current.sample in names else 0)
+        if name != current.sample:
+            state.set_model(ModelRef(sample=name))
+        with view.guard():
+            card = sample_card(name)
+            st.caption(f"{card['architecture']} · {card['parameters']:,} parameters · "
+                       f"trained to {card['test_accuracy']:.4f} test accuracy (seeded; see sample_models/)")
+    else:
+        upload = st.file_uploader("ONNX, torch.export (.pt2), TorchScript (.pt/.ts) or safetensors",
+                                  type=[s.lstrip(".") for s in MODEL_SUFFIXES], key="model_upload")
+        arch = st.selectbox("Architecture (safetensors only)", sample_names(), key="model_arch")
+        if upload is not None:
+            with view.guard():
+                ref = uploads.accept_model(upload.getvalue(), upload.name, state.uploads_dir(), arch)
+                if ref != current:
+                    state.set_model(ref)
+                st.success(f"{upload.name}: loaded. Nothing leaves this machine; pickles are never loaded.")
+        elif current.path:
+            st.caption(f"Current model: **{uploads.model_label(current)}** (uploaded earlier)")
+with pick_data:
+    st.subheader("Evaluation data")
+    data_source = st.radio("Data", DATA_SOURCES, key="data_source", horizontal=True, persist_state="session")
+    if data_source == DATA_SOURCES[0]:
+        if data.builtin is None:
+            state.set_data(DataRef())
+        st.caption("scikit-learn digits, 8×8: 1257 train / 180 calibration / 360 test, stratified, seed 0.")
+    else:
+        upload = st.file_uploader("`.npz` with x (and y), or `.csv` with numeric columns", type=["npz", "csv"],
+                                  key="data_upload")
+        label = st.text_input("Label column (CSV)", key="data_label", placeholder="auto: label, y, target or class")
+        if upload is not None:
+            with view.guard():
+                ref = uploads.accept_data(upload.getvalue(), upload.name, state.uploads_dir(), label)
+                if ref != data:
+                    state.set_data(ref)
+                st.caption("Without labels, runs report fidelity to this model instead of accuracy. "
+                           "Recovery fine-tuning needs the built-in data.")
+
+ref, data = state.current_model(), state.current_data()
+label = uploads.model_label(ref)
+st.divider()
+st.subheader(f"Layers of {label}")
+with view.guard():
+    summary = cache.summary(ref)
+    table = pd.DataFrame(summary.table())
+    table["weight_shape"] = table["weight_shape"].map(lambda shape: " × ".join(map(str, shape)))
+    st.dataframe(table, hide_index=True, column_config={
+        "share": st.column_config.NumberColumn("share", format="percent", help="of all parameters"),
+        "macs": st.column_config.NumberColumn("MACs", format="localized", help="multiply-accumulates per sample"),
+        "params": st.column_config.NumberColumn("params", format="localized"),
+        "sparsity": st.column_config.NumberColumn("zeros", format="percent"),
+    })
+    macs = f"{summary.total_macs:,} MACs per sample" if summary.total_macs else "MACs unknown (input shape unknown)"
+    st.caption(f"{summary.total_params:,} parameters, {summary.weight_params:,} of them in the layers above "
+               f"(what pruning acts on) · {macs}")
+
+st.subheader("Baseline")
+with view.guard():
+    with st.spinner("Exporting to ONNX and measuring with ONNX Runtime…"):
+        m = cache.baseline(ref, data, state.measure_spec())
+    st.markdown(f"{view.badge('measured')} ONNX Runtime (CPU) on {m.eval_samples} test samples, "
+                f"{m.latency[0].threads} thread(s); the same way every run measures its baseline.")
+    cols = st.columns(2 + len(m.latency) + 1)
+    if "accuracy" in m.metrics:
+        cols[0].metric("accuracy", f"{m.metrics['accuracy']:.4f}")
+    else:
+        cols[0].metric("accuracy", "no labels", help="runs report fidelity (agreement with this model)")
+    for col, stats in zip(cols[1:], m.latency, strict=False):
+        eager = m.latency_at(stats.batch_size, "torch-eager")
+        col.metric(f"latency @ batch {stats.batch_size}", f"{stats.median_ms:.3f} ms",
+                   help=f"ORT median of {stats.repeats} calls; p90 {stats.p90_ms:.3f} ms" +
+                   (f"; torch eager {eager.median_ms:.3f} ms" if eager else ""))
+    cols[-2].metric("file size (ONNX)", view.kb(m.size.file_bytes))
+    cols[-1].metric("gzipped", view.kb(m.size.gzip_bytes))
+    if m.torch_latency:
+        st.caption("torch eager, for reference: " + ", ".join(
+            f"{s.median_ms:.3f} ms @ batch {s.batch_size}" for s in m.torch_latency))
+
+st.subheader("Weights")
+with view.guard():
+    weights, _ = cache.weights(ref)
+    st.altair_chart(charts.weight_histogram(weights), width="stretch")
+    st.caption("Magnitude pruning removes the values nearest zero first; quantization maps this range to "
+               "2^bits levels. Try both on the Compress page.")
+st.page_link("pages/compress.py", label="Next: compress it", icon="🗜️")

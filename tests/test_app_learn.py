@@ -1,0 +1,62 @@
+"""The Learn page (AppTest): the explainers render and follow their sliders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.test_compare import finished_home
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "learn.py")
+
+
+@pytest.fixture(autouse=True)
+def fresh_app(monkeypatch):
+    from ui import cache
+
+    monkeypatch.setenv("WORKBENCH_AUTO_WORKER", "0")
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def page() -> AppTest:
+    return AppTest.from_file(PAGE, default_timeout=60).run()
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def test_explainers_follow_their_sliders():
+    at = page()
+    assert not at.exception
+    assert metric(at, "cells zeroed") == "32 of 64"
+    at.slider(key="learn_sparsity").set_value(90).run()
+    assert metric(at, "cells zeroed") == "58 of 64"
+    matrix = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    assert [layer["mark"]["type"] for layer in matrix["layer"]] == ["rect", "text"]
+    assert metric(at, "levels") == "16"
+    at.slider(key="learn_bits").set_value(2).run()
+    assert metric(at, "levels") == "4" and metric(at, "storage vs float32") == "16× smaller"
+    titles = [json.loads(c.proto.spec).get("title") for c in at.get("vega_lite_chart")]
+    assert "4 levels at 2 bits (orange)" in titles and "dense matmul time vs zeros" in titles
+
+
+def test_cpu_flags_and_no_runs_of_our_own():
+    at = page()
+    flags = at.dataframe[-1].value
+    assert {"avx2", "avx512_vnni", "amx_int8"} <= set(flags["flag"])
+    assert not any("Your own pruned runs" in m.value for m in at.markdown)
+
+
+def test_shows_measured_pruned_runs(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_HOME", str(finished_home(tmp_path_factory)["home"]))
+    at = page()
+    assert not at.exception
+    assert any("Your own pruned runs" in m.value for m in at.markdown)
+    pruned = at.dataframe[1].value
+    assert sorted(pruned["sparsity"].round(2)) == [0.5, 0.9] and "speedup@1" in pruned

@@ -1,0 +1,79 @@
+"""Model page: layers, measured baseline and weight histogram; uploads are saved by content and a bad
+one is one error line while the page keeps working."""
+
+import numpy as np
+import pytest
+
+from tests.app_fixtures import chart_specs, fresh_app_env, metric, open_app, texts
+from ui import uploads
+from workbench.errors import WorkbenchError
+
+PAGE = "pages/model.py"
+
+
+@pytest.fixture(autouse=True)
+def app_env(monkeypatch, isolated_home):
+    yield from fresh_app_env(monkeypatch, isolated_home)
+
+
+def test_sample_model_shows_layers_baseline_and_histogram():
+    at = open_app(PAGE)
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    assert list(table["name"]) == ["fc1", "fc2", "fc3"] and table["params"].sum() == 50_200
+    assert float(metric(at, "accuracy")) > 0.95
+    assert metric(at, "latency @ batch 1").endswith("ms") and metric(at, "latency @ batch 32").endswith("ms")
+    assert metric(at, "gzipped").endswith("KB")
+    (histogram,) = [s for s in chart_specs(at) if str(s.get("title", "")).startswith("Weight values")]
+    assert histogram["mark"]["type"] == "bar" and histogram["encoding"]["y"]["scale"]["type"] == "log"
+
+
+def test_bad_upload_is_one_error_line_and_the_page_keeps_working(isolated_home):
+    at = open_app(PAGE)
+    at.radio(key="model_source").set_value("Upload a model file").run()
+    at.file_uploader(key="model_upload").upload("x.onnx", np.random.default_rng(0).bytes(4096)).run()
+    assert not at.exception
+    (error,) = at.error
+    assert error.value.startswith("x.onnx: not a valid ONNX file") and "\n" not in error.value
+    assert at.session_state["model_ref"] == {"sample": "digits-mlp"}  # the current model is unchanged
+    assert list(at.dataframe[0].value["name"]) == ["fc1", "fc2", "fc3"]  # the rest of the page still renders
+    assert len(list((isolated_home / "uploads").glob("*.onnx"))) == 1  # copied to disk at once
+    at.radio(key="model_source").set_value("Sample model").run()
+    at.selectbox[0].set_value("digits-cnn").run()
+    assert not at.exception and not at.error and at.session_state["model_ref"] == {"sample": "digits-cnn"}
+
+
+def test_onnx_upload_becomes_the_current_model(tiny_onnx):
+    at = open_app(PAGE)
+    at.radio(key="model_source").set_value("Upload a model file").run()
+    at.file_uploader(key="model_upload").upload("tiny.onnx", tiny_onnx.read_bytes()).run()
+    assert not at.exception and not at.error
+    assert at.session_state["model_ref"]["path"].endswith(".onnx")
+    assert any("tiny.onnx" in t for t in texts(at))  # the sidebar names the user's file, not the hash
+    assert list(at.dataframe[0].value["name"]) == ["conv", "fc"]
+    at.switch_page("pages/compress.py").run()
+    at.slider(key="sparsity").set_value(80).run()
+    assert not at.exception and not at.error and metric(at, "sparsity") == "80.0%"
+
+
+def test_bad_data_upload_is_one_error_line():
+    at = open_app(PAGE)
+    at.radio(key="data_source").set_value("Upload .npz / .csv").run()
+    at.file_uploader(key="data_upload").upload("eval.csv", b"a,b\n1,x\n").run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["eval.csv: all columns must be numeric (could not convert string to "
+                                           "float: 'x')"]
+    assert at.session_state["data_ref"] == {"builtin": "digits"}
+
+
+def test_save_upload_names_files_by_content(tmp_path):
+    first = uploads.save_upload(b"abc", "model.onnx", tmp_path, (".onnx",))
+    again = uploads.save_upload(b"abc", "renamed.onnx", tmp_path, (".onnx",))
+    assert first == again and first.name.startswith("ba7816bf") and first.read_bytes() == b"abc"
+    assert uploads.display_name(first) == "renamed.onnx"
+    with pytest.raises(WorkbenchError, match=r"^notes.txt: unsupported file type '.txt'"):
+        uploads.save_upload(b"abc", "notes.txt", tmp_path, (".onnx",))
+    with pytest.raises(WorkbenchError, match="the file is empty"):
+        uploads.save_upload(b"", "m.onnx", tmp_path, (".onnx",))
+    with pytest.raises(WorkbenchError, match=r"^w.safetensors: arch"):
+        uploads.accept_model(b"not weights", "w.safetensors", tmp_path, arch=None)

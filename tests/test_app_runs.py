@@ -1,0 +1,139 @@
+"""The Runs page (AppTest): live table, progress, logs, cancel / retry / delete, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from workbench.settings import get_settings
+from workbench.store import Store
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "runs.py")
+SPEC = {"model": {"sample": "digits-mlp"}, "stages": [{"prune": {"sparsity": 0.5}}]}
+
+
+@pytest.fixture(autouse=True)
+def fresh_app(monkeypatch):
+    from ui import cache
+
+    monkeypatch.setenv("WORKBENCH_AUTO_WORKER", "0")  # never start a background worker from a test
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def store() -> Store:
+    """Run 1 succeeded (with a log), 2 failed, 3 running at 40%, 4 queued."""
+    store = Store(get_settings().home)
+    for name in ("done", "broken", "busy", "waiting"):
+        store.submit(SPEC, name=name)
+    store.claim("w")
+    (store.run_dir(1)).mkdir(parents=True)
+    (store.run_dir(1) / "log.txt").write_text("loading digits-mlp\nmeasuring the baseline\nfinished\n")
+    store.finish(1, "succeeded", {"rows": [], "final": {"accuracy": 0.97, "gzip_kb": 20.0, "gzip_x": 9.5,
+                                                        "ort_ms@1": 0.02}})
+    store.claim("w")
+    store.finish(2, "failed", error="model.onnx: not a readable model\n--- log tail ---\nTraceback ...")
+    store.claim("w")
+    store.set_progress(3, 0.4, "1: prune", "round 1/2")
+    return store
+
+
+def page() -> AppTest:
+    return AppTest.from_file(PAGE, default_timeout=30)
+
+
+def select(at: AppTest, run_id: int) -> AppTest:
+    return at.selectbox(key="runs_selected").set_value(run_id).run()
+
+
+def progress_values(at: AppTest) -> list[int]:
+    return [p.proto.value for p in at.get("progress")]
+
+
+def test_empty_store_renders():
+    at = page().run()
+    assert not at.exception
+    assert "No runs yet" in at.info[0].value
+
+
+def test_table_lists_every_run_with_progress(store):
+    at = page().run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["id"]) == [4, 3, 2, 1]
+    assert list(table["progress"]) == [0.0, 0.4, 0.0, 1.0]
+    assert table.loc[table["id"] == 2, "message"].item() == "model.onnx: not a readable model"  # one line
+    assert "succeeded" in table.loc[table["id"] == 1, "status"].item()
+
+
+def test_a_running_run_shows_live_progress(store):
+    at = select(page().run(), 3)
+    assert progress_values(at) == [40]
+    store.set_progress(3, 0.75, "1: prune", "round 2/2")
+    at.run()  # AppTest cannot tick the polling fragment's timer: a rerun stands in for it
+    assert progress_values(at) == [75]
+    assert at.dataframe[0].value.loc[lambda t: t["id"] == 3, "stage"].item() == "1: prune"
+    store.finish(3, "succeeded", {"rows": [], "final": {"accuracy": 0.9}})
+    at.run()
+    assert progress_values(at) == [] and at.success
+
+
+def test_cancel_a_running_and_a_queued_run(store):
+    at = select(page().run(), 3)
+    at.button(key="cancel_3").click().run()
+    assert not at.exception
+    assert store.get(3).cancel_requested and store.get(3).status == "running"  # the worker confirms later
+    at = select(at, 4)
+    at.button(key="cancel_4").click().run()
+    assert store.get(4).status == "cancelled"
+    assert "cancel requested" in at.success[0].value
+
+
+def test_retry_and_delete(store):
+    at = select(page().run(), 2)
+    assert at.error[0].value == "model.onnx: not a readable model"   # the whole error is in an expander
+    at.button(key="retry_2").click().run()
+    assert store.get(2).status == "queued"
+    at = select(at, 1)
+    at.button(key="delete_1").click().run()
+    assert not at.exception
+    assert [r.id for r in store.list()] == [4, 3, 2] and not store.run_dir(1).exists()
+
+
+def test_a_failed_action_is_one_line(store):
+    at = select(page().run(), 2)
+    store.delete(2)   # gone behind the page's back (another tab, the CLI)
+    at.button(key="retry_2").click().run()
+    assert not at.exception
+    assert any(e.value == "run 2: no such run" for e in at.error)
+
+
+def test_logs_and_compare_link_of_a_finished_run(store):
+    at = select(page().run(), 1)
+    assert "measuring the baseline" in at.code[0].value
+    assert any("?runs=1" in c.value for c in at.caption)   # run alone: the link degrades to the URL
+    assert "accuracy 0.970" in at.success[0].value
+
+
+def test_state_comes_from_the_store_only(store):
+    first = select(page().run(), 3)
+    first.button(key="cancel_3").click().run()
+    reloaded = page()            # a new session, as after a browser reload
+    reloaded.query_params["run"] = "3"
+    reloaded.run()
+    assert reloaded.selectbox(key="runs_selected").value == 3
+    assert reloaded.dataframe[0].value.loc[lambda t: t["id"] == 3, "progress"].item() == 0.4
+
+
+def test_inside_the_app_a_finished_run_links_to_compare(store):
+    at = AppTest.from_file(str(Path(PAGE).parent.parent / "app.py"), default_timeout=30).run()
+    at.switch_page("pages/runs.py")
+    at.query_params["run"] = "1"
+    at.run()
+    assert not at.exception
+    links = {link.proto.label: link.proto for link in at.get("page_link")}
+    assert links["Compare this run"].query_string == "runs=1"

@@ -1,0 +1,166 @@
+"""Cached loaders. Loaded models are shared by every session of the app process (st.cache_resource),
+so whatever touches a model's weights (the preview's accuracy, the baseline's eager timing) holds its lock.
+
+Cache keys are JSON strings of the refs: uploads are content-named, so a path names its content.
+`clear()` empties every cache; tests call it, because st.cache_resource outlives an AppTest instance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from workbench.data import Splits
+from workbench.measure import Measurement
+from workbench.models import LoadedModel
+from workbench.presets import CompressSettings
+from workbench.preview import Preview
+from workbench.specs import DataRef, MeasureSpec, ModelRef, PruneSpec, RunSpec
+from workbench.store import Store
+from workbench.summary import ModelSummary
+
+
+@dataclass
+class Held:
+    """A loaded model and the lock that serializes work on its (shared) weights."""
+
+    loaded: LoadedModel
+    lock: threading.Lock
+
+
+def _key(ref: ModelRef | DataRef | MeasureSpec) -> str:
+    return json.dumps(dataclasses.asdict(ref), sort_keys=True)
+
+
+def _model_ref(key: str) -> ModelRef:
+    raw = json.loads(key)
+    return ModelRef(**raw | {"input_shape": tuple(raw["input_shape"]) if raw.get("input_shape") else None})
+
+
+def clear() -> None:
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+@st.cache_resource(show_spinner=False)
+def _store(home: str) -> Store:
+    return Store(home)
+
+
+def store() -> Store:
+    from ui.state import home
+
+    return _store(str(home()))
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=8)
+def _held(key: str) -> Held:
+    from workbench.models import load_model
+
+    return Held(load_model(_model_ref(key)), threading.Lock())
+
+
+def model(ref: ModelRef) -> Held:
+    """The loaded model (raises WorkbenchError for a bad file; errors are not cached)."""
+    return _held(_key(ref))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _summary(key: str) -> ModelSummary:
+    from workbench.summary import summarize
+
+    held = _held(key)
+    with held.lock:
+        return summarize(held.loaded)
+
+
+def summary(ref: ModelRef) -> ModelSummary:
+    return _summary(_key(ref))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _weights(key: str) -> tuple[dict, int]:
+    from workbench.preview import model_weights
+
+    return model_weights(_held(key).loaded)
+
+
+def weights(ref: ModelRef) -> tuple[dict, int]:
+    """(prunable weights as numpy arrays, count of other parameters); treat as read-only."""
+    return _weights(_key(ref))
+
+
+@st.cache_resource(show_spinner="Loading the data…", max_entries=8)
+def _splits(model_key: str, data_key: str) -> Splits:
+    from workbench.baseline import eval_splits
+
+    spec = RunSpec(model=_model_ref(model_key), data=DataRef(**json.loads(data_key)))
+    return eval_splits(_held(model_key).loaded, spec)
+
+
+def splits(ref: ModelRef, data: DataRef) -> Splits:
+    return _splits(_key(ref), _key(data))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _digest(path: str, mtime_ns: int, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_digest(path: Path | None) -> str:
+    """sha256 of a file, cached by (path, mtime, size)."""
+    if path is None or not Path(path).is_file():
+        return ""
+    stat = Path(path).stat()
+    return _digest(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _baseline(model_key: str, model_sha: str, data_key: str, measure_key: str) -> Measurement:
+    from workbench.baseline import measure_baseline
+
+    held = _held(model_key)
+    raw = json.loads(measure_key)
+    measure = MeasureSpec(**raw | {"batch_sizes": tuple(raw["batch_sizes"])})
+    spec = RunSpec(model=_model_ref(model_key), data=DataRef(**json.loads(data_key)), measure=measure)
+    with held.lock:
+        return measure_baseline(held.loaded, spec, _splits(model_key, data_key))
+
+
+def baseline(ref: ModelRef, data: DataRef, measure: MeasureSpec) -> Measurement:
+    """The model measured as it is (accuracy, ORT latency, size); cached by the model file's hash."""
+    sha = file_digest(model(ref).loaded.source)
+    return _baseline(_key(ref), sha, _key(data), _key(measure))
+
+
+def preview_for(ref: ModelRef, data: DataRef, settings: CompressSettings) -> Preview:
+    """The instant preview of `settings` (one-shot, whatever the schedule): counts, sizes, accuracy."""
+    from workbench.preview import preview
+
+    held = model(ref)
+    params, other = weights(ref)
+    test = splits(ref, data).test
+    spec = PruneSpec(method=settings.method, scope=settings.scope, sparsity=settings.sparsity)
+    with held.lock:
+        return preview(params, other, settings.sparsity, settings.bits, spec=spec, module=held.loaded.module,
+                       test=test, baseline_file_bytes=held.loaded.file_bytes)
+
+
+def dense_preview(ref: ModelRef, data: DataRef) -> Preview:
+    """The preview of no compression: the reference for the preview's deltas."""
+    return _dense(_key(ref), _key(data))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _dense(model_key: str, data_key: str) -> Preview:
+    return preview_for(_model_ref(model_key), DataRef(**json.loads(data_key)), CompressSettings())

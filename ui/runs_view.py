@@ -1,0 +1,299 @@
+"""Streamlit glue for the Runs, Compare and Learn pages: the store, cached reports, the Compare
+selection (query params), log tails and links between pages.
+
+Durable state lives in the store and the run folders; shareable state (which runs Compare shows) in
+the URL (`?runs=3,4,5`); nothing here survives only in `st.session_state`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import streamlit as st
+from streamlit.errors import StreamlitAPIException
+
+from ui import cache, launch, state
+from workbench import compare
+from workbench.errors import WorkbenchError
+from workbench.store import Run, Store
+
+STATUS_ICONS = {"queued": "⏳", "running": "▶️", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️",
+                "interrupted": "⚠️"}
+COMPARE_PAGE = "pages/compare.py"
+RUNS_PARAM = "runs"
+LOG_FILES = ("log.txt", "worker-output.txt")   # the pipeline's log, then the worker child's stdout/stderr
+
+
+def get_store() -> Store:
+    """The store of the current data dir (WORKBENCH_HOME), opened once per dir."""
+    return cache.store()
+
+
+@st.cache_data(show_spinner=False, max_entries=1000)
+def _report(home: str, run_id: int, mtime: float) -> dict | None:
+    return compare.load_report(Store(home), run_id)
+
+
+def reports(store: Store, runs: list[Run]) -> dict[int, dict]:
+    """report.json of each run, re-read only when the file changed."""
+    out = {}
+    for run in runs:
+        path = store.run_dir(run.id) / "report.json"
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            continue
+        report = _report(str(store.home), run.id, mtime)
+        if report is not None:
+            out[run.id] = report
+    return out
+
+
+def compare_frame(store: Store, runs: list[Run]) -> pd.DataFrame:
+    return compare.runs_frame(store, runs, reports(store, runs))
+
+
+# --- the runs table ----------------------------------------------------------------------------
+
+def _ago(t: float | None, now: float) -> str:
+    if t is None:
+        return ""
+    s = max(0.0, now - t)
+    return f"{s:.0f} s ago" if s < 90 else f"{s / 60:.0f} min ago" if s < 5400 else f"{s / 3600:.1f} h ago"
+
+
+def _duration(run: Run, now: float) -> str:
+    if run.started is None:
+        return ""
+    return f"{(run.finished or now) - run.started:.1f} s"
+
+
+def runs_table(runs: list[Run]) -> pd.DataFrame:
+    """One row per run for st.dataframe: status with icon, progress 0..1, stage, message, times."""
+    now = time.time()
+    rows = [{"id": r.id, "run": r.name, "status": f"{STATUS_ICONS.get(r.status, '')} {r.status}",
+             "progress": r.progress, "stage": r.stage, "message": one_line(r.error) if r.error else r.message,
+             "created": _ago(r.created, now), "duration": _duration(r, now), "sweep": r.sweep_id or ""}
+            for r in runs]
+    return pd.DataFrame(rows, columns=["id", "run", "status", "progress", "stage", "message", "created",
+                                       "duration", "sweep"])
+
+
+TABLE_CONFIG = {
+    "id": st.column_config.NumberColumn("id", width="small"),
+    "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+    "message": st.column_config.TextColumn("message", width="large"),
+}
+
+
+def one_line(error: str | None) -> str:
+    """The first non-empty line of an error, short enough for a table cell or st.error."""
+    line = next((ln.strip() for ln in (error or "").splitlines() if ln.strip()), "")
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def run_label(run: Run) -> str:
+    return f"#{run.id} {run.name} — {STATUS_ICONS.get(run.status, '')} {run.status}"
+
+
+def log_tail(store: Store, run_id: int, lines: int = 60) -> str:
+    """The last `lines` lines of the run's logs (only files inside the run's folder are read)."""
+    root = store.run_dir(run_id).resolve()
+    parts = []
+    for name in LOG_FILES:
+        path = (root / name).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            continue
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+        if text:
+            parts.append(f"--- {name} ---\n" + "\n".join(text))
+    return "\n".join(parts) or "(no log yet)"
+
+
+FLASH = "runs_flash"
+
+
+def act(action, run_id: int, done: str) -> None:
+    """A button callback running a store action; the outcome is shown once by `flash()` (a failure is one
+    line, never a traceback). Callbacks run before the rerun, so the page already shows the new state."""
+    try:
+        action(run_id)
+        st.session_state[FLASH] = ("success", done)
+    except WorkbenchError as exc:
+        st.session_state[FLASH] = ("error", one_line(str(exc)))
+
+
+def flash() -> None:
+    kind, text = st.session_state.pop(FLASH, (None, None))
+    if kind == "error":
+        st.error(text)
+    elif kind:
+        st.success(text)
+
+
+# --- moving between pages ----------------------------------------------------------------------
+
+def compare_link(ids: list[int], label: str) -> None:
+    """A link to Compare showing `ids`; outside the full app (a page run alone) the URL to open instead."""
+    value = ",".join(str(i) for i in ids)
+    try:
+        st.page_link(COMPARE_PAGE, label=label, icon="📊", query_params={RUNS_PARAM: value})
+    except StreamlitAPIException:  # the page is not registered (a page run on its own, e.g. in tests)
+        st.caption(f"{label}: open Compare with `?{RUNS_PARAM}={value}`")
+
+
+def selected_ids(options: list[int], default: list[int]) -> list[int]:
+    """Compare's starting selection: `?runs=` from the URL when it names known runs, else `default`."""
+    raw = st.query_params.get(RUNS_PARAM, "")
+    wanted = [int(p) for p in raw.split(",") if p.strip().isdigit()]
+    return [i for i in wanted if i in options] or [i for i in default if i in options]
+
+
+def remember_selection(ids: list[int]) -> None:
+    value = ",".join(str(i) for i in ids)
+    if st.query_params.get(RUNS_PARAM, "") != value:
+        st.query_params[RUNS_PARAM] = value
+
+
+def default_ids(store: Store) -> list[int]:
+    """The sweep this session launched last (if any of it succeeded), else compare.default_selection
+    for the current model (the model picked on the Model page)."""
+    sweep = st.session_state.get(state.LAST_SWEEP_KEY)
+    if sweep:
+        ids = sorted(r.id for r in store.list(status="succeeded", sweep_id=sweep, limit=10_000))
+        if ids:
+            return ids
+    return compare.default_selection(store, state.current_model().label)
+
+
+def start_worker() -> bool:
+    """Start the background worker for this data dir unless one runs (or auto-start is off)."""
+    return launch.start_worker()
+
+
+def download(where, store: Store, run_id: int, name: str, label: str, file_name: str) -> None:
+    """A download button for a run's artifact; the file is read on click, and only from inside the run's
+    folder (compare.artifact_path). A missing file gives a disabled button with the reason."""
+    try:
+        path = compare.artifact_path(store, run_id, name)
+    except WorkbenchError as exc:
+        where.button(label, disabled=True, help=str(exc), key=f"dl_{name}_{run_id}")
+        return
+    where.download_button(label, path.read_bytes, file_name, "application/octet-stream", on_click="ignore",
+                          key=f"dl_{name}_{run_id}")
+
+
+def retry(run_id: int) -> None:
+    """Queue a finished run again and make sure a worker will pick it up."""
+    get_store().retry(run_id)
+    start_worker()
+
+
+# --- Compare page pieces -----------------------------------------------------------------------
+
+BADGE_COLORS = {"real": "green", "simulated": "orange", "estimate": "blue", "none": "gray"}
+TABLE_COLUMNS = ["id", "label", "model", "method", "accuracy", "d_accuracy", "top1_agreement", "file_kb", "gzip_kb",
+                 "min_storage_kb", "file_x", "gzip_x", "min_storage_x", "sparsity", "bits", "real", "simulated",
+                 "setting_sparsity", "setting_bits", "sweep_id", "threads"]
+
+
+SHORT_ASPECTS = {"file size": "file", "compressed size": "gzip", "minimum storage": "min. storage",
+                 "latency @ batch ": "latency@", "accuracy": "accuracy"}
+
+
+def badges(claims: list[dict], short: bool = False) -> str:
+    """Claims as coloured markdown badges: 'REAL compressed size 6.1x', 'SIMULATED accuracy' ..."""
+    out = []
+    for c in claims:
+        aspect = c["aspect"]
+        if short:
+            aspect = next((aspect.replace(k, v) for k, v in SHORT_ASPECTS.items() if aspect.startswith(k)), aspect)
+        ratio = c.get("ratio") if c["aspect"] != "accuracy" else None
+        worse = c["kind"] == "real" and ratio is not None and ratio < 1   # a real loss: slower or bigger
+        text = f"{c['kind'].upper()} {aspect}" + (f" {ratio:.2f}x" if ratio is not None else "") + \
+            (" (worse)" if worse else "")
+        out.append(f":{'red' if worse else BADGE_COLORS.get(c['kind'], 'gray')}-badge[{text}]")
+    return " ".join(out)
+
+
+def ms(value: float) -> str:
+    return f"{value * 1000:.0f} µs" if value < 1 else f"{value:.2f} ms"
+
+
+def _pct(value: float, ref: float) -> str | None:
+    return f"{(value / ref - 1) * 100:+.0f}% vs baseline" if ref and value == value and ref == ref else None
+
+
+def metric_cards(df: pd.DataFrame, claims: dict[int, list[dict]], batch: int, per_row: int = 4) -> None:
+    """One bordered card per run: quality, gzip size and latency with deltas vs that run's baseline."""
+    metric, lat = compare.quality_metric(df), f"ort_ms@{batch}"
+    for start in range(0, len(df), per_row):
+        for col, row in zip(st.columns(per_row), df.iloc[start:start + per_row].to_dict("records"), strict=False):
+            with col.container(border=True):
+                st.markdown(f"**{row['label']}**")
+                st.caption(row["method"])
+                delta = row.get(f"d_{metric}")
+                st.metric(metric, f"{row.get(metric, float('nan')):.3f}",
+                          delta=None if delta is None or delta != delta else f"{delta:+.3f} vs baseline")
+                st.metric("gzip size", f"{row['gzip_kb']:.1f} KB", delta=_pct(row["gzip_bytes"],
+                          row.get("base_gzip_bytes")), delta_color="inverse")
+                if lat in row:
+                    st.metric(f"ORT @ batch {batch}", ms(row[lat]),
+                              delta=_pct(row[lat], row.get(f"base_{lat}")), delta_color="inverse")
+                shown = [c for c in claims.get(row["id"], []) if c["kind"] != "estimate"]
+                st.markdown(badges(shown, short=True) or " ")
+
+
+def table(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The comparison table for st.dataframe: the useful columns in order, with formats."""
+    lat = sorted((c for c in df.columns if c.startswith(("ort_ms@", "speedup@", "torch_ms@"))),
+                 key=lambda c: (c.split("@")[0], int(c.split("@")[1])))
+    head, tail = TABLE_COLUMNS[:TABLE_COLUMNS.index("sparsity")], TABLE_COLUMNS[TABLE_COLUMNS.index("sparsity"):]
+    cols = [c for c in head if c in df.columns] + lat + [c for c in tail if c in df.columns]
+    fmt = {c: st.column_config.NumberColumn(c, format="%.2fx") for c in cols if c.endswith("_x") or "speedup" in c}
+    fmt |= {c: st.column_config.NumberColumn(c, format="%.1f") for c in cols if c.endswith("_kb")}
+    fmt |= {c: st.column_config.NumberColumn(c, format="%.4f") for c in cols if "_ms@" in c}
+    fmt |= {c: st.column_config.NumberColumn(c, format="percent") for c in ("sparsity", "setting_sparsity")}
+    fmt |= {c: st.column_config.NumberColumn(c, format="%+.3f") for c in ("d_accuracy",)}
+    return df[cols], fmt
+
+
+@st.cache_data(show_spinner=False, max_entries=1000)
+def _layers(home: str, run_id: int, mtime: float, label: str) -> pd.DataFrame:
+    return compare.layer_frame(Store(home), run_id, label)
+
+
+def layers(store: Store, df: pd.DataFrame) -> pd.DataFrame:
+    """Per-layer sparsity of each selected run's model.onnx (cached by file time)."""
+    frames = []
+    for run_id, label in zip(df["id"], df["label"], strict=True):
+        path = store.run_dir(run_id) / "model.onnx"
+        if path.is_file():
+            frames.append(_layers(str(store.home), int(run_id), path.stat().st_mtime, label))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def history(df: pd.DataFrame, reports_by_id: dict[int, dict]) -> pd.DataFrame:
+    pairs = zip(df["id"], df["label"], strict=True)
+    frames = [f for i, label in pairs if not (f := compare.history_frame(reports_by_id.get(i), label, 2)).empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# --- Learn page pieces -------------------------------------------------------------------------
+
+FLAG_MEANING = {
+    "avx2": "256-bit SIMD: the baseline for fast float and int8 kernels",
+    "avx512f": "512-bit SIMD: wider float kernels",
+    "avx512_vnni": "int8 dot product in one instruction (VPDPBUSD): what makes int8 GEMM fast",
+    "avx_vnni": "the same int8 dot product on 256-bit registers",
+    "amx_int8": "AMX tiles: int8 matrix multiply units, the fastest int8 path on Xeon",
+    "amx_tile": "AMX tile registers (needed by amx_int8)",
+    "f16c": "float16 <-> float32 conversion (fp16 weights stored, computed in float32)",
+}
+
+
+@st.cache_data(show_spinner="Timing a dense matmul…", max_entries=4)
+def matmul_timings(sparsities: tuple[float, ...]) -> pd.DataFrame:
+    """compare.dense_matmul_times, measured once per app process."""
+    return pd.DataFrame(compare.dense_matmul_times(sparsities))

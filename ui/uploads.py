@@ -1,0 +1,99 @@
+"""Uploads: copied to disk at once as HOME/uploads/<sha256>.<ext> (Streamlit holds them in RAM), then
+validated by loading them. Any failure becomes one line naming the file the user chose; never a traceback.
+
+The functions take bytes and a name, so they work (and are tested) without a browser.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from workbench.errors import WorkbenchError
+from workbench.specs import MODEL_SUFFIXES, DataRef, ModelRef
+
+log = logging.getLogger(__name__)
+DATA_SUFFIXES = (".npz", ".csv")
+NAME_SUFFIX = ".name"   # sidecar holding the file name the user uploaded
+
+
+def save_upload(data: bytes, name: str, folder: Path, allowed: tuple[str, ...]) -> Path:
+    """Write `data` to folder/<sha256><ext> (once; the same content reuses the file) and remember `name`."""
+    suffix = Path(name).suffix.lower()
+    if suffix not in allowed:
+        raise WorkbenchError(f"{name}: unsupported file type '{suffix or '(none)'}' (use {', '.join(allowed)})")
+    if not data:
+        raise WorkbenchError(f"{name}: the file is empty")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(data).hexdigest()}{suffix}"
+    if not path.is_file():
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)  # readers never see a half-written upload
+    path.with_name(path.name + NAME_SUFFIX).write_text(Path(name).name[:200])
+    return path
+
+
+def display_name(path: str | Path | None) -> str:
+    """The name the user uploaded `path` as (the content-hash name if unknown)."""
+    if path is None:
+        return ""
+    sidecar = Path(path).with_name(Path(path).name + NAME_SUFFIX)
+    try:
+        return sidecar.read_text().strip() or Path(path).name
+    except OSError:
+        return Path(path).name
+
+
+def model_label(ref: ModelRef) -> str:
+    return ref.sample or display_name(ref.path)
+
+
+def data_label(ref: DataRef) -> str:
+    return ref.builtin or display_name(ref.path)
+
+
+def one_line(exc: Exception, path: Path | None = None, name: str = "") -> WorkbenchError:
+    """A user-facing one-line error; the stored hash name is replaced by the user's file name."""
+    if isinstance(exc, WorkbenchError):
+        text = str(exc)
+    else:  # a loader bug or an odd file: the user still gets one line, the log keeps the traceback
+        log.exception("loading %s failed", name or path)
+        text = f"{name}: could not be loaded ({type(exc).__name__}: {exc})"
+    if path is not None:
+        text = text.replace(str(path), name).replace(path.name, name)
+    lines = text.strip().splitlines()
+    line = lines[0][:300] if lines else "could not be loaded"
+    return WorkbenchError(line if not name or line.startswith(name) else f"{name}: {line}")
+
+
+def accept_model(data: bytes, name: str, folder: Path, arch: str | None = None) -> ModelRef:
+    """Save an uploaded model, load it (through the app's cache) and return its ref."""
+    from ui import cache
+
+    path = None
+    try:
+        path = save_upload(data, name, folder, MODEL_SUFFIXES)
+        ref = ModelRef(path=str(path), arch=arch if path.suffix == ".safetensors" else None)
+        cache.model(ref)
+        cache.summary(ref)
+    except Exception as exc:
+        raise one_line(exc, path, name) from None
+    return ref
+
+
+def accept_data(data: bytes, name: str, folder: Path, label_column: str | None = None) -> DataRef:
+    """Save uploaded evaluation data, check that it reads, and return its ref."""
+    from workbench.data import load_user_data
+
+    path = None
+    try:
+        path = save_upload(data, name, folder, DATA_SUFFIXES)
+        load_user_data(path, label_column=label_column or None)
+    except Exception as exc:
+        raise one_line(exc, path, name) from None
+    return DataRef(path=str(path), label_column=label_column or None)

@@ -1,0 +1,360 @@
+"""Side-by-side comparison of finished runs as pandas DataFrames (what the Compare page and charts read).
+
+Contract: `runs_frame(store, runs)` gives one row per run, built from the final variant of the run's
+`report.json` (falling back to the summary rows in the store when the file is gone): accuracy and its
+change vs the run's own baseline, file / gzip / minimum-storage bytes and their ratios vs the baseline
+file, ONNX Runtime latency per batch size and speedups, sparsity, stored bits, the method, the
+real/simulated kind of each claim, and the sweep settings (sparsity, bits) parsed from the recipe.
+`pareto_front` marks the non-dominated rows; `layer_frame` / `history_frame` give per-layer sparsity and
+per-round accuracy; `default_selection` picks what Compare opens with; `artifact_path` is the one way
+to reach a file of a run (it never leaves the run's folder). Reads files only; never writes.
+
+Non-goals: plotting (workbench.charts), streamlit (the ui package).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from workbench.errors import WorkbenchError
+from workbench.store import Run, Store
+
+log = logging.getLogger(__name__)
+ARTIFACTS = {"model": "model.onnx", "recipe": "recipe.yaml", "report": "report.json", "log": "log.txt"}
+CLAIM_ASPECTS = ("file size", "compressed size", "minimum storage", "latency @ batch 1", "accuracy")
+LAYER_SUFFIXES = ("_quantized", "_fp16", "_DequantizeLinear", ".weight")
+
+
+# --- reading one run ---------------------------------------------------------------------------
+
+def artifact_path(store: Store, run_id: int, name: str) -> Path:
+    """The path of artifact `name` (model, recipe, report, log) of a run; refuses anything outside its folder."""
+    if name not in ARTIFACTS:
+        raise WorkbenchError(f"unknown artifact '{name}' (known: {', '.join(ARTIFACTS)})")
+    root = store.run_dir(run_id).resolve()
+    path = (root / ARTIFACTS[name]).resolve()
+    if not path.is_relative_to(root):  # a symlink pointing out of the run folder
+        raise WorkbenchError(f"run {run_id}: {name} points outside the run's folder")
+    if not path.is_file():
+        raise WorkbenchError(f"run {run_id}: no {ARTIFACTS[name]} (the run did not finish, or it was deleted)")
+    return path
+
+
+def load_report(store: Store, run_id: int) -> dict[str, Any] | None:
+    """The run's report.json as a dict, or None when it is missing or unreadable."""
+    try:
+        return json.loads(artifact_path(store, run_id, "report").read_text())
+    except (WorkbenchError, OSError, ValueError) as exc:
+        log.debug("run %s: no report (%s)", run_id, exc)
+        return None
+
+
+def settings_of(spec: dict[str, Any]) -> dict[str, Any]:
+    """The slider settings a recipe amounts to: sparsity (0 without pruning) and bits (32 without quantization)."""
+    sparsity, bits, quant, finetune = 0.0, 32, None, False
+    for stage in spec.get("stages", []):
+        (kind, body), = stage.items()
+        if kind == "prune":
+            sparsity = float(body.get("sparsity", 0.0))
+            finetune = finetune or bool((body.get("finetune") or {}).get("epochs"))
+        elif kind == "quantize":
+            quant = body.get("method", "static")
+            bits = int(body.get("weight_bits", 8))
+        elif kind == "finetune":
+            finetune = finetune or bool(body.get("epochs", 0))
+    return {"setting_sparsity": sparsity, "setting_bits": bits, "quant_method": quant, "finetuned": finetune}
+
+
+def method_label(spec: dict[str, Any]) -> str:
+    """A short description of the recipe's stages: 'prune 90% global magnitude → finetune 30 ep → static int8'."""
+    parts = []
+    for stage in spec.get("stages", []):
+        (kind, body), = stage.items()
+        if kind == "prune":
+            sched = f", iterative {body.get('per_round', 0.2):.0%}/round" if body.get("schedule") == "iterative" else ""
+            parts.append(f"prune {body.get('sparsity', 0):.0%} {body.get('scope', 'global')} "
+                         f"{body.get('method', 'magnitude')}{sched}")
+        elif kind == "finetune":
+            parts.append(f"finetune {body.get('epochs', 0)} ep")
+        elif kind == "quantize":
+            method, bits = body.get("method", "static"), body.get("weight_bits", 8)
+            names = {"static": "static int8", "dynamic": "dynamic int8", "fp16": "fp16",
+                     "weight_only": f"weight-only {bits}-bit", "fake": f"simulated {bits}-bit"}
+            parts.append(names.get(method, method))
+    return " → ".join(parts) or "no stages (baseline only)"
+
+
+def short_label(run_id: int, settings: dict[str, Any]) -> str:
+    """'#7 90% · int8' — short enough for a chart axis."""
+    bits, method = settings["setting_bits"], settings["quant_method"]
+    quant = {None: "", "static": "int8", "dynamic": "int8 dyn", "fp16": "fp16", "fake": f"{bits}b sim",
+             "weight_only": f"{bits}b"}.get(method, str(method))
+    parts = [f"{settings['setting_sparsity']:.0%}" if settings["setting_sparsity"] else "", quant,
+             "ft" if settings["finetuned"] else ""]
+    return f"#{run_id} " + (" · ".join(p for p in parts if p) or "baseline")
+
+
+# --- one row per run ---------------------------------------------------------------------------
+
+def _numbers(m: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    size = m["size"]
+    row = {f"{prefix}{k}": v for k, v in m["metrics"].items()}
+    row.update({f"{prefix}file_bytes": size["file_bytes"], f"{prefix}gzip_bytes": size["gzip_bytes"],
+                f"{prefix}min_storage_bytes": size["min_storage_bytes"]})
+    row.update({f"{prefix}ort_ms@{s['batch_size']}": s["median_ms"] for s in m["latency"]})
+    row.update({f"{prefix}torch_ms@{s['batch_size']}": s["median_ms"] for s in m.get("torch_latency", [])})
+    return row
+
+
+def report_row(report: dict[str, Any]) -> dict[str, Any]:
+    """The final variant's numbers vs the baseline's, flat."""
+    base = report["baseline"]
+    final = report["variants"][-1] if report["variants"] else base
+    m = final["measurement"]
+    row = {**_numbers(m), **_numbers(base["measurement"], "base_")}
+    for metric in m["metrics"]:
+        if f"base_{metric}" in row:
+            row[f"d_{metric}"] = row[metric] - row[f"base_{metric}"]
+    for key in ("file", "gzip", "min_storage"):
+        row[f"{key}_x"] = row["base_file_bytes"] / row[f"{key}_bytes"] if row[f"{key}_bytes"] else np.nan
+    for s in m["latency"]:
+        ref = row.get(f"base_ort_ms@{s['batch_size']}")
+        row[f"speedup@{s['batch_size']}"] = ref / s["median_ms"] if ref and s["median_ms"] else np.nan
+    row.update(sparsity=m["size"]["sparsity"], bits=m["size"]["bits_per_weight"], variant=final["name"],
+               threads=report.get("environment", {}).get("threads"))
+    claims = final.get("claims", [])
+    row.update({f"claim:{c['aspect']}": c["kind"] for c in claims})
+    row["real"] = ", ".join(c["aspect"] for c in claims if c["kind"] == "real" and _is_gain(c))
+    row["simulated"] = ", ".join(c["aspect"] for c in claims if c["kind"] in ("simulated", "estimate"))
+    return row
+
+
+def _is_gain(claim: dict[str, Any]) -> bool:
+    ratio = claim.get("ratio")
+    return claim["aspect"] != "accuracy" and ratio is not None and ratio > 1
+
+
+def _row_from_metrics(run: Run) -> dict[str, Any]:
+    """Fallback when report.json is gone: the summary rows the store kept (KB, no claims)."""
+    rows = (run.metrics or {}).get("rows") or []
+    if not rows:
+        return {}
+    base, final = rows[0], rows[-1]
+    row = {k: v for k, v in final.items() if k.startswith(("accuracy", "ort_ms@", "speedup@", "torch_ms@"))}
+    for key in ("file", "gzip", "min_storage"):
+        row[f"{key}_bytes"] = final.get(f"{key}_kb", np.nan) * 1024
+    row.update(base_accuracy=base.get("accuracy"), base_file_bytes=base.get("file_kb", np.nan) * 1024,
+               sparsity=final.get("sparsity"), bits=final.get("bits"), variant=final.get("variant"))
+    if row.get("accuracy") is not None and row.get("base_accuracy") is not None:
+        row["d_accuracy"] = row["accuracy"] - row["base_accuracy"]
+    for key in ("file", "gzip", "min_storage"):
+        row[f"{key}_x"] = row["base_file_bytes"] / row[f"{key}_bytes"] if row[f"{key}_bytes"] else np.nan
+    return row
+
+
+def run_row(store: Store, run: Run, report: dict[str, Any] | None = None) -> dict[str, Any]:
+    report = report if report is not None else load_report(store, run.id)
+    settings = settings_of(run.spec)
+    head = {"id": run.id, "label": short_label(run.id, settings), "name": run.name,
+            "model": _model_label(run.spec), "status": run.status, "sweep_id": run.sweep_id,
+            "method": method_label(run.spec), "finished": run.finished, **settings}
+    try:
+        numbers = report_row(report) if report else _row_from_metrics(run)
+    except (KeyError, IndexError, TypeError) as exc:  # a report from an older or broken run: show what we can
+        log.warning("run %s: unreadable report (%s)", run.id, exc)
+        numbers = _row_from_metrics(run)
+    return {**head, **numbers}
+
+
+def runs_frame(store: Store, runs: list[Run], reports: dict[int, dict] | None = None) -> pd.DataFrame:
+    """One row per run (oldest first), final variant vs baseline; see the module docstring."""
+    reports = reports or {}
+    rows = [run_row(store, r, reports.get(r.id)) for r in sorted(runs, key=lambda r: r.id)]
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    for key in ("file", "gzip", "min_storage"):
+        if f"{key}_bytes" in df:
+            df[f"{key}_kb"] = df[f"{key}_bytes"] / 1024
+    return df
+
+
+def _model_label(spec: dict[str, Any]) -> str:
+    model = spec.get("model") or {}
+    return model.get("sample") or Path(model.get("path") or "?").name
+
+
+def quality_metric(df: pd.DataFrame) -> str:
+    """'accuracy' when the runs had labels, else the fidelity metric they report (top-1 agreement)."""
+    for name in ("accuracy", "top1_agreement", "cosine"):
+        if name in df and df[name].notna().any():
+            return name
+    return "accuracy"
+
+
+def batch_sizes(df: pd.DataFrame) -> list[int]:
+    """The batch sizes that have ORT latency columns, ascending."""
+    return sorted(int(c.split("@")[1]) for c in df.columns if c.startswith("ort_ms@"))
+
+
+def baselines_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """One reference row per model: its (first) baseline, in the same columns as `runs_frame`."""
+    if df.empty:
+        return df
+    cols = [c for c in df.columns if c.startswith("base_")]
+    base = df.groupby("model", sort=False)[cols].first().reset_index()
+    base = base.rename(columns={c: c.removeprefix("base_") for c in cols})
+    base["label"] = base["model"] + " baseline"
+    for key in ("file", "gzip", "min_storage"):
+        if f"{key}_bytes" in base:
+            base[f"{key}_kb"] = base[f"{key}_bytes"] / 1024
+    return base
+
+
+# --- trade-offs --------------------------------------------------------------------------------
+
+def pareto_front(df: pd.DataFrame, x: str, y: str, minimize_x: bool = True, maximize_y: bool = True) -> pd.Series:
+    """True for rows no other row beats: at least as good on both axes and strictly better on one.
+    Rows with a missing x or y are never on the front."""
+    xs = df[x].to_numpy(dtype=float) * (1 if minimize_x else -1)
+    ys = df[y].to_numpy(dtype=float) * (-1 if maximize_y else 1)    # both now "smaller is better"
+    valid = ~(np.isnan(xs) | np.isnan(ys))
+    front = np.zeros(len(df), dtype=bool)
+    for i in np.flatnonzero(valid):
+        others = valid & (xs <= xs[i]) & (ys <= ys[i]) & ((xs < xs[i]) | (ys < ys[i]))
+        front[i] = not others.any()
+    return pd.Series(front, index=df.index, name="pareto")
+
+
+def tradeoff_frame(df: pd.DataFrame, x: str, y: str = "accuracy", minimize_x: bool = True) -> pd.DataFrame:
+    """The runs plus each model's baseline as a reference point, with a `pareto` column and `kind`."""
+    cols = ["label", "model", x, y]
+    runs = df[[c for c in cols if c in df]].assign(kind="run")
+    base = baselines_frame(df)
+    base = base[[c for c in cols if c in base]].assign(kind="baseline") if x in base and y in base else base.iloc[:0]
+    both = pd.concat([runs, base], ignore_index=True)
+    if x not in both or y not in both:
+        return both.assign(pareto=False)
+    both["pareto"] = pareto_front(both, x, y, minimize_x=minimize_x)
+    return both
+
+
+# --- per layer, per round, per sweep -----------------------------------------------------------
+
+def layer_name(name: str) -> str:
+    for suffix in LAYER_SUFFIXES:
+        name = name.removesuffix(suffix)
+    return name
+
+
+def layer_frame(store: Store, run_id: int, label: str | None = None) -> pd.DataFrame:
+    """Per-layer sparsity of the run's exported model (model.onnx): layer, op, params, sparsity."""
+    import onnx
+
+    from workbench.summary import summarize_onnx
+
+    try:
+        model = onnx.load(str(artifact_path(store, run_id, "model")), load_external_data=False)
+        layers = summarize_onnx(model, f"run {run_id}").layers
+    except Exception as exc:  # missing, truncated or foreign file: the chart just has no bars for this run
+        log.debug("run %s: no per-layer sparsity (%s)", run_id, exc)
+        return pd.DataFrame(columns=["run", "layer", "op", "params", "sparsity"])
+    return pd.DataFrame([{"run": label or f"#{run_id}", "layer": layer_name(row.name), "op": row.op_type,
+                          "params": row.params, "sparsity": row.sparsity} for row in layers])
+
+
+def history_frame(report: dict[str, Any] | None, label: str, min_rounds: int = 1) -> pd.DataFrame:
+    """Per-round records of pruning: run, round, sparsity, accuracy (empty with fewer than `min_rounds`)."""
+    rows = []
+    for variant in (report or {}).get("variants", []):
+        for record in variant.get("history", []):
+            if "round" in record and "sparsity" in record:
+                rows.append({"run": label, "round": record["round"], "sparsity": record["sparsity"],
+                             "accuracy": record.get("accuracy", np.nan)})
+    return pd.DataFrame(rows if len(rows) >= min_rounds else [], columns=["run", "round", "sparsity", "accuracy"])
+
+
+def claims_frame(report: dict[str, Any] | None) -> pd.DataFrame:
+    """The final variant's claims: aspect, kind (real | simulated | estimate | none), ratio, reason."""
+    variants = (report or {}).get("variants") or []
+    claims = variants[-1].get("claims", []) if variants else []
+    return pd.DataFrame(claims, columns=["aspect", "kind", "ratio", "reason"])
+
+
+def sweep_frame(df: pd.DataFrame, value: str = "accuracy") -> pd.DataFrame:
+    """Sweep settings → `value` (sparsity × bits); the mean where a cell holds several runs."""
+    if df.empty or value not in df:
+        return pd.DataFrame(columns=["setting_sparsity", "setting_bits", value])
+    return df.groupby(["setting_sparsity", "setting_bits"], as_index=False)[value].mean()
+
+
+def sweep_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The selected runs of the selection's largest sweep, when they vary a setting (what a heatmap shows)."""
+    if df.empty or "sweep_id" not in df or df["sweep_id"].isna().all():
+        return df.iloc[:0]
+    swept = df[df["sweep_id"].notna()]
+    rows = swept[swept["sweep_id"] == swept["sweep_id"].value_counts().index[0]]
+    return rows if len(rows.drop_duplicates(["setting_sparsity", "setting_bits"])) > 1 else rows.iloc[:0]
+
+
+# --- what to show first ------------------------------------------------------------------------
+
+def default_selection(store: Store, model: str | None = None, limit: int = 4) -> list[int]:
+    """Run ids Compare opens with: the latest sweep's succeeded runs when the newest finished run belongs
+    to one, else the last `limit` succeeded runs of `model` (the current model), else of any model."""
+    done = store.list(status="succeeded", limit=200)
+    if not done:
+        return []
+    newest = done[0]
+    if newest.sweep_id:
+        return sorted(r.id for r in store.list(status="succeeded", sweep_id=newest.sweep_id, limit=10_000))
+    same = [r for r in done if model and _model_label(r.spec) == model] or done
+    return sorted(r.id for r in same[:limit])
+
+
+# --- why sparse is not fast (the Learn page) ---------------------------------------------------
+
+def dense_matmul_times(sparsities: tuple[float, ...] = (0.0, 0.5, 0.9, 0.99), shape: tuple[int, int] = (512, 512),
+                       batch: int = 32, repeats: int = 30, seed: int = 0) -> list[dict[str, float]]:
+    """Time a dense matrix multiply whose weight has each of `sparsities` zeros: the kernel does every
+    multiply-add anyway, so the time does not depend on how many weights are zero. The sparsities take
+    turns call by call (a warm-up round first), so a noisy neighbour or a cold cache hits all alike;
+    the median of `repeats` single-threaded calls each."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, shape[0])).astype(np.float32)
+    weights = []
+    for sparsity in sparsities:
+        w = rng.standard_normal(shape).astype(np.float32)
+        w[rng.random(shape) < sparsity] = 0.0
+        weights.append(w)
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+    times: list[list[float]] = [[] for _ in sparsities]
+    with threadpool_limits(limits=1):   # one thread, like the workbench's latency numbers
+        for round_ in range(repeats + 3):
+            for i, w in enumerate(weights):
+                start = time.perf_counter()
+                x @ w
+                if round_ >= 3:
+                    times[i].append((time.perf_counter() - start) * 1000)
+    return [{"sparsity": s, "median_ms": float(np.median(t)), "mult_adds": batch * shape[0] * shape[1],
+             "useful_mult_adds": int(batch * np.count_nonzero(w))} for s, t, w in zip(sparsities, times, weights,
+                                                                                       strict=True)]
+
+
+def pruned_latency_frame(df: pd.DataFrame, batch: int = 1) -> pd.DataFrame:
+    """Measured runs that only pruned (no quantization): sparsity vs ORT latency and its speedup."""
+    col = f"ort_ms@{batch}"
+    if df.empty or col not in df:
+        return pd.DataFrame(columns=["label", "sparsity", col, f"base_{col}", f"speedup@{batch}"])
+    pruned = df[(df["setting_sparsity"] > 0) & df["quant_method"].isna()]
+    cols = [c for c in ["label", "model", "sparsity", col, f"base_{col}", f"speedup@{batch}",
+                        f"claim:latency @ batch {batch}"] if c in pruned]
+    return pruned[cols].reset_index(drop=True)

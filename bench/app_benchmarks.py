@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sections import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -193,7 +194,9 @@ def main() -> None:
         os.environ.setdefault("WORKBENCH_AUTO_WORKER", "0")
         clone_runs(home, seed_run(home))
         pages = page_loads(home, args.repeats)
-    print(markdown(previews, pages))
+    text = markdown(previews, pages)
+    print(text)
+    write_section("app", text)
 
 
 if __name__ == "__main__":

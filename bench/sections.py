@@ -1,0 +1,19 @@
+"""BENCHMARKS.md is assembled from sections, one per benchmark script, so each script can regenerate
+its own part without losing the others'. A section sits between `<!-- name:start -->` and
+`<!-- name:end -->`; sections keep the order in which they were first written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+HEADER = "# Benchmarks\n\nEvery number is measured on the machine named in its section, by the script named there.\n"
+
+
+def write_section(name: str, text: str, path: Path = BENCHMARKS) -> None:
+    block = f"<!-- {name}:start -->\n{text.strip()}\n<!-- {name}:end -->"
+    current = path.read_text() if path.exists() else HEADER
+    pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->", re.S)
+    updated = pattern.sub(lambda _: block, current) if pattern.search(current) else f"{current.rstrip()}\n\n{block}\n"
+    path.write_text(updated if updated.endswith("\n") else updated + "\n")

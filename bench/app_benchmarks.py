@@ -45,15 +45,15 @@ def slider_values() -> list[tuple[float, int]]:
 
 
 def preview_latency(model: str) -> dict:
-    from workbench.baseline import eval_splits
     from workbench.models import load_model
+    from workbench.pipeline import load_splits
     from workbench.preview import model_weights, preview
     from workbench.specs import ModelRef, PruneSpec, RunSpec
 
     ref = ModelRef(sample=model)
     loaded = load_model(ref)
     weights, other = model_weights(loaded)
-    test = eval_splits(loaded, RunSpec(model=ref)).test
+    test = load_splits(RunSpec(model=ref), loaded).test
     preview(weights, other, 0.5, 8, module=loaded.module, test=test)  # warm-up (first torch call)
     times = []
     for sparsity, bits in slider_values():

@@ -8,19 +8,15 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.app_fixtures import fresh_app_env
 from tests.test_compare import finished_home
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "learn.py")
 
 
 @pytest.fixture(autouse=True)
-def fresh_app(monkeypatch):
-    from ui import cache
-
-    monkeypatch.setenv("WORKBENCH_AUTO_WORKER", "0")
-    cache.clear()
-    yield
-    cache.clear()
+def app_env(monkeypatch, isolated_home):
+    yield from fresh_app_env(monkeypatch, isolated_home)
 
 
 def page() -> AppTest:

@@ -98,10 +98,10 @@ def weights(ref: ModelRef) -> tuple[dict, int]:
 
 @st.cache_resource(show_spinner="Loading the data…", max_entries=8)
 def _splits(model_key: str, data_key: str) -> Splits:
-    from workbench.baseline import eval_splits
+    from workbench.pipeline import load_splits
 
     spec = RunSpec(model=_model_ref(model_key), data=DataRef(**json.loads(data_key)))
-    return eval_splits(_held(model_key).loaded, spec)
+    return load_splits(spec, _held(model_key).loaded)
 
 
 def splits(ref: ModelRef, data: DataRef) -> Splits:

@@ -36,6 +36,13 @@ class LoadedModel:
     file_bytes: int | None = None
     input_shape: tuple[int, ...] | None = None   # per-sample shape when known (for export)
 
+    def input_names(self) -> list[str] | None:
+        """The ONNX graph inputs that are fed data (not initializers); None for torch models."""
+        if self.onnx_model is None:
+            return None
+        inits = {t.name for t in self.onnx_model.graph.initializer}
+        return [i.name for i in self.onnx_model.graph.input if i.name not in inits]
+
 
 def load_model(ref: ModelRef) -> LoadedModel:
     if ref.sample is not None:

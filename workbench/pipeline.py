@@ -34,14 +34,15 @@ log = logging.getLogger(__name__)
 Progress = Callable[[float, str, str], None]
 
 
-def load_splits(spec: RunSpec, model: LoadedModel, input_names: list[str] | None = None) -> Splits:
+def load_splits(spec: RunSpec, model: LoadedModel) -> Splits:
     """Train/calib/test for the run, shaped for the model when its input shape is known."""
     ref = spec.data
+    names = model.input_names()
     if ref.builtin == "digits":
         splits = digits_splits()
     else:
-        test = load_user_data(ref.path, input_names, ref.label_column)
-        train = load_user_data(ref.train_path, input_names, ref.label_column) if ref.train_path else None
+        test = load_user_data(ref.path, names, ref.label_column)
+        train = load_user_data(ref.train_path, names, ref.label_column) if ref.train_path else None
         splits = Splits(train=train, calib=test, test=test)
     limit = ref.max_samples or spec.measure.max_eval_samples
     if limit:
@@ -59,7 +60,8 @@ def _shaped(data: Dataset, shape: tuple[int, ...]) -> Dataset:
     return dataclasses.replace(data, inputs=(x,))
 
 
-def _example(model: LoadedModel, splits: Splits) -> tuple:
+def example_inputs(splits: Splits) -> tuple:
+    """Two test samples as torch tensors: what a torch model is exported with."""
     import torch
 
     return tuple(torch.from_numpy(np.ascontiguousarray(x[:2])) for x in splits.test.inputs)
@@ -75,10 +77,9 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
 
     report_progress(0.0, "load", f"loading {spec.model.label}")
     loaded = load_model(spec.model)
-    names = _onnx_input_names(loaded)
-    splits = load_splits(spec, loaded, names)
+    splits = load_splits(spec, loaded)
     variant = Variant(module=loaded.module, onnx_model=loaded.onnx_model)
-    ctx = Context(spec, splits, _example(loaded, splits) if loaded.module is not None else (),
+    ctx = Context(spec, splits, example_inputs(splits) if loaded.module is not None else (),
                   lambda f, msg: None, cancelled)
 
     report_progress(0.02, "baseline", "exporting and measuring the baseline")
@@ -101,23 +102,17 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
         m, _ = measure(model, splits.test, spec.measure, module=variant.module, reference=reference,
                        storage_bits=variant.storage_bits if variant.simulated_quant else None)
         facts = Facts(m.size.sparsity, variant.quant_method, variant.simulated_quant, variant.storage_bits,
-                      same_kernels=kernel_signature(model) == base_signature)
+                      same_kernels=kernel_signature(model) == base_signature, structured=variant.structured,
+                      packed_bytes=len(variant.packed) if variant.packed else None)
         results.append(VariantResult(label, stage_dict(stage), m, facts,
                                      tuple(claims_for(base_m, m, facts)), tuple(variant.notes),
                                      tuple(variant.history)))
     report = Report(spec.to_dict(), environment(spec.measure.threads), baseline, tuple(results),
                     round(time.perf_counter() - started, 2))
     if out_dir is not None:
-        report = write_artifacts(report, model, spec, Path(out_dir))
+        report = write_artifacts(report, model, spec, Path(out_dir), variant.packed)
     report_progress(1.0, "done", f"finished in {report.seconds:.1f} s")
     return report
-
-
-def _onnx_input_names(loaded: LoadedModel) -> list[str] | None:
-    if loaded.onnx_model is None:
-        return None
-    inits = {t.name for t in loaded.onnx_model.graph.initializer}
-    return [i.name for i in loaded.onnx_model.graph.input if i.name not in inits]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -132,15 +127,18 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def write_artifacts(report: Report, model, spec: RunSpec, out_dir: Path) -> Report:
+def write_artifacts(report: Report, model, spec: RunSpec, out_dir: Path, packed: bytes | None = None) -> Report:
     from workbench.specs import dump_recipe
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         _atomic_write(out_dir / "model.onnx", model.SerializeToString())
         _atomic_write(out_dir / "recipe.yaml", dump_recipe(spec).encode())
-        report = dataclasses.replace(report, artifacts={"model": "model.onnx", "recipe": "recipe.yaml",
-                                                        "report": "report.json"})
+        artifacts = {"model": "model.onnx", "recipe": "recipe.yaml", "report": "report.json"}
+        if packed:
+            _atomic_write(out_dir / "weights.packed", packed)
+            artifacts["packed"] = "weights.packed"
+        report = dataclasses.replace(report, artifacts=artifacts)
         _atomic_write(out_dir / "report.json", json.dumps(report.to_dict(), indent=2, default=_json).encode())
     except OSError as exc:
         raise WorkbenchError(f"{out_dir}: could not write artifacts ({exc.strerror or exc})") from None

@@ -37,10 +37,13 @@ class Variant:
     storage_bits: int | None = None
     notes: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+    packed: bytes | None = None          # the weights in a purpose-built encoding (clustering), if any
+    structured: bool = False             # channels/neurons/heads were physically removed
 
     def copy_meta(self, **changes: Any) -> Variant:
-        fresh = dataclasses.replace(self, notes=[], history=[], **changes)
-        return fresh
+        """The next stage's variant: per-stage notes/history start empty, and a packed encoding of the
+        previous weights no longer describes the model unless the stage provides a new one."""
+        return dataclasses.replace(self, **{"notes": [], "history": [], "packed": None, **changes})
 
 
 @dataclass

@@ -96,6 +96,8 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
         ctx.progress = lambda f, msg, i=i, label=label: report_progress((i + 0.8 * min(f, 1.0)) / (steps + 1),
                                                                          label, msg)
         ctx.progress(0.0, f"running {stage.kind}")
+        if stage.kind not in STAGE_RUNNERS:
+            raise WorkbenchError(f"stages[{i - 1}]: the '{stage.kind}' stage is not available in this installation")
         variant = STAGE_RUNNERS[stage.kind](variant, stage, ctx)
         report_progress((i + 0.85) / (steps + 1), label, "measuring")
         model = to_onnx(variant, ctx)

@@ -24,6 +24,7 @@ PRUNE_SCOPES = ("global", "layer")
 PRUNE_SCHEDULES = ("oneshot", "iterative")
 QUANT_METHODS = ("static", "dynamic", "weight_only", "fp16", "fake")
 LR_SCHEDULES = ("cosine", "constant")
+STRUCTURED_IMPORTANCE = ("l1", "l2", "random")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 WEIGHT_ONLY_BITS = (2, 4, 8)
 
@@ -232,8 +233,44 @@ class MeasureSpec:
         _check(0 <= self.min_time_s <= 60, "min_time_s", f"must be in [0, 60] seconds, got {self.min_time_s}")
 
 
-StageSpec = PruneSpec | FinetuneSpec | QuantSpec
-STAGES: dict[str, type] = {cls.kind: cls for cls in (PruneSpec, FinetuneSpec, QuantSpec)}
+@dataclass(frozen=True)
+class StructuredSpec:
+    """Structured pruning that physically removes channels / neurons / attention heads (Torch-Pruning),
+    so the exported model is smaller and dense. `ratio` is the fraction removed from each prunable group;
+    coupled layers (residual adds, BatchNorm, depthwise convs, heads) are pruned together."""
+
+    kind: ClassVar[str] = "structured"
+    ratio: float = 0.5
+    importance: str = "l1"
+    scope: str = "layer"
+    exclude: tuple[str, ...] = ()
+    round_to: int | None = None
+
+    def __post_init__(self) -> None:
+        _fraction(self.ratio, "ratio")
+        _check(self.importance in STRUCTURED_IMPORTANCE, "importance",
+               f"unknown '{self.importance}' (known: {', '.join(STRUCTURED_IMPORTANCE)})")
+        _check(self.scope in PRUNE_SCOPES, "scope", f"unknown '{self.scope}' (known: {', '.join(PRUNE_SCOPES)})")
+        _check(self.round_to is None or self.round_to >= 1, "round_to", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Weight sharing (Deep Compression): k-means each layer's nonzero weights into `clusters` shared
+    values; zeros stay zero. The ONNX file stays float; the packed, entropy-coded size is real."""
+
+    kind: ClassVar[str] = "cluster"
+    clusters: int = 16
+    exclude: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.clusters, int) and 2 <= self.clusters <= 256, "clusters",
+               f"must be an integer in 2..256, got {self.clusters}")
+
+
+StageSpec = PruneSpec | FinetuneSpec | QuantSpec | StructuredSpec | ClusterSpec
+STAGES: dict[str, type] = {cls.kind: cls for cls in (PruneSpec, FinetuneSpec, QuantSpec, StructuredSpec, ClusterSpec)}
 
 
 @dataclass(frozen=True)

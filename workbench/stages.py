@@ -158,3 +158,7 @@ def run_quantize(variant: Variant, spec: QuantSpec, ctx: Context) -> Variant:
                             simulated_quant=result.simulated, storage_bits=result.storage_bits)
     out.notes.extend(result.notes)
     return out
+
+
+# Method modules register their runners on import; they import this module, so they come last.
+import workbench.structured  # noqa: E402,F401  (the "structured" stage)

@@ -262,11 +262,15 @@ class ClusterSpec:
     kind: ClassVar[str] = "cluster"
     clusters: int = 16
     exclude: tuple[str, ...] = ()
+    finetune: FinetuneSpec | None = None   # fine-tune the shared values (centroids), zeros kept
+    bias_clusters: int | None = None       # also share values of biases / norm parameters
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check(isinstance(self.clusters, int) and 2 <= self.clusters <= 256, "clusters",
                f"must be an integer in 2..256, got {self.clusters}")
+        _check(self.bias_clusters is None or 2 <= self.bias_clusters <= 256, "bias_clusters",
+               f"must be 2..256, got {self.bias_clusters}")
 
 
 StageSpec = PruneSpec | FinetuneSpec | QuantSpec | StructuredSpec | ClusterSpec

@@ -161,4 +161,5 @@ def run_quantize(variant: Variant, spec: QuantSpec, ctx: Context) -> Variant:
 
 
 # Method modules register their runners on import; they import this module, so they come last.
+import workbench.clustering  # noqa: E402,F401  (the "cluster" stage)
 import workbench.structured  # noqa: E402,F401  (the "structured" stage)

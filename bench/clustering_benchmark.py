@@ -1,0 +1,199 @@
+"""digits-mlp: how small can pruning + weight sharing + entropy coding make it, at what accuracy cost?
+
+Every candidate is one `run_pipeline` call: the fp32 baseline and the final variant are measured in the
+same run (accuracy with ONNX Runtime on the fixed 360-sample test split); the size ratio is the fp32
+ONNX file's bytes ÷ the bytes of `weights.packed` (all parameters, decodable back exactly to the model
+that was measured). Every candidate is kept in the table. The recipe named BEST was fixed from earlier
+exploration (several seeds), not picked from this table; it is re-run with more fine-tuning seeds,
+because one test sample is 0.28 pt and the goal allows a 0.5 pt drop.
+
+    python bench/clustering_benchmark.py      # ~4 min on 2 vCPUs; rewrites its section of BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sections import write_section
+
+import workbench.clustering  # noqa: F401  (registers the "cluster" stage)
+from workbench.packing import encode, unpack
+from workbench.pipeline import run_pipeline
+from workbench.specs import ClusterSpec, FinetuneSpec, MeasureSpec, ModelRef, PruneSpec, QuantSpec, RunSpec
+
+MODEL = "digits-mlp"
+MEASURE = MeasureSpec(batch_sizes=(1,), warmup=2, repeats=10, min_time_s=0, torch_eager=False)
+RECOVERY = FinetuneSpec(epochs=30, lr=0.01, label_smoothing=0.1)           # the engine benchmark's recovery
+ROUND = FinetuneSpec(epochs=20, lr=0.003, label_smoothing=0.1)             # between iterative rounds
+CENTROIDS = FinetuneSpec(epochs=30, lr=0.001, label_smoothing=0.1)         # centroid fine-tune
+GOAL_RATIO, GOAL_DROP = 40.0, 0.5
+
+
+@dataclass(frozen=True)
+class _ClusterPlus(ClusterSpec):
+    """ClusterSpec plus the two optional fields the cluster runner reads, for as long as specs.py lacks them."""
+
+    finetune: FinetuneSpec | None = None
+    bias_clusters: int | None = None
+
+
+def cluster(k: int, finetune: FinetuneSpec | None = None, bias_clusters: int | None = None) -> ClusterSpec:
+    fields = {f.name for f in dataclasses.fields(ClusterSpec)}
+    extra = {"finetune": finetune, "bias_clusters": bias_clusters}
+    if not finetune and not bias_clusters:
+        return ClusterSpec(clusters=k)
+    return (ClusterSpec if {"finetune", "bias_clusters"} <= fields else _ClusterPlus)(clusters=k, **extra)
+
+
+def iterative(sparsity: float, seed: int = 0) -> PruneSpec:
+    return PruneSpec(sparsity=sparsity, schedule="iterative", per_round=0.2,
+                     finetune=dataclasses.replace(ROUND, seed=seed))
+
+
+def tuned(seed: int) -> FinetuneSpec:
+    return dataclasses.replace(CENTROIDS, seed=seed)
+
+
+def best(seed: int) -> tuple:
+    """The recipe fixed in advance: iterative 90% (20%/round, LR rewound each round) + k=8 shared values,
+    biases sharing 32 values, centroid fine-tune."""
+    return iterative(0.9, seed), cluster(8, tuned(seed), bias_clusters=32)
+
+
+BEST = "iterative 90% · k=8 · bias k=32 · centroid FT"
+
+
+def candidates() -> dict[str, tuple]:
+    return {
+        "one-shot 90% + recovery · k=16": (PruneSpec(sparsity=0.9), RECOVERY, cluster(16)),
+        "one-shot 95% + recovery · k=16": (PruneSpec(sparsity=0.95), RECOVERY, cluster(16)),
+        "iterative 90% · k=16": (iterative(0.9), cluster(16)),
+        "iterative 90% · k=8": (iterative(0.9), cluster(8)),
+        "iterative 90% · k=8 · centroid FT": (iterative(0.9), cluster(8, tuned(0))),
+        "iterative 90% · k=4 · bias k=16 · centroid FT": (iterative(0.9), cluster(4, tuned(0), bias_clusters=16)),
+        BEST: best(0),
+        "iterative 92% · k=8 · centroid FT": (iterative(0.92), cluster(8, tuned(0))),
+        "iterative 92% · k=8 · bias k=32 · centroid FT": (iterative(0.92), cluster(8, tuned(0), bias_clusters=32)),
+        "iterative 95% · k=8 · bias k=32 · centroid FT": (iterative(0.95), cluster(8, tuned(0), bias_clusters=32)),
+    }
+
+
+def measure(name: str, stages: tuple) -> dict:
+    spec = RunSpec(model=ModelRef(sample=MODEL), stages=stages, measure=MEASURE, name=name)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = run_pipeline(spec, out_dir=tmp)
+        blob = (Path(tmp) / "weights.packed").read_bytes() if report.final.facts.packed_bytes else None
+    base, final = report.baseline.measurement, report.final.measurement
+    row = {"candidate": name, "sparsity": final.size.sparsity}
+    row["accuracy"] = final.metrics["accuracy"]
+    row["Δ acc (pt)"] = 100 * (final.metrics["accuracy"] - base.metrics["accuracy"])
+    row["before last stage"] = report.variants[-2].measurement.metrics["accuracy"] if len(report.variants) > 1 else None
+    row["packed B"] = len(blob) if blob else None
+    row["packed ×"] = base.size.file_bytes / len(blob) if blob else None
+    row["gzip ONNX ×"] = base.size.file_bytes / final.size.gzip_bytes
+    sections = encode(unpack(blob)).sections if blob else {}
+    for key, label in (("positions", "pos B"), ("indices", "idx B"), ("value tables", "tables B"),
+                       ("raw values", "fp16 B")):
+        row[label] = sections.get(key, 0) if blob else None
+    row["_base"] = (base.metrics["accuracy"], base.size.file_bytes)
+    return row
+
+
+def reference_int8() -> dict:
+    """The engine's best plain-format artifact for comparison: 90% + recovery + static int8, gzipped."""
+    stages = (PruneSpec(sparsity=0.9), RECOVERY, QuantSpec(method="static"))
+    return measure("one-shot 90% + recovery + static int8 (gzip of ONNX, no packing)", stages)
+
+
+def fmt(key: str, value) -> str:
+    if value is None:
+        return "–"
+    if key in ("accuracy", "before last stage"):
+        return f"{value:.4f}"
+    if key.startswith("Δ"):
+        return f"{value:+.2f}"
+    if key == "sparsity":
+        return f"{100 * value:.1f}%"
+    if key.endswith("×"):
+        return f"{value:.1f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def table(rows: list[dict]) -> list[str]:
+    keys = [k for k in rows[0] if not k.startswith("_")]
+    lines = ["| " + " | ".join(keys) + " | goal met |", "|" + "---|" * (len(keys) + 1)]
+    for r in rows:
+        met = r["packed ×"] is not None and r["packed ×"] >= GOAL_RATIO and -r["Δ acc (pt)"] <= GOAL_DROP + 1e-9
+        lines.append("| " + " | ".join(fmt(k, r[k]) for k in keys) + f" | {'yes' if met else 'no'} |")
+    return lines
+
+
+def render(rows: list[dict], seeds: list[dict], env: dict, seconds: float) -> str:
+    base_acc, base_bytes = rows[0]["_base"]
+    drops = [-r["Δ acc (pt)"] for r in seeds]
+    ratios = [r["packed ×"] for r in seeds]
+    passed = sum(1 for d, x in zip(drops, ratios, strict=True) if d <= GOAL_DROP + 1e-9 and x >= GOAL_RATIO)
+    v = env["versions"]
+    lines = [
+        "## Weight clustering + entropy-coded packing (digits-mlp)",
+        "",
+        f"Generated by `python bench/clustering_benchmark.py` on {datetime.date.today()} in {seconds / 60:.1f} min. "
+        f"CPU: {env['cpu_model']} ({env['logical_cores']} logical cores); onnxruntime {v['onnxruntime']}, "
+        f"torch {v['torch']}.",
+        "",
+        f"Baseline: fp32 ONNX {base_bytes:,} bytes, accuracy {base_acc:.4f} (ONNX Runtime, 360 test samples; "
+        f"one sample = 0.28 pt). Goal: ≥{GOAL_RATIO:.0f}× smaller with ≤{GOAL_DROP} pt drop.",
+        "`packed ×` = fp32 ONNX bytes ÷ `weights.packed` bytes: every parameter, decoded back exactly to the "
+        "measured model by `workbench.packing.unpack` (a real size, but not a file ONNX Runtime loads). "
+        "`pos/idx/tables/fp16 B` split the packed bytes into entropy-coded positions of the nonzeros, "
+        "entropy-coded cluster indices, the float16 value tables, and parameters stored as float16; the "
+        "remainder is names/shapes. `gzip ONNX ×` is the same variant's ONNX file gzipped, for comparison.",
+        f"Iterative = global magnitude, 20% of the survivors per round, {ROUND.epochs} epochs (Adam, lr "
+        f"{ROUND.lr} cosine, label smoothing {ROUND.label_smoothing}) after each round. Recovery = {RECOVERY.epochs} "
+        f"epochs at lr {RECOVERY.lr}. Centroid FT = {CENTROIDS.epochs} epochs at lr {CENTROIDS.lr} on the shared "
+        "values (indices fixed) and biases. `bias k` = biases share k values per tensor (else float16).",
+        "",
+        *table(rows),
+        "",
+        f"### Best recipe ({BEST}) over fine-tuning seeds",
+        "",
+        *table(seeds),
+        "",
+        f"Seeds 0..{len(seeds) - 1}: drop {statistics.mean(drops):.2f} ± {statistics.stdev(drops):.2f} pt, "
+        f"size {statistics.mean(ratios):.1f}× (min {min(ratios):.1f}×); both goals met in {passed} of "
+        f"{len(seeds)} seeds.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    started = time.perf_counter()
+    from workbench.environment import environment
+
+    rows = []
+    for name, stages in candidates().items():
+        print(f"{MODEL}: {name}", file=sys.stderr, flush=True)
+        rows.append(measure(name, stages))
+    rows.append(reference_int8())
+    seeds = [next(r for r in rows if r["candidate"] == BEST)]
+    for seed in (1, 2):
+        print(f"{MODEL}: {BEST}, seed {seed}", file=sys.stderr, flush=True)
+        seeds.append(measure(f"{BEST}, seed {seed}", best(seed)))
+    seeds[0] = {**seeds[0], "candidate": f"{BEST}, seed 0"}
+    text = render(rows, seeds, environment(1), time.perf_counter() - started)
+    print(text)
+    write_section("clustering", text)
+
+
+if __name__ == "__main__":
+    main()

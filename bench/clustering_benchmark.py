@@ -35,6 +35,7 @@ RECOVERY = FinetuneSpec(epochs=30, lr=0.01, label_smoothing=0.1)           # the
 ROUND = FinetuneSpec(epochs=20, lr=0.003, label_smoothing=0.1)             # between iterative rounds
 CENTROIDS = FinetuneSpec(epochs=30, lr=0.001, label_smoothing=0.1)         # centroid fine-tune
 GOAL_RATIO, GOAL_DROP = 40.0, 0.5
+SEEDS = 5
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ BEST = "iterative 90% · k=8 · bias k=32 · centroid FT"
 
 def candidates() -> dict[str, tuple]:
     return {
+        "one-shot 50% (no recovery) · k=16 · centroid FT": (PruneSpec(sparsity=0.5), cluster(16, tuned(0))),
+        "one-shot 60% (no recovery) · k=8 · centroid FT": (PruneSpec(sparsity=0.6), cluster(8, tuned(0))),
         "one-shot 90% + recovery · k=16": (PruneSpec(sparsity=0.9), RECOVERY, cluster(16)),
         "one-shot 95% + recovery · k=16": (PruneSpec(sparsity=0.95), RECOVERY, cluster(16)),
         "iterative 90% · k=16": (iterative(0.9), cluster(16)),
@@ -171,11 +174,47 @@ def render(rows: list[dict], seeds: list[dict], env: dict, seconds: float) -> st
         f"size {statistics.mean(ratios):.1f}× (min {min(ratios):.1f}×); both goals met in {passed} of "
         f"{len(seeds)} seeds.",
         "",
+        *verdict(rows, seeds, drops, passed),
     ]
     return "\n".join(lines)
 
 
+def verdict(rows: list[dict], best_rows: list[dict], drops: list[float], passed: int) -> list[str]:
+    """What the tables say about the goal, in words (generated, so it cannot drift from the numbers)."""
+    seeds = len(best_rows)
+    share = {k: statistics.mean(r[k] / r["packed B"] for r in best_rows) for k in ("pos B", "idx B", "tables B")}
+    ok = [r for r in rows if r["packed ×"] and -r["Δ acc (pt)"] <= GOAL_DROP + 1e-9]
+    widest = max(ok, key=lambda r: r["packed ×"], default=None)
+    reached = passed == seeds
+    lines = [
+        f"**Goal {'reached' if reached else 'not reliably reached'}.** The best recipe is "
+        f"{GOAL_RATIO:.0f}×+ smaller in every seed, but its mean accuracy drop is {statistics.mean(drops):.2f} pt "
+        f"against a {GOAL_DROP} pt budget (≤{GOAL_DROP} pt in {passed} of {seeds} seeds)."
+        + (f" In the single-seed candidate table, the largest reduction within the accuracy budget is "
+           f"{widest['packed ×']:.1f}× ({widest['candidate']}); the seed table shows how much one seed can "
+           "flatter a recipe." if widest else ""),
+        "",
+        f"Where the bytes go in the best recipe: positions {share['pos B']:.0%}, indices {share['idx B']:.0%}, "
+        f"value tables {share['tables B']:.0%} (the coder is ~3% below the i.i.d. entropy of the mask thanks to "
+        "per-column density contexts, and within ~1.5% of the order-0 entropy of the indices), so a 40× file "
+        "needs ≥90% sparsity with ≤8 shared values. What limits accuracy is the recovery fine-tuning itself: "
+        "on 1,257 training images, masked fine-tuning with 15-30 epochs per round typically ends 1-3 test "
+        "samples below the baseline already at 20-60% sparsity; in exploration outside this script, lower "
+        "learning rates, bigger batches, more rounds, distillation from the dense model and shift "
+        "augmentation did not change that. "
+        "Clustering to 8 values with centroid fine-tuning costs about 0-1 sample more. Training numerics "
+        "alone (1 vs 2 torch threads) moved one seed by 3 samples, so the 0.5 pt (1-sample) budget sits "
+        "inside the run-to-run noise of this 360-sample test set.",
+    ]
+    return lines
+
+
 def main() -> None:
+    import torch
+
+    # one training thread: the result then does not depend on the machine's core count (with 2 threads the
+    # same seed-0 recipe lands 1-3 test samples elsewhere; see the section's last paragraph)
+    torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
     from workbench.environment import environment
@@ -186,7 +225,7 @@ def main() -> None:
         rows.append(measure(name, stages))
     rows.append(reference_int8())
     seeds = [next(r for r in rows if r["candidate"] == BEST)]
-    for seed in (1, 2):
+    for seed in range(1, SEEDS):
         print(f"{MODEL}: {BEST}, seed {seed}", file=sys.stderr, flush=True)
         seeds.append(measure(f"{BEST}, seed {seed}", best(seed)))
     seeds[0] = {**seeds[0], "candidate": f"{BEST}, seed 0"}

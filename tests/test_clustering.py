@@ -46,6 +46,9 @@ def test_kmeans_1d_finds_separated_groups_and_handles_few_values():
     centroids, labels = kmeans_1d(values, 3)
     assert np.allclose(centroids, [-1.0, 0.2, 3.0], atol=0.01)
     assert np.allclose(centroids[labels], values, atol=0.05)
+    outlier = np.concatenate([rng.normal(0, 0.01, 500), [50.0]])   # linear init leaves clusters empty
+    centroids, labels = kmeans_1d(outlier, 8)
+    assert len(centroids) == 8 and np.bincount(labels).min() >= 1 and centroids[labels[-1]] == 50.0
     few, few_labels = kmeans_1d(np.array([2.0, 1.0, 2.0]), 8)
     assert few.tolist() == [1.0, 2.0] and few[few_labels].tolist() == [2.0, 1.0, 2.0]
 
@@ -99,6 +102,15 @@ def test_pack_round_trips_every_mode_exactly():
         assert np.array_equal(decoded[name], array, equal_nan=True), name
     half = len(pack({"w": tensors["half_exact"]}))
     assert half < len(pack({"w": dense})) / 1.9                  # float16-exact values are stored at 16 bits
+
+
+@pytest.mark.parametrize("density", [0.001, 0.05, 0.5, 0.97])
+def test_range_coder_round_trips_random_patterns_and_tables(density):
+    rng = np.random.default_rng(int(density * 1000))
+    table = rng.normal(size=256).astype(np.float16).astype(np.float32)
+    for shape, values in (((300, 70), table), ((7, 3, 3, 3), table[:3]), ((4096,), table[:1])):
+        array = np.where(rng.random(shape) < density, rng.choice(values, shape), 0).astype(np.float32)
+        assert np.array_equal(unpack(pack({"a": array}))["a"], array)
 
 
 def test_unpack_rejects_foreign_or_truncated_data():

@@ -145,6 +145,8 @@ def finetune_centroids(module, books: dict[str, Codebook], spec, train, masks: d
 
     layers = {}
     for name, (centroids, indices) in books.items():
+        if not len(centroids):   # an all-zero tensor: nothing to tune
+            continue
         owner, _, attr = name.rpartition(".")
         layer = module.get_submodule(owner)
         parametrize.register_parametrization(layer, attr, _shared_parametrization(centroids, indices))
@@ -159,6 +161,7 @@ def finetune_centroids(module, books: dict[str, Codebook], spec, train, masks: d
             centroids = getattr(layer.parametrizations, attr)[0].centroids.detach().cpu().numpy()
             parametrize.remove_parametrizations(layer, attr, leave_parametrized=False)
             tuned[name] = (_half(centroids.astype(np.float32)), books[name][1])
+    tuned = {n: tuned.get(n, book) for n, book in books.items()}
     _write(module, {n: _apply(c, i) for n, (c, i) in tuned.items()})
     return tuned, loss
 

@@ -7,7 +7,7 @@ that was measured). Every candidate is kept in the table. The recipe named BEST 
 exploration (several seeds), not picked from this table; it is re-run with more fine-tuning seeds,
 because one test sample is 0.28 pt and the goal allows a 0.5 pt drop.
 
-    python bench/clustering_benchmark.py      # ~4 min on 2 vCPUs; rewrites its section of BENCHMARKS.md
+    python bench/clustering_benchmark.py      # ~3 min on 2 vCPUs; rewrites its section of BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -19,12 +19,10 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from sections import write_section
 
-import workbench.clustering  # noqa: F401  (registers the "cluster" stage)
 from workbench.packing import encode, unpack
 from workbench.pipeline import run_pipeline
 from workbench.specs import ClusterSpec, FinetuneSpec, MeasureSpec, ModelRef, PruneSpec, QuantSpec, RunSpec
@@ -38,20 +36,8 @@ GOAL_RATIO, GOAL_DROP = 40.0, 0.5
 SEEDS = 5
 
 
-@dataclass(frozen=True)
-class _ClusterPlus(ClusterSpec):
-    """ClusterSpec plus the two optional fields the cluster runner reads, for as long as specs.py lacks them."""
-
-    finetune: FinetuneSpec | None = None
-    bias_clusters: int | None = None
-
-
 def cluster(k: int, finetune: FinetuneSpec | None = None, bias_clusters: int | None = None) -> ClusterSpec:
-    fields = {f.name for f in dataclasses.fields(ClusterSpec)}
-    extra = {"finetune": finetune, "bias_clusters": bias_clusters}
-    if not finetune and not bias_clusters:
-        return ClusterSpec(clusters=k)
-    return (ClusterSpec if {"finetune", "bias_clusters"} <= fields else _ClusterPlus)(clusters=k, **extra)
+    return ClusterSpec(clusters=k, finetune=finetune, bias_clusters=bias_clusters)
 
 
 def iterative(sparsity: float, seed: int = 0) -> PruneSpec:

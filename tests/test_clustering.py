@@ -2,7 +2,6 @@
 
 import copy
 import gzip
-from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -10,7 +9,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-import workbench.clustering  # noqa: F401  (registers the "cluster" stage runner)
+import workbench.clustering
 from tests.conftest import FAST_MEASURE
 from workbench.clustering import cluster_weights, finetune_centroids, kmeans_1d
 from workbench.data import digits_splits
@@ -165,15 +164,12 @@ def test_runner_on_an_onnx_variant(tiny_onnx):
     assert all(np.array_equal(decoded[n], a) for n, a in inits.items())
     assert "not clustered (float16): fc.weight" in out.notes[0]
     with pytest.raises(WorkbenchError, match="needs a torch model"):
-        STAGE_RUNNERS["cluster"](Variant(onnx_model=model),
-                                 SimpleNamespace(clusters=4, exclude=(), seed=0, finetune=FinetuneSpec(epochs=1)),
-                                 _ctx())
+        STAGE_RUNNERS["cluster"](Variant(onnx_model=model), ClusterSpec(finetune=FinetuneSpec(epochs=1)), _ctx())
 
 
 def test_runner_shares_bias_values_and_tunes_centroids_when_the_spec_asks(pruned_mlp):
     module, masks = pruned_mlp
-    spec = SimpleNamespace(clusters=8, exclude=(), seed=0, bias_clusters=4,
-                           finetune=FinetuneSpec(epochs=3, lr=1e-3, label_smoothing=0.1))
+    spec = ClusterSpec(clusters=8, bias_clusters=4, finetune=FinetuneSpec(epochs=3, lr=1e-3, label_smoothing=0.1))
     out = STAGE_RUNNERS["cluster"](Variant(module=module, masks=masks), spec, _ctx())
     decoded = unpack(out.packed)
     assert len(_nonzero_values(decoded["fc1.bias"])) <= 4 and len(_nonzero_values(decoded["fc2.weight"])) <= 8
@@ -204,7 +200,7 @@ def test_centroid_finetune_keeps_sharing_and_zeros(pruned_mlp):
 def test_pipeline_reports_a_real_packed_size_and_writes_the_artifact(tmp_path):
     spec = RunSpec.from_dict({"model": "digits-mlp", "measure": FAST_MEASURE, "stages": [
         {"prune": {"sparsity": 0.9}}, {"finetune": {"epochs": 10, "lr": 0.01, "label_smoothing": 0.1}},
-        {"cluster": {"clusters": 16}}]})
+        {"cluster": {"clusters": 16, "bias_clusters": 64, "finetune": {"epochs": 2, "lr": 0.001}}}]})
     report = run_pipeline(spec, out_dir=tmp_path)
     final = report.final
     claim = next(c for c in final.claims if c.aspect == "packed size")

@@ -6,9 +6,9 @@ where each weight costs its entropy-coded position and cluster index instead of 
 - k-means is an exact Lloyd's iteration on sorted 1-D data with linear initialisation (evenly spaced
   between min and max, which Deep Compression found best: it keeps the rare large weights). Centroids
   are rounded to float16, so the value table packs at 16 bits.
-- The optional centroid fine-tune (`finetune` on the spec) trains the shared values (and biases/norms)
+- The optional centroid fine-tune (`ClusterSpec.finetune`) trains the shared values (and biases/norms)
   with each weight's index fixed: a centroid's gradient is the sum over the weights that share it.
-- Optionally (`bias_clusters` on the spec) biases and norm parameters share values too; at 90%+
+- Optionally (`ClusterSpec.bias_clusters`) biases and norm parameters share values too; at 90%+
   sparsity their float16 copies are otherwise a sixth of a small model's packed bytes.
 - Everything that is not clustered (biases, norms, excluded layers) is rounded to float16 by the stage,
   so `weights.packed` decodes to exactly the model that is measured.
@@ -24,6 +24,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from workbench.errors import WorkbenchError
+from workbench.specs import ClusterSpec, FinetuneSpec
 from workbench.stages import Context, Variant, runner
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,9 @@ def _shared_parametrization(centroids: np.ndarray, indices: np.ndarray):
     return SharedWeight()
 
 
-def finetune_centroids(module, books: dict[str, Codebook], spec, train, masks: dict[str, np.ndarray] | None = None,
-                       progress=None, cancelled=None) -> tuple[dict[str, Codebook], float]:
+def finetune_centroids(module, books: dict[str, Codebook], spec: FinetuneSpec, train,
+                       masks: dict[str, np.ndarray] | None = None, progress=None,
+                       cancelled=None) -> tuple[dict[str, Codebook], float]:
     """Train the shared values of `module` (in place) with indices fixed, plus its other trainable
     parameters (biases, norms, unclustered weights, which keep `masks`). Returns the new codebooks
     (centroids rounded to float16) and the last epoch's loss."""
@@ -178,19 +180,13 @@ def _write(module, arrays: dict[str, np.ndarray]) -> None:
 
 
 # --- the stage -------------------------------------------------------------------------------------
-# ClusterSpec carries clusters, exclude and seed; `finetune` (a FinetuneSpec for the centroids) and
-# `bias_clusters` (share values of biases/norm parameters too) are read when the spec has them.
 
-def _options(spec) -> tuple[object | None, int | None]:
-    return getattr(spec, "finetune", None), getattr(spec, "bias_clusters", None)
-
-
-def _note(spec, books: dict[str, Codebook], packed, weights: list[str]) -> str:
+def _note(spec: ClusterSpec, books: dict[str, Codebook], packed, weights: list[str]) -> str:
     s = packed.sections
     parts = ", ".join(f"{key} {s[key]:,}" for key in ("positions", "indices", "value tables", "raw values", "header")
                       if s.get(key))
     layers = {n: b for n, b in books.items() if n in weights}
-    _, bias_k = _options(spec)
+    bias_k = spec.bias_clusters
     others = f"biases/norms share {bias_k} values per tensor" if bias_k else "biases/norms stored as float16"
     text = (f"k={spec.clusters} shared values per layer ({describe(layers)}); {others}; weights.packed is "
             f"{len(packed.data):,} bytes: {parts}")
@@ -198,18 +194,18 @@ def _note(spec, books: dict[str, Codebook], packed, weights: list[str]) -> str:
     return text + (f"; not clustered (float16): {', '.join(excluded)}" if excluded else "")
 
 
-def _cluster_all(weights: dict[str, np.ndarray], vectors: dict[str, np.ndarray], spec) -> tuple[dict, dict]:
+def _cluster_all(weights: dict[str, np.ndarray], vectors: dict[str, np.ndarray],
+                 spec: ClusterSpec) -> tuple[dict, dict]:
     values, books = cluster_weights(weights, spec.clusters, spec.seed, spec.exclude)
-    _, bias_k = _options(spec)
-    if bias_k:
-        more_values, more_books = cluster_weights(vectors, bias_k, spec.seed, spec.exclude)
+    if spec.bias_clusters:
+        more_values, more_books = cluster_weights(vectors, spec.bias_clusters, spec.seed, spec.exclude)
         values.update(more_values)
         books.update(more_books)
     return values, books
 
 
 @runner("cluster")
-def run_cluster(variant: Variant, spec, ctx: Context) -> Variant:
+def run_cluster(variant: Variant, spec: ClusterSpec, ctx: Context) -> Variant:
     """k-means weight sharing on the prunable weights of a torch module or of an ONNX graph, then the
     packed encoding of all its float parameters (the `weights.packed` artifact)."""
     if variant.module is None:
@@ -227,7 +223,7 @@ def run_cluster(variant: Variant, spec, ctx: Context) -> Variant:
     _write(module, values)
     out = variant.copy_meta(module=module, masks=dict(variant.masks))
     out.history.append({"clusters": spec.clusters, **_scores(module, ctx)})
-    tune, _ = _options(spec)
+    tune = spec.finetune
     if tune is not None and tune.epochs > 0 and books:
         if ctx.splits.train is None:
             raise WorkbenchError("cluster.finetune: no training data (set data.train_path for user data)")
@@ -252,15 +248,14 @@ def _scores(module, ctx: Context) -> dict:
     return score(torch_predict(module, test), test.labels) if test.labels is not None else {}
 
 
-def _cluster_onnx(variant: Variant, spec) -> Variant:
+def _cluster_onnx(variant: Variant, spec: ClusterSpec) -> Variant:
     import onnx
     from onnx import numpy_helper
 
     from workbench.packing import encode
     from workbench.pruning import onnx_weights
 
-    tune, _ = _options(spec)
-    if tune is not None and tune.epochs > 0:
+    if spec.finetune is not None and spec.finetune.epochs > 0:
         raise WorkbenchError("cluster.finetune: fine-tuning centroids needs a torch model; this variant is ONNX")
     model = onnx.ModelProto()
     model.CopyFrom(variant.onnx_model)

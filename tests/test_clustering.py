@@ -213,3 +213,6 @@ def test_pipeline_reports_a_real_packed_size_and_writes_the_artifact(tmp_path):
     tuned = report.variants[1].measurement.metrics["accuracy"]
     assert final.measurement.metrics["accuracy"] >= tuned - 0.01 > 0.9   # 16 shared values cost ~nothing
     assert not any(c.aspect == "packed size" for c in report.variants[0].claims)
+    size = final.measurement.size
+    assert size.storage_bits == 4     # a 16-value index, not the 32-bit float the file stores
+    assert size.min_storage_bytes < report.variants[1].measurement.size.min_storage_bytes / 2

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import logging
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -237,8 +238,15 @@ def run_cluster(variant: Variant, spec: ClusterSpec, ctx: Context) -> Variant:
     _write(module, rounded)
     packed = encode({n: rounded.get(n, a) for n, a in state.items()})
     out.packed = packed.data
+    out.storage_bits = _index_bits(spec)
     out.notes.append(_note(spec, books, packed, list(weights)))
     return out
+
+
+def _index_bits(spec: ClusterSpec) -> int:
+    """Bits per weight for the minimum-storage estimate: a cluster index (the shared values are a few
+    floats per layer)."""
+    return max(1, math.ceil(math.log2(spec.clusters)))
 
 
 def _scores(module, ctx: Context) -> dict:
@@ -271,6 +279,7 @@ def _cluster_onnx(variant: Variant, spec: ClusterSpec) -> Variant:
         if init.name in tensors:
             init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(tensors[init.name]), init.name))
     packed = encode(tensors)
-    out = variant.copy_meta(onnx_model=model, masks=dict(variant.masks), packed=packed.data)
+    out = variant.copy_meta(onnx_model=model, masks=dict(variant.masks), packed=packed.data,
+                            storage_bits=_index_bits(spec))
     out.notes.append(_note(spec, books, packed, list(weights)))
     return out

@@ -102,7 +102,7 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
         report_progress((i + 0.85) / (steps + 1), label, "measuring")
         model = to_onnx(variant, ctx)
         m, _ = measure(model, splits.test, spec.measure, module=variant.module, reference=reference,
-                       storage_bits=variant.storage_bits if variant.simulated_quant else None)
+                       storage_bits=variant.storage_bits if variant.simulated_quant or variant.packed else None)
         facts = Facts(m.size.sparsity, variant.quant_method, variant.simulated_quant, variant.storage_bits,
                       same_kernels=kernel_signature(model) == base_signature, structured=variant.structured,
                       packed_bytes=len(variant.packed) if variant.packed else None)

@@ -21,10 +21,12 @@ SPEC_VERSION = 1
 MODEL_SUFFIXES = (".onnx", ".pt2", ".pt", ".ts", ".safetensors")
 PRUNE_METHODS = ("magnitude", "random")
 PRUNE_SCOPES = ("global", "layer")
-PRUNE_SCHEDULES = ("oneshot", "iterative")
+PRUNE_SCHEDULES = ("oneshot", "iterative", "gradual")
+REWINDS = ("lr", "none", "weight")
 QUANT_METHODS = ("static", "dynamic", "weight_only", "fp16", "fake")
 LR_SCHEDULES = ("cosine", "constant")
 STRUCTURED_IMPORTANCE = ("l1", "l2", "random")
+STUDENT_INITS = ("teacher", "random")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 WEIGHT_ONLY_BITS = (2, 4, 8)
 
@@ -76,8 +78,12 @@ class DataRef:
     train_path: str | None = None
     label_column: str | None = None
     max_samples: int | None = None
+    classes: tuple[int, ...] | None = None   # keep only these labels, relabelled 0..k-1 in this order
 
     def __post_init__(self) -> None:
+        _check(self.classes is None or (len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes)
+                                        and all(isinstance(c, int) and c >= 0 for c in self.classes)),
+               "classes", f"must be two or more distinct non-negative labels, got {self.classes!r}")
         if self.path is not None and self.builtin is not None:
             object.__setattr__(self, "builtin", None)
         _check(self.builtin in (None, "digits"), "builtin", f"unknown dataset '{self.builtin}' (known: digits)")
@@ -117,7 +123,14 @@ class PruneSpec:
     `scope="global"` ranks all weights together; `"layer"` prunes each layer to the same sparsity.
     `overrides` sets a sparsity per layer (glob patterns on layer names), `exclude` leaves layers dense.
     `schedule="iterative"` prunes `per_round` of the remaining weights per round until `sparsity`,
-    running `finetune` between rounds (the seed recipe).
+    running `finetune` between rounds (the seed recipe); `"gradual"` follows the cubic schedule of Zhu &
+    Gupta (2017), s_r = sparsity * (1 - (1 - r/steps)^3), over `steps` rounds with `finetune` between.
+    `rewind` says how each round retrains (Renda, Frankle & Carbin 2020): "lr" restarts the `finetune`
+    learning-rate schedule every round (LR rewinding), "none" continues one schedule spread over all
+    rounds (fine-tuning), "weight" resets the surviving weights to `rewind_weights` (an early-training
+    checkpoint; samples ship one) and restarts the schedule (lottery-ticket weight rewinding).
+    `nm="2:4"` keeps N of every M consecutive weights along the input dimension (semi-structured);
+    it fixes the sparsity at 1 - N/M.
     """
 
     kind: ClassVar[str] = "prune"
@@ -130,6 +143,10 @@ class PruneSpec:
     per_round: float = 0.2
     finetune: FinetuneSpec | None = None
     seed: int = 0
+    steps: int = 10
+    rewind: str = "lr"
+    rewind_weights: str | None = None
+    nm: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.method in PRUNE_METHODS, "method", f"unknown '{self.method}' (known: {', '.join(PRUNE_METHODS)})")
@@ -141,15 +158,36 @@ class PruneSpec:
         _check(self.per_round > 0, "per_round", "must be > 0")
         for pattern, value in self.overrides.items():
             _fraction(value, f"overrides[{pattern}]")
+        _check(isinstance(self.steps, int) and 1 <= self.steps <= 1000, "steps", f"must be 1..1000, got {self.steps}")
+        _check(self.rewind in REWINDS, "rewind", f"unknown '{self.rewind}' (known: {', '.join(REWINDS)})")
+        _check(self.rewind_weights is None or self.rewind == "weight", "rewind_weights",
+               "only used with rewind: weight")
+        if self.nm is not None:
+            n, m = nm_pattern(self.nm)
+            _check(abs(self.sparsity - (1 - n / m)) < 1e-6, "sparsity",
+                   f"nm {self.nm} fixes the sparsity at {1 - n / m:g}; set sparsity: {1 - n / m:g}")
+            _check(self.schedule == "oneshot" and not self.overrides, "nm",
+                   "N:M masks are one-shot and apply to every pruned layer (no schedule, no overrides)")
 
     @property
     def rounds(self) -> int:
-        """Rounds needed to reach `sparsity` removing `per_round` of the survivors each round."""
+        """Rounds needed to reach `sparsity`: `per_round` of the survivors each round (iterative) or
+        `steps` (gradual)."""
         if self.schedule == "oneshot" or self.sparsity == 0:
             return 1
+        if self.schedule == "gradual":
+            return self.steps
         import math
 
         return max(1, math.ceil(math.log(1 - self.sparsity) / math.log(1 - self.per_round) - 1e-9))
+
+
+def nm_pattern(text: str) -> tuple[int, int]:
+    """"2:4" -> (2, 4): keep N of every M consecutive weights."""
+    n, sep, m = str(text).partition(":")
+    ok = sep and n.strip().isdigit() and m.strip().isdigit() and 1 <= int(n) < int(m) <= 32
+    _check(bool(ok), "nm", f"expected 'N:M' with 1 <= N < M <= 32 (e.g. '2:4'), got {text!r}")
+    return int(n), int(m)
 
 
 @dataclass(frozen=True)
@@ -273,8 +311,99 @@ class ClusterSpec:
                f"must be 2..256, got {self.bias_clusters}")
 
 
-StageSpec = PruneSpec | FinetuneSpec | QuantSpec | StructuredSpec | ClusterSpec
-STAGES: dict[str, type] = {cls.kind: cls for cls in (PruneSpec, FinetuneSpec, QuantSpec, StructuredSpec, ClusterSpec)}
+@dataclass(frozen=True)
+class QATSpec:
+    """Quantization-aware training: train with the weights (and optionally activations) fake-quantized to
+    `weight_bits` (straight-through estimator), then export ONNX QDQ with the weights stored as integers."""
+
+    kind: ClassVar[str] = "qat"
+    weight_bits: int = 4
+    activation_bits: int | None = None     # None: activations stay float; 8: int8 QDQ activations
+    per_channel: bool = True
+    epochs: int = 5
+    lr: float = 1e-4
+    batch_size: int = 64
+    exclude: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        b, a = self.weight_bits, self.activation_bits
+        _check(isinstance(b, int) and 2 <= b <= 8, "weight_bits", f"must be an integer in 2..8, got {b}")
+        _check(a is None or a == 8, "activation_bits", f"must be null (float) or 8, got {a}")
+        _check(isinstance(self.epochs, int) and self.epochs >= 0, "epochs", f"must be >= 0, got {self.epochs}")
+        _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class DistillSpec:
+    """Knowledge distillation (Hinton et al. 2015): a narrower student keeping `width` of every prunable
+    group's channels / neurons / heads, trained on the teacher's softened outputs (`temperature`) mixed
+    with the hard labels (`alpha` = weight of the soft loss)."""
+
+    kind: ClassVar[str] = "distill"
+    width: float = 0.5
+    temperature: float = 4.0
+    alpha: float = 0.9
+    epochs: int = 30
+    lr: float = 2e-3
+    batch_size: int = 64
+    init: str = "teacher"      # teacher: start from the teacher's most important channels; random: re-initialised
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.width, int | float) and 0 < self.width <= 1, "width",
+               f"must be in (0, 1], got {self.width}")
+        _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        _fraction(self.alpha, "alpha", upper_open=False)
+        _check(isinstance(self.epochs, int) and self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        _check(self.init in STUDENT_INITS, "init", f"unknown '{self.init}' (known: {', '.join(STUDENT_INITS)})")
+
+
+@dataclass(frozen=True)
+class TransferSpec:
+    """Re-train the classification head (the last Linear layer) on the run's training data, resized to
+    its number of classes; the backbone stays frozen unless `train_backbone`. As the first stage, the
+    baseline is the transferred model, so later stages are compared with it."""
+
+    kind: ClassVar[str] = "transfer"
+    epochs: int = 20
+    lr: float = 1e-2
+    batch_size: int = 64
+    train_backbone: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.epochs, int) and self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class LowRankSpec:
+    """Low-rank factorization (truncated SVD) of Linear and Conv weights: W ~ U_r S_r V_r^T becomes two
+    smaller layers. `rank` fixes the rank of every layer; otherwise each layer keeps the smallest rank
+    holding `energy` of its squared singular values. A layer is only factorized when that saves weights."""
+
+    kind: ClassVar[str] = "lowrank"
+    rank: int | None = None
+    energy: float = 0.9
+    exclude: tuple[str, ...] = ()
+    finetune: FinetuneSpec | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.rank is None or (isinstance(self.rank, int) and self.rank >= 1), "rank",
+               f"must be a positive integer, got {self.rank}")
+        _check(isinstance(self.energy, int | float) and 0 < self.energy <= 1, "energy",
+               f"must be in (0, 1], got {self.energy}")
+
+
+StageSpec = (PruneSpec | FinetuneSpec | QuantSpec | StructuredSpec | ClusterSpec | QATSpec | DistillSpec
+             | TransferSpec | LowRankSpec)
+STAGES: dict[str, type] = {cls.kind: cls for cls in (PruneSpec, FinetuneSpec, QuantSpec, StructuredSpec, ClusterSpec,
+                                                     QATSpec, DistillSpec, TransferSpec, LowRankSpec)}
 
 
 @dataclass(frozen=True)
@@ -418,7 +547,9 @@ def resolve_paths(spec: RunSpec, base: Path) -> RunSpec:
 
     model = dataclasses.replace(spec.model, path=fix(spec.model.path)) if spec.model.path else spec.model
     data = dataclasses.replace(spec.data, path=fix(spec.data.path), train_path=fix(spec.data.train_path))
-    return dataclasses.replace(spec, model=model, data=data)
+    stages = tuple(dataclasses.replace(s, rewind_weights=fix(s.rewind_weights))
+                   if isinstance(s, PruneSpec) and s.rewind_weights else s for s in spec.stages)
+    return dataclasses.replace(spec, model=model, data=data, stages=stages)
 
 
 def dump_recipe(spec: RunSpec) -> str:

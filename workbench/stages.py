@@ -162,4 +162,8 @@ def run_quantize(variant: Variant, spec: QuantSpec, ctx: Context) -> Variant:
 
 # Method modules register their runners on import; they import this module, so they come last.
 import workbench.clustering  # noqa: E402,F401  (the "cluster" stage)
+import workbench.distill  # noqa: E402,F401  (the "distill" stage)
+import workbench.lowrank  # noqa: E402,F401  (the "lowrank" stage)
+import workbench.qat  # noqa: E402,F401  (the "qat" stage)
 import workbench.structured  # noqa: E402,F401  (the "structured" stage)
+import workbench.transfer  # noqa: E402,F401  (the "transfer" stage)

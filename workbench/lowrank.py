@@ -1,0 +1,1 @@
+"""The lowrank stage (being written)."""

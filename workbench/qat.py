@@ -1,0 +1,1 @@
+"""The qat stage (being written)."""

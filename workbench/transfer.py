@@ -1,0 +1,1 @@
+"""The transfer stage (being written)."""

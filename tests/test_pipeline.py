@@ -115,3 +115,52 @@ def test_fake_quant_is_labelled_simulated():
     assert _claim(final, "accuracy").kind == "simulated"
     assert final.measurement.size.storage_bits == 3
     assert final.measurement.size.min_storage_bytes < report.baseline.measurement.size.file_bytes / 8
+
+
+def test_data_classes_keep_those_samples_relabelled_in_the_given_order():
+    from workbench.data import digits_splits
+    from workbench.models import load_model
+    from workbench.pipeline import load_splits
+
+    spec = _spec("digits-mlp", [], data={"builtin": "digits", "classes": [9, 2, 5]})
+    splits, full = load_splits(spec, load_model(spec.model)), digits_splits()
+    for part, whole in ((splits.train, full.train), (splits.calib, full.calib), (splits.test, full.test)):
+        assert sorted(set(part.labels)) == [0, 1, 2]
+        for new, old in enumerate((9, 2, 5)):
+            assert np.array_equal(part.inputs[0][part.labels == new].reshape(-1, 64),
+                                  whole.inputs[0][whole.labels == old].reshape(-1, 64))
+    missing = _spec("digits-mlp", [], data={"builtin": "digits", "classes": [3, 11]})
+    with pytest.raises(WorkbenchError, match="data.classes: class 11 has no samples in digits/train"):
+        load_splits(missing, load_model(missing.model))
+
+
+def test_first_stage_transfer_becomes_the_baseline_and_later_stages_compare_with_it(tmp_path):
+    from workbench.compare import report_row
+    from workbench.report import render_text
+    from workbench.specs import stage_dict
+
+    spec = _spec("digits-mlp", [{"transfer": {"epochs": 5}}, {"quantize": {"method": "dynamic"}}],
+                 data={"builtin": "digits", "classes": [9, 8, 7, 6, 5]})
+    report = run_pipeline(spec, out_dir=tmp_path)
+    base = report.baseline
+    assert base.name == "baseline (after transfer)" and base.stage == stage_dict(spec.stages[0])
+    assert base.history[-1]["epoch"] == 5 and any("Linear(100->10) -> Linear(100->5)" in n for n in base.notes)
+    assert base.measurement.metrics["accuracy"] >= 0.95  # measured on the new task, with the new head
+    assert [v.name for v in report.variants] == ["2: quantize"]
+    assert _claim(report.final, "file size").kind == "real"
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert set(saved["baseline"]) == set(saved["variants"][0])  # same fields as before, readers unchanged
+    assert report_row(saved)["base_accuracy"] == base.measurement.metrics["accuracy"]
+    assert "baseline (after transfer)\n  note: head fc3 replaced" in render_text(report)
+    session = make_session(str(tmp_path / "model.onnx"))
+    assert session.run(None, {"input": np.zeros((1, 1, 8, 8), np.float32)})[0].shape == (1, 5)
+
+
+def test_transfer_later_in_the_run_is_measured_as_a_variant():
+    spec = _spec("digits-mlp", [{"prune": {"sparsity": 0.5}}, {"transfer": {"epochs": 2}}],
+                 data={"builtin": "digits", "classes": [0, 1, 2]})
+    report = run_pipeline(spec)
+    assert report.baseline.name == "baseline" and report.baseline.notes == ()
+    transfer = report.variants[1]
+    assert transfer.name == "2: transfer" and any("measured as a variant" in n for n in transfer.notes)
+    assert transfer.measurement.metrics["accuracy"] >= 0.9

@@ -1,6 +1,11 @@
 """run_pipeline(spec, progress, cancel) -> Report: load, measure the baseline once, run each stage,
 measure each variant the same way, and write the artifacts.
 
+When the first stage is `transfer` (a new head for the user's task), it runs before the baseline is
+measured: the baseline is then the transferred, uncompressed model (named "baseline (after transfer)",
+with the transfer stage's notes and history), and later stages are compared with it. `DataRef.classes`
+keeps only the samples of those labels, relabelled 0..k-1 in the given order, in every split.
+
 Progress is reported as (fraction of the whole run, stage label, message); `cancel` is polled between
 stages and inside long loops. This module does orchestration only: loading, compression, measurement
 and claims live in their own modules.
@@ -27,10 +32,11 @@ from workbench.measure import measure
 from workbench.models import LoadedModel, load_model
 from workbench.onnx_graph import kernel_signature
 from workbench.report import Report, VariantResult
-from workbench.specs import RunSpec, stage_dict
+from workbench.specs import RunSpec, StageSpec, stage_dict
 from workbench.stages import STAGE_RUNNERS, Context, Variant, to_onnx
 
 log = logging.getLogger(__name__)
+BASELINE_AFTER_TRANSFER = "baseline (after transfer)"
 Progress = Callable[[float, str, str], None]
 
 
@@ -44,6 +50,9 @@ def load_splits(spec: RunSpec, model: LoadedModel) -> Splits:
         test = load_user_data(ref.path, names, ref.label_column)
         train = load_user_data(ref.train_path, names, ref.label_column) if ref.train_path else None
         splits = Splits(train=train, calib=test, test=test)
+    if ref.classes is not None:
+        splits = Splits(*(None if d is None else select_classes(d, ref.classes)
+                          for d in (splits.train, splits.calib, splits.test)))
     limit = ref.max_samples or spec.measure.max_eval_samples
     if limit:
         splits = dataclasses.replace(splits, test=splits.test.take(limit))
@@ -51,6 +60,19 @@ def load_splits(spec: RunSpec, model: LoadedModel) -> Splits:
         parts = (splits.train, splits.calib, splits.test)
         splits = Splits(*(None if d is None else _shaped(d, model.input_shape) for d in parts))
     return splits
+
+
+def select_classes(data: Dataset, classes: tuple[int, ...]) -> Dataset:
+    """Only the samples labelled one of `classes`, relabelled 0..k-1 in the order given."""
+    if data.labels is None:
+        raise WorkbenchError(f"data.classes: {data.name} has no labels to select classes from")
+    missing = [c for c in classes if not np.any(data.labels == c)]
+    if missing:
+        raise WorkbenchError(f"data.classes: class {missing[0]} has no samples in {data.name}")
+    keep = np.isin(data.labels, classes)
+    order = np.argsort(classes)
+    labels = order[np.searchsorted(np.asarray(classes)[order], data.labels[keep])].astype(np.int64)
+    return Dataset(data.name, tuple(x[keep] for x in data.inputs), labels)
 
 
 def _shaped(data: Dataset, shape: tuple[int, ...]) -> Dataset:
@@ -82,23 +104,28 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
     ctx = Context(spec, splits, example_inputs(splits) if loaded.module is not None else (),
                   lambda f, msg: None, cancelled)
 
-    report_progress(0.02, "baseline", "exporting and measuring the baseline")
+    stages = list(enumerate(spec.stages, start=1))
+    base_name, base_stage, base_notes, base_history = "baseline", None, (), ()
+    if stages and stages[0][1].kind == "transfer":  # the baseline is the transferred, uncompressed model
+        i, stage = stages.pop(0)
+        variant = _run_stage(variant, i, stage, ctx, report_progress, steps)
+        base_name, base_stage = BASELINE_AFTER_TRANSFER, stage_dict(stage)
+        base_notes, base_history = tuple(variant.notes), tuple(variant.history)
+
+    report_progress(0.02 if base_stage is None else 1.85 / (steps + 1), "baseline",
+                    "exporting and measuring the baseline")
     base_model = to_onnx(variant, ctx)
-    base_m, reference = measure(base_model, splits.test, spec.measure, module=loaded.module)
-    baseline = VariantResult("baseline", None, base_m, Facts())
+    base_m, reference = measure(base_model, splits.test, spec.measure, module=variant.module)
+    baseline = VariantResult(base_name, base_stage, base_m, Facts(), (), base_notes, base_history)
     reference = reference if splits.test.labels is None else None
 
     results, model, base_signature = [], base_model, kernel_signature(base_model)
-    for i, stage in enumerate(spec.stages, start=1):
-        ctx.check()
+    for i, stage in stages:
+        variant = _run_stage(variant, i, stage, ctx, report_progress, steps)
+        if stage.kind == "transfer":
+            variant.notes.append("transfer is not the first stage, so it is measured as a variant: its accuracy "
+                                 "is on the new task, the baseline's is the original head on the same labels")
         label = f"{i}: {stage.kind}"
-        # a stage's own work fills 80% of its slot, measuring the rest, so progress never goes back
-        ctx.progress = lambda f, msg, i=i, label=label: report_progress((i + 0.8 * min(f, 1.0)) / (steps + 1),
-                                                                         label, msg)
-        ctx.progress(0.0, f"running {stage.kind}")
-        if stage.kind not in STAGE_RUNNERS:
-            raise WorkbenchError(f"stages[{i - 1}]: the '{stage.kind}' stage is not available in this installation")
-        variant = STAGE_RUNNERS[stage.kind](variant, stage, ctx)
         report_progress((i + 0.85) / (steps + 1), label, "measuring")
         model = to_onnx(variant, ctx)
         m, _ = measure(model, splits.test, spec.measure, module=variant.module, reference=reference,
@@ -115,6 +142,18 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
         report = write_artifacts(report, model, spec, Path(out_dir), variant.packed)
     report_progress(1.0, "done", f"finished in {report.seconds:.1f} s")
     return report
+
+
+def _run_stage(variant: Variant, i: int, stage: StageSpec, ctx: Context, report_progress: Progress,
+               steps: int) -> Variant:
+    """Run stage `i` (1-based) of `steps - 1`; its own work fills 80% of its progress slot, measuring the rest."""
+    ctx.check()
+    label = f"{i}: {stage.kind}"
+    ctx.progress = lambda f, msg: report_progress((i + 0.8 * min(f, 1.0)) / (steps + 1), label, msg)
+    ctx.progress(0.0, f"running {stage.kind}")
+    if stage.kind not in STAGE_RUNNERS:
+        raise WorkbenchError(f"stages[{i - 1}]: the '{stage.kind}' stage is not available in this installation")
+    return STAGE_RUNNERS[stage.kind](variant, stage, ctx)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -14,7 +14,7 @@ from workbench.measure import Measurement
 
 @dataclass(frozen=True)
 class VariantResult:
-    name: str                          # "baseline" or "<n>: <stage>"
+    name: str                          # "baseline" (or "baseline (after transfer)") or "<n>: <stage>"
     stage: dict[str, Any] | None       # the stage spec that produced it
     measurement: Measurement
     facts: Facts
@@ -80,6 +80,8 @@ def render_text(report: Report) -> str:
     lines += ["  ".join(str(r.get(k, "")).ljust(widths[k]) for k in keys) for r in rows]
     env = report.environment
     lines.append(f"\nmeasured on {env.get('cpu_model')} ({env.get('int8_note')}), {env.get('threads')} thread(s)")
+    if report.baseline.notes:
+        lines += [f"\n{report.baseline.name}", *(f"  note: {n}" for n in report.baseline.notes)]
     for v in report.variants:
         lines.append(f"\n{v.name}")
         lines += [f"  [{c.kind.upper():9}] {c.aspect}: {c.reason}" for c in v.claims]

@@ -209,3 +209,107 @@ def test_dense_matmul_does_the_same_work_whatever_the_zeros():
     assert dense["mult_adds"] == sparse["mult_adds"]
     assert sparse["useful_mult_adds"] < 0.2 * dense["useful_mult_adds"]
     assert dense["median_ms"] > 0 and sparse["median_ms"] > 0
+
+
+# --- rigour: requested vs achieved, seeds, the random baseline ----------------------------------
+
+def test_requested_vs_achieved_columns(frame):
+    row = frame.set_index("id")
+    assert row.loc[1, "requested_sparsity"] == 0.7 and row.loc[1, "sparsity"] == pytest.approx(0.7, abs=0.005)
+    assert (row.loc[1, "requested_bits"], row.loc[1, "bits"], row.loc[1, "storage_bits"]) == (4, 32, 4)  # simulated
+    assert row.loc[1, "prune_method"] == "magnitude" and np.isnan(row.loc[1, "requested_channels_removed"])
+    sweep = row.loc[[3, 4, 5, 6]]
+    np.testing.assert_allclose(sweep["requested_sparsity"], sweep["setting_sparsity"])
+    assert (abs(sweep["sparsity"] - sweep["requested_sparsity"]) < 0.005).all()   # "asked 90%, got 89.9x%"
+    assert list(sweep["requested_bits"]) == list(sweep["setting_bits"])
+    int8 = sweep[sweep["requested_bits"] == 8]
+    assert (int8["bits"] == 8).all() and (int8["storage_bits"] == 8).all()
+    assert (frame["params_x"] == 1).all() and frame["channels_removed"].isna().all()   # nothing removed
+
+
+def test_requested_of_and_channels_removed():
+    req = compare.requested_of({"stages": [{"structured": {"ratio": 0.3}}, {"cluster": {"clusters": 16}}]})
+    assert req["requested_channels_removed"] == 0.3 and req["requested_bits"] == 4 and req["prune_method"] is None
+    assert compare.requested_of({"stages": [{"distill": {"width": 0.25}}]})["requested_channels_removed"] == 0.75
+    assert compare.requested_of({"stages": [{"prune": {"nm": "2:4", "sparsity": 0.5, "method": "random"}},
+                                            {"quantize": {"method": "fp16", "weight_bits": 16}}]}) == {
+        "requested_sparsity": 0.5, "requested_channels_removed": pytest.approx(np.nan, nan_ok=True),
+        "requested_bits": 16, "prune_method": "random"}
+    history = {"pruned_layers": [{"layer": "conv", "before": [32, 1, 3, 3], "after": [12, 1, 3, 3]},
+                                 {"layer": "fc", "before": [64, 32], "after": [32, 12]},
+                                 {"layer": "head", "before": [10, 64], "after": [10, 32]}],
+               "skipped": [["head", "classifier: its outputs are the model's outputs"]]}
+    report = {"variants": [{"history": [history]}, {"history": [{"epochs": 3}]}]}
+    assert compare.channels_removed(report) == pytest.approx(1 - (12 + 32) / (32 + 64))
+    assert np.isnan(compare.channels_removed({"variants": [{"history": []}]}))
+
+
+def recipe(seed: int = 0, sparsity: float = 0.9, method: str = "magnitude", name: str = "") -> dict:
+    return {"name": name, "seed": seed, "model": {"sample": "digits-mlp"}, "stages": [
+        {"prune": {"sparsity": sparsity, "method": method, "seed": seed}},
+        {"finetune": {"epochs": 2, "seed": seed}}]}
+
+
+def test_config_key_ignores_seeds_and_names_only(frame):
+    assert compare.config_key(recipe(0)) == compare.config_key(recipe(7, name="seed 7"))
+    assert compare.config_key(recipe(0)) != compare.config_key(recipe(0, sparsity=0.5))
+    assert compare.config_key(recipe(0)) != compare.config_key(recipe(0, method="random"))
+    assert compare.seed_of(recipe(3)) == 3
+    assert compare.seed_of({"seed": 0, "stages": [{"prune": {"finetune": {"seed": 5}}}]}) == 5
+    assert compare.config_key({"model": {"sample": "digits-mlp"}}) == compare.config_key(
+        {"model": "digits-mlp", "seed": 1})   # defaults filled in before comparing
+    assert frame["config"].is_unique and (frame["seed"] == 0).all()
+
+
+def test_seed_summary_mean_std_exact():
+    a, b = compare.config_key(recipe(0)), compare.config_key(recipe(0, sparsity=0.5))
+    df = pd.DataFrame({"id": [1, 2, 3, 4], "config": [a, a, b, a], "seed": [2, 0, 0, 1],
+                       "model": "digits-mlp", "method": ["m90", "m90", "m50", "m90"],
+                       "accuracy": [0.90, 0.92, 0.99, 0.97], "d_accuracy": [-0.09, -0.07, 0.0, -0.02],
+                       "gzip_x": [4.0, 5.0, 2.0, 6.0], "speedup@1": [1.0, 1.1, 1.0, 0.9]})
+    summary = compare.seed_summary(df)
+    assert list(summary["method"]) == ["m90", "m50"] and list(summary["n"]) == [3, 1]
+    assert list(summary["seeds"]) == ["0,1,2", "0"]
+    first = summary.iloc[0]
+    acc = np.array([0.90, 0.92, 0.97])
+    assert first["accuracy_mean"] == pytest.approx(acc.mean())
+    assert first["accuracy_std"] == pytest.approx(acc.std(ddof=1))
+    assert first["gzip_x_mean"] == 5.0 and first["gzip_x_std"] == 1.0
+    assert first["speedup@1_std"] == pytest.approx(0.1) and first["d_accuracy_mean"] == pytest.approx(-0.06)
+    assert np.isnan(summary.iloc[1]["accuracy_std"])   # one run: no spread to report
+    assert compare.seed_summary(pd.DataFrame()).empty
+
+
+def test_random_baseline_pairs_equal_recipes_by_seed():
+    rows = []
+    for i, (sparsity, method, seed, acc) in enumerate(
+            [(0.9, "magnitude", 0, 0.95), (0.9, "random", 0, 0.90), (0.9, "magnitude", 1, 0.97),
+             (0.9, "random", 1, 0.88), (0.5, "magnitude", 0, 0.99), (0.5, "random", 0, 0.98),
+             (0.7, "magnitude", 0, 0.96)], start=1):   # the last has no random partner
+        spec = recipe(seed, sparsity, method)
+        rows.append({"id": i, "model": "digits-mlp", "method": compare.method_label(spec), "accuracy": acc,
+                     "config": compare.config_key(spec), "seed": seed, **compare.requested_of(spec)})
+    df = pd.DataFrame(rows)
+    pairs = compare.random_baseline_frame(df, per_seed=True)
+    assert list(zip(pairs["id_magnitude"], pairs["id_random"], strict=True)) == [(1, 2), (3, 4), (5, 6)]
+    np.testing.assert_allclose(pairs["advantage"], [0.05, 0.09, 0.01])
+    summary = compare.random_baseline_frame(df)
+    assert list(summary["requested_sparsity"]) == [0.9, 0.5] and list(summary["n"]) == [2, 1]
+    assert summary.iloc[0]["method"].startswith("prune 90% global magnitude")
+    assert summary.iloc[0]["advantage_mean"] == pytest.approx(0.07)
+    assert summary.iloc[0]["advantage_std"] == pytest.approx(np.std([0.05, 0.09], ddof=1))
+    assert summary.iloc[0]["accuracy_random_mean"] == pytest.approx(0.89)
+    assert compare.random_baseline_frame(df[df["prune_method"] == "magnitude"]).empty
+
+
+def test_every_stage_kind_has_a_label_and_a_short_tag():
+    from workbench.specs import STAGES, RunSpec
+
+    stages = [{kind: {"sparsity": 0.5, "nm": "2:4"} if kind == "prune" else {}} for kind in STAGES]
+    spec = RunSpec.from_dict({"model": "digits-cnn", "stages": stages}).to_dict()
+    label = compare.method_label(spec)
+    for text in ("2:4 N:M", "structured 50% channels", "cluster k=16", "QAT 4-bit", "distill width 0.5",
+                 "low-rank 90% energy", "transfer head"):
+        assert text in label
+    short = compare.short_label(3, compare.settings_of(spec))
+    assert short == "#3 struct 50% · k=16 · QAT 4b · student 0.5x · transfer · SVD 90% · 50% · int8 · ft"

@@ -5,6 +5,11 @@ Contract: `runs_frame(store, runs)` gives one row per run, built from the final 
 change vs the run's own baseline, file / gzip / minimum-storage bytes and their ratios vs the baseline
 file, ONNX Runtime latency per batch size and speedups, sparsity, stored bits, the method, the
 real/simulated kind of each claim, and the sweep settings (sparsity, bits) parsed from the recipe.
+Rigour (ShrinkBench-style): each row also says what the recipe asked for next to what was measured
+(`requested_*` vs achieved `sparsity`, `bits`, `storage_bits`, `channels_removed`, `params_x`), its `seed`,
+and a `config` key (the recipe without seeds or name); `seed_summary` folds runs that differ only by seed
+into mean ± std rows, and `random_baseline_frame` sets magnitude pruning against random pruning of
+otherwise equal recipes.
 `pareto_front` marks the non-dominated rows; `layer_frame` / `history_frame` give per-layer sparsity and
 per-round accuracy; `default_selection` picks what Compare opens with; `artifact_path` is the one way
 to reach a file of a run (it never leaves the run's folder). Reads files only; never writes.
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import WorkbenchError
+from workbench.specs import RunSpec
 from workbench.store import Run, Store
 
 log = logging.getLogger(__name__)
@@ -58,7 +65,7 @@ def load_report(store: Store, run_id: int) -> dict[str, Any] | None:
 
 def settings_of(spec: dict[str, Any]) -> dict[str, Any]:
     """The slider settings a recipe amounts to: sparsity (0 without pruning) and bits (32 without quantization)."""
-    sparsity, bits, quant, finetune = 0.0, 32, None, False
+    sparsity, bits, quant, finetune, methods = 0.0, 32, None, False, []
     for stage in spec.get("stages", []):
         (kind, body), = stage.items()
         if kind == "prune":
@@ -69,7 +76,53 @@ def settings_of(spec: dict[str, Any]) -> dict[str, Any]:
             bits = int(body.get("weight_bits", 8))
         elif kind == "finetune":
             finetune = finetune or bool(body.get("epochs", 0))
-    return {"setting_sparsity": sparsity, "setting_bits": bits, "quant_method": quant, "finetuned": finetune}
+        elif kind in SHORT_LABELS:
+            methods.append(SHORT_LABELS[kind](body or {}))
+    return {"setting_sparsity": sparsity, "setting_bits": bits, "quant_method": quant, "finetuned": finetune,
+            "methods": " · ".join(methods)}
+
+
+def _prune_label(body: dict[str, Any]) -> str:
+    if body.get("nm"):
+        return f"prune {body['nm']} N:M {body.get('method', 'magnitude')}"
+    schedule = body.get("schedule", "oneshot")
+    sched = {"iterative": f", iterative {body.get('per_round', 0.2):.0%}/round",
+             "gradual": f", gradual {body.get('steps', 10)} steps"}.get(schedule, "")
+    if schedule != "oneshot" and (body.get("finetune") or {}).get("epochs"):
+        sched += {"lr": " + LR rewinding", "none": " + fine-tuning", "weight": " + weight rewinding"}.get(
+            body.get("rewind", "lr"), "")
+    return f"prune {body.get('sparsity', 0):.0%} {body.get('scope', 'global')} {body.get('method', 'magnitude')}{sched}"
+
+
+def _quant_label(body: dict[str, Any]) -> str:
+    method, bits = body.get("method", "static"), body.get("weight_bits", 8)
+    names = {"static": "static int8", "dynamic": "dynamic int8", "fp16": "fp16",
+             "weight_only": f"weight-only {bits}-bit", "fake": f"simulated {bits}-bit"}
+    return names.get(method, method)
+
+
+STAGE_LABELS = {
+    "prune": _prune_label,
+    "finetune": lambda b: f"finetune {b.get('epochs', 3)} ep",
+    "quantize": _quant_label,
+    "structured": lambda b: f"structured {b.get('ratio', 0.5):.0%} channels",
+    "cluster": lambda b: f"cluster k={b.get('clusters', 16)}" + (" + centroid FT" if (b.get("finetune") or {}).get(
+        "epochs") else ""),
+    "qat": lambda b: f"QAT {b.get('weight_bits', 4)}-bit" + (" + int8 act" if b.get("activation_bits") else ""),
+    "distill": lambda b: f"distill width {b.get('width', 0.5):g}, {b.get('init', 'teacher')} init, "
+                         f"{b.get('epochs', 30)} ep",
+    "lowrank": lambda b: (f"low-rank rank {b['rank']}" if b.get("rank")
+                          else f"low-rank {b.get('energy', 0.9):.0%} energy"),
+    "transfer": lambda b: f"transfer head {b.get('epochs', 20)} ep" + (" + backbone" * bool(b.get("train_backbone"))),
+}
+SHORT_LABELS = {
+    "structured": lambda b: f"struct {b.get('ratio', 0.5):.0%}",
+    "cluster": lambda b: f"k={b.get('clusters', 16)}",
+    "qat": lambda b: f"QAT {b.get('weight_bits', 4)}b",
+    "distill": lambda b: f"student {b.get('width', 0.5):g}x",
+    "lowrank": lambda b: f"rank {b['rank']}" if b.get("rank") else f"SVD {b.get('energy', 0.9):.0%}",
+    "transfer": lambda b: "transfer",
+}
 
 
 def method_label(spec: dict[str, Any]) -> str:
@@ -77,17 +130,7 @@ def method_label(spec: dict[str, Any]) -> str:
     parts = []
     for stage in spec.get("stages", []):
         (kind, body), = stage.items()
-        if kind == "prune":
-            sched = f", iterative {body.get('per_round', 0.2):.0%}/round" if body.get("schedule") == "iterative" else ""
-            parts.append(f"prune {body.get('sparsity', 0):.0%} {body.get('scope', 'global')} "
-                         f"{body.get('method', 'magnitude')}{sched}")
-        elif kind == "finetune":
-            parts.append(f"finetune {body.get('epochs', 0)} ep")
-        elif kind == "quantize":
-            method, bits = body.get("method", "static"), body.get("weight_bits", 8)
-            names = {"static": "static int8", "dynamic": "dynamic int8", "fp16": "fp16",
-                     "weight_only": f"weight-only {bits}-bit", "fake": f"simulated {bits}-bit"}
-            parts.append(names.get(method, method))
+        parts.append(STAGE_LABELS[kind](body or {}) if kind in STAGE_LABELS else kind)
     return " → ".join(parts) or "no stages (baseline only)"
 
 
@@ -96,9 +139,61 @@ def short_label(run_id: int, settings: dict[str, Any]) -> str:
     bits, method = settings["setting_bits"], settings["quant_method"]
     quant = {None: "", "static": "int8", "dynamic": "int8 dyn", "fp16": "fp16", "fake": f"{bits}b sim",
              "weight_only": f"{bits}b"}.get(method, str(method))
-    parts = [f"{settings['setting_sparsity']:.0%}" if settings["setting_sparsity"] else "", quant,
-             "ft" if settings["finetuned"] else ""]
+    sparsity = f"{settings['setting_sparsity']:.0%}" if settings["setting_sparsity"] else ""
+    parts = [settings.get("methods", ""), sparsity, quant, "ft" if settings["finetuned"] else ""]
     return f"#{run_id} " + (" · ".join(p for p in parts if p) or "baseline")
+
+
+def seed_of(spec: dict[str, Any]) -> int:
+    """The run's seed: RunSpec.seed, else the first non-zero stage seed (a seed sweep sets them all alike)."""
+    seeds = [spec.get("seed", 0)] + [v for stage in spec.get("stages", []) for v in _seeds(stage)]
+    return next((int(s) for s in seeds if s), 0)
+
+
+def _seeds(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [v for k, x in value.items() for v in ([x] if k == "seed" else _seeds(x))]
+    return [v for x in value for v in _seeds(x)] if isinstance(value, list) else []
+
+
+def _without_seeds(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_seeds(v) for k, v in value.items() if k != "seed"}
+    return [_without_seeds(v) for v in value] if isinstance(value, list) else value
+
+
+def config_key(spec: dict[str, Any]) -> str:
+    """The recipe with every default filled in, minus its name and seeds, as canonical JSON: runs with
+    equal keys differ only by seed."""
+    try:
+        spec = RunSpec.from_dict(spec).to_dict()
+    except WorkbenchError:   # an old or hand-written recipe: compare it as written
+        spec = dict(spec)
+    body = {k: v for k, v in spec.items() if k not in ("name", "version")}
+    return json.dumps(_without_seeds(body), sort_keys=True, default=str)
+
+
+def requested_of(spec: dict[str, Any]) -> dict[str, Any]:
+    """What the recipe asked for (NaN where it asked nothing): unstructured sparsity (N:M included),
+    the fraction of channels removed (structured ratio, or 1 - distill width), weight bits (quantize,
+    QAT; log2 of the cluster count), and the last prune stage's method."""
+    out: dict[str, Any] = {"requested_sparsity": np.nan, "requested_channels_removed": np.nan,
+                           "requested_bits": 32, "prune_method": None}
+    for stage in spec.get("stages", []):
+        (kind, body), = stage.items()
+        body = body or {}
+        if kind == "prune":
+            out.update(requested_sparsity=float(body.get("sparsity", 0.5)),
+                       prune_method=body.get("method", "magnitude"))
+        elif kind == "structured":
+            out["requested_channels_removed"] = float(body.get("ratio", 0.5))
+        elif kind == "distill":
+            out["requested_channels_removed"] = 1 - float(body.get("width", 0.5))
+        elif kind in ("quantize", "qat"):
+            out["requested_bits"] = int(body.get("weight_bits", 8 if kind == "quantize" else 4))
+        elif kind == "cluster":
+            out["requested_bits"] = math.ceil(math.log2(int(body.get("clusters", 16))))
+    return out
 
 
 # --- one row per run ---------------------------------------------------------------------------
@@ -128,12 +223,27 @@ def report_row(report: dict[str, Any]) -> dict[str, Any]:
         ref = row.get(f"base_ort_ms@{s['batch_size']}")
         row[f"speedup@{s['batch_size']}"] = ref / s["median_ms"] if ref and s["median_ms"] else np.nan
     row.update(sparsity=m["size"]["sparsity"], bits=m["size"]["bits_per_weight"], variant=final["name"],
-               threads=report.get("environment", {}).get("threads"))
+               threads=report.get("environment", {}).get("threads"), storage_bits=m["size"].get("storage_bits"),
+               params=m["size"].get("params"), channels_removed=channels_removed(report))
+    base_params = base["measurement"]["size"].get("params")
+    row["params_x"] = base_params / row["params"] if base_params and row["params"] else np.nan
     claims = final.get("claims", [])
     row.update({f"claim:{c['aspect']}": c["kind"] for c in claims})
     row["real"] = ", ".join(c["aspect"] for c in claims if c["kind"] == "real" and _is_gain(c))
     row["simulated"] = ", ".join(c["aspect"] for c in claims if c["kind"] in ("simulated", "estimate"))
     return row
+
+
+def channels_removed(report: dict[str, Any]) -> float:
+    """Measured fraction of output channels/neurons removed by structured pruning (the last stage that
+    recorded `pruned_layers`; layers it left whole on purpose, e.g. the classifier, are not counted)."""
+    records = [h for v in report.get("variants", []) for h in v.get("history", []) if "pruned_layers" in h]
+    if not records:
+        return np.nan
+    skipped = {name for name, *_ in records[-1].get("skipped", [])}
+    layers = [r for r in records[-1]["pruned_layers"] if r["layer"] not in skipped]
+    before = sum(r["before"][0] for r in layers)
+    return 1 - sum(r["after"][0] for r in layers) / before if before else np.nan
 
 
 def _is_gain(claim: dict[str, Any]) -> bool:
@@ -164,7 +274,8 @@ def run_row(store: Store, run: Run, report: dict[str, Any] | None = None) -> dic
     settings = settings_of(run.spec)
     head = {"id": run.id, "label": short_label(run.id, settings), "name": run.name,
             "model": _model_label(run.spec), "status": run.status, "sweep_id": run.sweep_id,
-            "method": method_label(run.spec), "finished": run.finished, **settings}
+            "method": method_label(run.spec), "finished": run.finished, **settings,
+            "seed": seed_of(run.spec), "config": config_key(run.spec), **requested_of(run.spec)}
     try:
         numbers = report_row(report) if report else _row_from_metrics(run)
     except (KeyError, IndexError, TypeError) as exc:  # a report from an older or broken run: show what we can
@@ -302,6 +413,71 @@ def sweep_rows(df: pd.DataFrame) -> pd.DataFrame:
     swept = df[df["sweep_id"].notna()]
     rows = swept[swept["sweep_id"] == swept["sweep_id"].value_counts().index[0]]
     return rows if len(rows.drop_duplicates(["setting_sparsity", "setting_bits"])) > 1 else rows.iloc[:0]
+
+
+# --- rigour: seeds and the random baseline ----------------------------------------------------
+
+SEED_METRICS = ("accuracy", "top1_agreement", "d_accuracy", "d_top1_agreement", "sparsity", "channels_removed",
+                "file_x", "gzip_x", "min_storage_x", "params_x")
+SETTING_COLUMNS = ("model", "method", "prune_method", "requested_sparsity", "requested_channels_removed",
+                   "requested_bits", "quant_method", "finetuned")
+
+
+def _mean_std(groups: Any, columns: list[str]) -> pd.DataFrame:
+    """`<col>_mean` and `<col>_std` (sample std, ddof=1: NaN for a single run) per group."""
+    stats = groups[columns].agg(["mean", "std"])
+    stats.columns = [f"{col}_{stat}" for col, stat in stats.columns]
+    return stats
+
+
+def _seeds_text(seeds: pd.Series) -> str:
+    return ",".join(str(s) for s in sorted(seeds))
+
+
+def seed_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per recipe that differs only by seed (`config`): its settings, n, the seeds, and mean ±
+    std of accuracy, its change vs the baseline, achieved sparsity, size ratios and speedups."""
+    if df.empty or "config" not in df:
+        return pd.DataFrame(columns=["config", "n", "seeds"])
+    metrics = [c for c in SEED_METRICS if c in df and df[c].notna().any()]
+    metrics += sorted((c for c in df if c.startswith("speedup@")), key=lambda c: int(c.split("@")[1]))
+    groups = df.groupby("config", sort=False)
+    head = groups[[c for c in SETTING_COLUMNS if c in df]].first()
+    head["n"], head["seeds"] = groups.size(), groups["seed"].agg(_seeds_text)
+    return head.join(_mean_std(groups, metrics)).reset_index()
+
+
+def _without_prune_method(config: str) -> str:
+    spec = json.loads(config)
+    for stage in spec.get("stages", []):
+        (stage.get("prune") or {}).pop("method", None)
+    return json.dumps(spec, sort_keys=True)
+
+
+def random_baseline_frame(df: pd.DataFrame, per_seed: bool = False) -> pd.DataFrame:
+    """Magnitude vs random pruning of otherwise equal recipes (same seed): the quality metric of each
+    and `advantage` = magnitude - random. One row per pair with `per_seed`, else one row per recipe
+    with n pairs and mean ± std over seeds."""
+    metric = quality_metric(df)
+    if df.empty or "prune_method" not in df:
+        return pd.DataFrame(columns=["model", "method", "requested_sparsity", "n", "advantage_mean"])
+    pruned = df[df["prune_method"].isin(["magnitude", "random"])]
+    pruned = pruned.assign(pair=pruned["config"].map(_without_prune_method))
+    runs = pruned.groupby(["pair", "seed", "prune_method"], sort=False).agg(
+        value=(metric, "mean"), id=("id", "min"), model=("model", "first"), method=("method", "first"),
+        requested_sparsity=("requested_sparsity", "first")).reset_index()
+    mag = runs[runs["prune_method"] == "magnitude"].drop(columns="prune_method")
+    rnd = runs[runs["prune_method"] == "random"][["pair", "seed", "value", "id"]]
+    pairs = mag.merge(rnd, on=["pair", "seed"], suffixes=("_magnitude", "_random"))
+    pairs = pairs.rename(columns={"value_magnitude": f"{metric}_magnitude", "value_random": f"{metric}_random"})
+    pairs["advantage"] = pairs[f"{metric}_magnitude"] - pairs[f"{metric}_random"]
+    if per_seed:
+        return pairs.drop(columns="pair")
+    groups = pairs.groupby("pair", sort=False)
+    head = groups[["model", "method", "requested_sparsity"]].first()
+    head["n"], head["seeds"] = groups.size(), groups["seed"].agg(_seeds_text)
+    stats = _mean_std(groups, [f"{metric}_magnitude", f"{metric}_random", "advantage"])
+    return head.join(stats).reset_index(drop=True)
 
 
 # --- what to show first ------------------------------------------------------------------------

@@ -60,3 +60,20 @@ def test_export_script_reproduces_the_run(tmp_path):
     report = json.loads((tmp_path / "again" / "report.json").read_text())
     assert report["spec"]["name"] == "cli-test"
     assert report["variants"][0]["facts"]["quant_method"] == "dynamic"
+
+
+def test_sensitivity_prints_both_tables_and_an_allocation_as_recipe_yaml(capsys):
+    main(["sensitivity", "digits-mlp", "--target", "0.7", "--exclude", "fc3"])
+    out = capsys.readouterr().out
+    assert out.startswith("digits-mlp: accuracy 0.99")
+    assert "magnitude-pruned to:\nlayer  params  20%" in out and "rounded (symmetric, per channel) to:" in out
+    stages = yaml.safe_load(out[out.index("\n- prune:"):])
+    prune = stages[0]["prune"]
+    assert prune["sparsity"] == 0.7 and prune["exclude"] == ["fc3"] and set(prune["overrides"]) == {"fc1", "fc2"}
+    main(["sensitivity", "digits-mlp", "--size-kb", "12", "--bits", "8", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert data["stages"][1] == {"quantize": {"method": "static", "weight_bits": 8}}
+    assert set(data["sensitivity"]["sparsity"]) == {"fc1", "fc2", "fc3"} and data["allocation"]["note"]
+    with pytest.raises(SystemExit):
+        main(["sensitivity", "digits-mlp", "--exclude", "fc9"])
+    assert capsys.readouterr().err.strip() == "error: exclude: 'fc9' matches no layer (layers: fc1, fc2, fc3)"

@@ -1,5 +1,7 @@
-"""The queue commands: submit, runs, show, cancel, retry, delete, sweep, sweep-summary, execute, worker."""
+"""The queue commands: submit, runs, show, cancel, retry, delete, sweep, sweep-summary, search,
+search-summary, execute, worker."""
 
+import json
 import shutil
 import sys
 import types
@@ -132,3 +134,37 @@ def test_worker_hands_runs_to_ray_when_asked(home, monkeypatch, capsys):
     monkeypatch.setenv("WORKBENCH_RAY_ADDRESS", "auto")
     main(["worker", "--home", str(home), "--until-idle"])
     assert made == [("ray://head:10001", 1.0), "connect", "shutdown", ("auto", 0.0), "connect", "shutdown"]
+
+
+def test_search_queues_candidates_and_summarises_them(home, recipe, capsys):
+    out = _cli(capsys, "search", str(recipe), "--max-drop", "1", "--trials", "2", "--sparsity", "0.5,0.9",
+               "--bits", "32", "--home", str(home)).splitlines()
+    assert out[0].endswith(": 2 of 2 candidates queued, coarse-to-fine") and len(out) == 3
+    sweep_id = out[0].split()[1].rstrip(":")
+    assert "tiny [search sparsity=0.5 bits=32]" in out[1] + out[2]
+    for _ in range(2):
+        run = Store(home).claim("w")
+        assert _cli(capsys, "execute", str(run.id), "--home", str(home)).strip() == f"run {run.id}: succeeded"
+    summary = _cli(capsys, "search-summary", sweep_id, "--home", str(home)).splitlines()
+    assert summary[1] == f"search {sweep_id}: bar 1 pt drop, objective size"
+    assert summary[2].split() == ["id", "label", "status", "ratio", "accuracy", "drop", "gzip_kb", "latency_ms",
+                                  "meets_bar", "pareto"]
+    assert summary[-1].startswith(("Recommended: ", "No candidate stays within 1 pt"))
+    data = json.loads(_cli(capsys, "search-summary", sweep_id, "--json", "--max-drop", "50", "--home", str(home)))
+    assert data["max_drop"] == 50 and len(data["candidates"]) == 2 and data["recommended"] is not None
+    assert "give a budget" in _fails(capsys, "search", str(recipe), "--max-drop", "1", "--home", str(home))
+    assert "comma-separated" in _fails(capsys, "search", str(recipe), "--max-drop", "1", "--trials", "1",
+                                       "--bits", "8;4", "--home", str(home))
+    assert "not recorded" in _fails(capsys, "search-summary", "nope", "--home", str(home))
+
+
+def test_sweep_summary_prints_mean_and_std_over_seeds(home, recipe, capsys):
+    out = _cli(capsys, "sweep", str(recipe), "--grid", "seed=0,1", "--home", str(home)).splitlines()
+    sweep_id = out[0].split()[1]
+    store = Store(home)
+    for accuracy in (0.5, 0.7):
+        run = store.claim("w")
+        store.finish(run.id, "succeeded", {"final": {"variant": "1: prune", "accuracy": accuracy}})
+    printed = _cli(capsys, "sweep-summary", sweep_id, "--home", str(home))
+    assert "over seeds (mean ± sample std of the succeeded runs):" in printed
+    assert printed.splitlines()[-1].split() == ["tiny", "1,2", "0,1", "2", "2", "succeeded", "0.6", "±", "0.14"]

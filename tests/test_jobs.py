@@ -80,3 +80,35 @@ def test_execute_honours_a_cancel_request(tmp_path):
     store.request_cancel(run.id)
     assert execute(store, run.id) == "cancelled"
     assert store.get(run.id).error == "cancelled by request"
+
+
+def test_a_seed_grid_makes_real_repeats():
+    base = RunSpec.from_dict({"name": "seeded", "model": "digits-mlp", "measure": FAST_MEASURE, "stages": [
+        {"prune": {"sparsity": 0.5, "method": "random", "finetune": {"epochs": 1}}},
+        {"finetune": {"epochs": 1}}, {"quantize": {"method": "dynamic"}}]})
+    specs = expand_grid(base, {"sparsity": [0.5, 0.9], "seed": [0, 1, 2]})
+    assert len(specs) == 6 and specs[1].name == "seeded [sparsity=0.5 seed=1]"
+    for spec in specs:
+        prune, finetune, _ = spec.stages
+        assert spec.seed == prune.seed == prune.finetune.seed == finetune.seed
+    assert [s.seed for s in specs] == [0, 1, 2, 0, 1, 2]
+    with pytest.raises(SpecError, match="grid.seed: must be a whole number"):
+        expand_grid(base, {"seed": ["x"]})
+
+
+def test_sweep_summary_gives_mean_and_std_over_seeds(tmp_path):
+    store = Store(tmp_path)
+    sweep_id, runs = submit_sweep(store, BASE, {"sparsity": [0.5, 0.9], "seed": [0, 1]})
+    accuracy = {runs[0].id: 0.96, runs[1].id: 0.98, runs[2].id: 0.80, runs[3].id: 0.90}
+    for _ in runs:
+        run = store.claim("w")
+        store.finish(run.id, "succeeded", {"final": {"variant": "2: quantize", "accuracy": accuracy[run.id],
+                                                     "gzip_kb": 10.0}})
+    assert [r["id"] for r in sweep_summary(store, sweep_id)] == [r.id for r in runs]   # per run by default
+    rows = sweep_summary(store, sweep_id, over_seeds=True)
+    assert [r["setting"] for r in rows] == ["base [sparsity=0.5]", "base [sparsity=0.9]"]
+    first, second = rows
+    assert first["seeds"] == "0,1" and first["n"] == 2 and first["status"] == "2 succeeded"
+    assert first["accuracy"] == pytest.approx(0.97) and first["accuracy_std"] == pytest.approx(0.0141421, abs=1e-6)
+    assert second["accuracy"] == pytest.approx(0.85) and second["gzip_kb_std"] == 0.0
+    assert "variant" not in first   # words are not averaged

@@ -236,3 +236,54 @@ def preview_layer_sparsity(layers: list[dict] | tuple[dict, ...]) -> alt.Chart:
         )
         .properties(height=max(80, 28 * len(order)))
     )
+
+
+def preview_layer_params(layers: list[dict] | tuple[dict, ...]) -> alt.Chart:
+    """Horizontal bars per layer, in model order: its weights now (grey) and after the change (blue, an
+    estimate), for methods that change shapes (structured channels, students, low-rank factors)."""
+    frame = pd.DataFrame(list(layers), columns=["layer", "params", "after"])
+    order = list(frame.layer)
+    long = frame.melt(id_vars=["layer"], value_vars=["params", "after"], var_name="when", value_name="weights")
+    long["when"] = long["when"].map({"params": "now", "after": "after (estimate)"})
+    return (
+        alt.Chart(long, title="Weights per layer: now and after (estimate)")
+        .mark_bar()
+        .encode(
+            y=alt.Y("layer:N", sort=order, title=None),
+            yOffset=alt.YOffset("when:N", sort=["now", "after (estimate)"]),
+            x=alt.X("weights:Q", title="weights"),
+            color=alt.Color("when:N", sort=["now", "after (estimate)"], scale=alt.Scale(range=[BASELINE, "#4c78a8"]),
+                            legend=alt.Legend(orient="bottom", title=None)),
+            tooltip=["layer:N", "when:N", alt.Tooltip("weights:Q", format=",")],
+        )
+        .properties(height=alt.Step(14))   # per bar: a fixed height collapses under the title in Streamlit
+    )
+
+
+# --- per-layer sensitivity ---------------------------------------------------------------------
+
+def sensitivity_heatmap(frame: pd.DataFrame, kind: str = "sparsity", value: str = "drop") -> alt.LayerChart:
+    """Layers (rows, model order) × levels (sparsity or bits) coloured and labelled by `value`, the accuracy
+    drop in points when that layer alone is changed; frame from `workbench.sensitivity.Sensitivity.frame`."""
+    frame = frame.assign(setting=frame["level"].map(lambda v: f"{v:.0%}" if kind == "sparsity" else f"{v}-bit"))
+    levels = sorted(frame["level"].unique(), reverse=kind != "sparsity")   # left to right: milder to harsher
+    order = [f"{v:.0%}" if kind == "sparsity" else f"{v}-bit" for v in levels]
+    base = alt.Chart(frame).encode(
+        x=alt.X("setting:O", sort=order, title="sparsity of that layer" if kind == "sparsity" else "weight bits",
+                axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("layer:N", sort=_order(frame, "layer"), title=None),
+    )
+    limit = max(1.0, float(frame[value].max())) if len(frame) else 1.0
+    cells = base.mark_rect().encode(
+        color=alt.Color(f"{value}:Q", scale=alt.Scale(scheme="orangered", domain=[0, limit], clamp=True),
+                        title="drop (pt)" if value == "drop" else value),
+        tooltip=["layer:N", "params:Q", "setting:O", alt.Tooltip(f"{value}:Q", format=".2f"),
+                 *[alt.Tooltip(f"{c}:Q", format=".4f") for c in ("accuracy", "top1_agreement", "kl") if c in frame]])
+    text = base.mark_text(fontSize=11).encode(
+        text=alt.Text(f"{value}:Q", format=".1f"),
+        color=alt.condition(f"datum['{value}'] > {limit / 2}", alt.value("white"), alt.value("black")))
+    what = "pruned" if kind == "sparsity" else "rounded"
+    return alt.layer(cells, text).properties(
+        title=alt.TitleParams(f"accuracy drop when one layer alone is {what}",
+                              subtitle="points vs the unchanged model; the other layers untouched"),
+        height=max(80, 28 * frame["layer"].nunique()))

@@ -1,5 +1,6 @@
-"""The `workbench` command: run a recipe, inspect a model, export a reproducing script, and queue runs
-for a background worker (submit, sweep, runs, show, cancel, retry, delete, sweep-summary, worker).
+"""The `workbench` command: run a recipe, inspect a model, export a reproducing script, per-layer
+sensitivity with a sparsity allocation, and queue runs for a background worker (submit, sweep, search,
+runs, show, cancel, retry, delete, sweep-summary, search-summary, worker).
 
 Errors a user can fix (bad file, bad recipe field, unknown run id) print one line and exit with status 2.
 """
@@ -82,6 +83,75 @@ def _inspect(args: argparse.Namespace) -> None:
           f"file {size}")
 
 
+def _base_spec(text: str, arch: str | None = None, data: str | None = None, label_column: str | None = None):
+    """A recipe file, a model file or a sample name as a `RunSpec` (a recipe keeps its own data)."""
+    from workbench.specs import MODEL_SUFFIXES, DataRef, ModelRef, RunSpec, load_recipe
+    from workbench.zoo import sample_names
+
+    suffix = Path(text).suffix.lower()
+    if suffix in (".yaml", ".yml", ".json"):
+        return load_recipe(text)
+    if suffix in MODEL_SUFFIXES:
+        model = ModelRef(path=text, arch=arch)
+    elif text in sample_names():
+        model = ModelRef(sample=text)
+    else:
+        raise WorkbenchError(f"'{text}': not a recipe (.yaml), a model file ({', '.join(MODEL_SUFFIXES)}) or a "
+                             f"sample ({', '.join(sample_names())})")
+    ref = DataRef() if data in (None, "digits") else DataRef(path=data, label_column=label_column)
+    return RunSpec(model=model, data=ref)
+
+
+def _levels_table(sens, kind: str) -> str:
+    frame = sens.frame(kind)
+    head = (lambda v: f"{v:.0%}") if kind == "sparsity" else (lambda v: f"{v}-bit")
+    rows = []
+    for layer, cells in frame.groupby("layer", sort=False):
+        row = {"layer": layer, "params": f"{int(cells['params'].iloc[0]):,}"}
+        row.update({head(level): f"{drop:.1f}" for level, drop in zip(cells["level"], cells["drop"], strict=True)})
+        rows.append(row)
+    return _table(rows)
+
+
+def _sensitivity(args: argparse.Namespace) -> None:
+    import yaml
+
+    from workbench.models import load_model
+    from workbench.pipeline import load_splits
+    from workbench.sensitivity import allocate, allocate_size, analyze
+    from workbench.specs import quant_spec_for_bits, stage_dict
+
+    spec = _base_spec(args.model, args.arch, args.data, args.label_column)
+    loaded = load_model(spec.model)
+    test = load_splits(spec, loaded).test
+    sens = analyze(loaded, test)
+    if args.size_kb is not None:
+        allocation = allocate_size(sens, args.size_kb * 1024, args.bits, args.exclude)
+    else:
+        allocation = allocate(sens, args.target, args.exclude)
+    prune = {k: v for k, v in stage_dict(allocation.prune_spec())["prune"].items()
+             if k in ("sparsity", "overrides", "exclude") and v != []}
+    stages = [{"prune": prune}]
+    quant = quant_spec_for_bits(args.bits) if args.size_kb is not None else None
+    if quant is not None:
+        stages.append({"quantize": {"method": quant.method, "weight_bits": quant.weight_bits}})
+    if args.json:
+        print(json.dumps({"sensitivity": sens.to_dict(), "allocation": allocation.to_dict(), "stages": stages},
+                         indent=2))
+        return
+    print(f"{sens.label}: {sens.metric} {sens.baseline:.4f} on {len(test)} {test.name} samples; each layer changed "
+          f"alone, the others untouched ({sens.seconds:.1f} s)")
+    print(f"\n{sens.metric} drop (pt) when one layer is magnitude-pruned to:\n{_levels_table(sens, 'sparsity')}")
+    print(f"\n{sens.metric} drop (pt) when one layer's weights are rounded (symmetric, per channel) to:\n"
+          f"{_levels_table(sens, 'bits')}")
+    what = f"{args.size_kb:g} KB at {args.bits} bits" if args.size_kb is not None else f"{args.target:.0%} overall"
+    print(f"\nallocation for {what} (least KL per pruned weight first; layers were measured alone, so run the "
+          f"recipe to measure them together):")
+    if allocation.note:
+        print(f"note: {allocation.note}")
+    print(yaml.safe_dump(stages, sort_keys=False), end="")
+
+
 def _export_script(args: argparse.Namespace) -> None:
     from workbench.codegen import python_script
     from workbench.specs import load_recipe
@@ -137,6 +207,74 @@ def _sweep(args: argparse.Namespace) -> None:
     for run in runs:
         print(f"{run.id}  {run.name}")
     _maybe_start_worker(args, store)
+
+
+def _values(text: str | None, cast: type, name: str) -> tuple | None:
+    if text is None:
+        return None
+    try:
+        return tuple(cast(v) for v in text.split(","))
+    except ValueError:
+        raise WorkbenchError(f"--{name}: expected comma-separated numbers, got '{text}'") from None
+
+
+def _search(args: argparse.Namespace) -> None:
+    import time
+
+    from workbench.search import SPACE, search
+
+    space = dict(SPACE)
+    for axis, cast in (("sparsity", float), ("bits", int), ("ratio", float)):
+        values = _values(getattr(args, axis), cast, axis)
+        if values is not None:
+            space[axis] = values
+    store = _store(args)
+    sweep_id, runs = search(store, _base_spec(args.recipe), args.max_drop, args.trials, args.minutes, space,
+                            args.objective)
+    planned = store.get_sweep(sweep_id).settings["planned"]
+    deadline = f", queued candidates cancelled after {args.minutes:g} min" if args.minutes else ""
+    print(f"search {sweep_id}: {len(runs)} of {planned} candidates queued, coarse-to-fine{deadline}")
+    for run in runs:
+        print(f"{run.id}  {run.name}")
+    if not args.wait:
+        _maybe_start_worker(args, store)
+        return
+    args.start_worker = True
+    _maybe_start_worker(args, store)
+    shown = None
+    while True:
+        store.expire_sweeps()
+        states = [r.status for r in store.list(sweep_id=sweep_id, limit=10_000)]
+        done = sum(status not in ("queued", "running") for status in states)
+        if done != shown:
+            print(f"{done}/{len(states)} candidates finished", file=sys.stderr, flush=True)
+            shown = done
+        if done == len(states):
+            break
+        time.sleep(1.0)
+    _print_search(store, sweep_id, None, None)
+
+
+def _print_search(store: Store, sweep_id: str, max_drop: float | None, objective: str | None) -> None:
+    from workbench.search import search_summary
+
+    summary = search_summary(store, sweep_id, max_drop, objective)
+    frame = summary.frame.astype(object).where(summary.frame.notna(), None)
+    keys = ["id", "label", "status", "ratio", summary.metric, "drop", "gzip_kb", "latency_ms", "meets_bar", "pareto"]
+    rows = [{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items() if k in keys}
+            for row in frame.to_dict(orient="records")]
+    print(f"\nsearch {sweep_id}: bar {summary.max_drop:g} pt drop, objective {summary.objective}")
+    print(_table(rows, keys))
+    print(f"\n{summary.message}")
+
+
+def _search_summary(args: argparse.Namespace) -> None:
+    from workbench.search import search_summary
+
+    if args.json:
+        print(json.dumps(search_summary(_store(args), args.id, args.max_drop, args.objective).to_dict(), indent=2))
+        return
+    _print_search(_store(args), args.id, args.max_drop, args.objective)
 
 
 def _maybe_start_worker(args: argparse.Namespace, store: Store) -> None:
@@ -243,10 +381,23 @@ def _delete(args: argparse.Namespace) -> None:
 def _sweep_summary(args: argparse.Namespace) -> None:
     from workbench.jobs import sweep_summary
 
-    rows = sweep_summary(_store(args), args.id)
+    store = _store(args)
+    rows = sweep_summary(store, args.id)
     if not rows:
         raise WorkbenchError(f"sweep {args.id}: no such sweep")
     print(_table(rows))
+    groups = sweep_summary(store, args.id, over_seeds=True)
+    if any(len(g["runs"].split(",")) > 1 for g in groups):
+        print("\nover seeds (mean ± sample std of the succeeded runs):")
+        print(_table([_seed_cells(g) for g in groups]))
+
+
+def _seed_cells(group: dict) -> dict:
+    cells = {k: group[k] for k in ("setting", "runs", "seeds", "n", "status")}
+    for key, value in group.items():
+        if f"{key}_std" in group:
+            cells[key] = f"{value:.4g} ± {group[f'{key}_std']:.2g}"
+    return cells
 
 
 def _execute(args: argparse.Namespace) -> None:
@@ -312,6 +463,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a recipe and print it with all defaults filled in")
     check.add_argument("recipe")
     check.set_defaults(func=_check)
+    sens = sub.add_parser("sensitivity", help="per-layer accuracy drop vs sparsity and bits, and an allocation")
+    sens.add_argument("model", help="sample name, model file or recipe (.yaml: its model and data)")
+    sens.add_argument("--arch", help="built-in architecture for a .safetensors file")
+    sens.add_argument("--data", help="digits (default) or an evaluation file (.npz / .csv)")
+    sens.add_argument("--label-column", help="label column of a .csv data file")
+    sens.add_argument("--target", type=float, default=0.9, help="overall sparsity to allocate (default 0.9)")
+    sens.add_argument("--size-kb", type=float, help="allocate for this weight size instead (minimum storage, KB)")
+    sens.add_argument("--bits", type=int, default=32, help="bits per weight for --size-kb (default 32)")
+    sens.add_argument("--exclude", action="append", default=[], metavar="LAYER", help="keep a layer dense; repeatable")
+    sens.add_argument("--json", action="store_true")
+    sens.set_defaults(func=_sensitivity)
     _add_queue_commands(sub)
     _add_worker_commands(sub)
     sub.metavar = "{" + ",".join(name for name in sub.choices if name != "execute") + "}"
@@ -331,7 +493,8 @@ def _add_queue_commands(sub: argparse._SubParsersAction) -> None:
         cmd.set_defaults(func=func)
     sub.choices["submit"].add_argument("--name", help="run name (default: the recipe's name)")
     sub.choices["sweep"].add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
-                                      help="sparsity, bits or STAGE.FIELD (e.g. prune.sparsity); repeatable")
+                                      help="sparsity, bits, seed or STAGE.FIELD (e.g. prune.sparsity); repeatable")
+    _add_search_commands(sub, home)
     runs = sub.add_parser("runs", parents=[home], help="list runs, newest first")
     runs.add_argument("--status", choices=STATUSES)
     runs.add_argument("--sweep", help="only the runs of this sweep id")
@@ -345,6 +508,28 @@ def _add_queue_commands(sub: argparse._SubParsersAction) -> None:
         cmd = sub.add_parser(name, parents=[home], help=helptext)
         cmd.add_argument("id", help="sweep id" if name == "sweep-summary" else "run id")
         cmd.set_defaults(func=func)
+
+
+def _add_search_commands(sub: argparse._SubParsersAction, home: argparse.ArgumentParser) -> None:
+    search = sub.add_parser("search", parents=[home], help="queue candidates under an accuracy bar as one sweep")
+    search.add_argument("recipe", help="recipe (.yaml), model file or sample name")
+    search.add_argument("--max-drop", type=float, required=True, help="tolerated accuracy drop (percentage points)")
+    search.add_argument("--trials", type=int, help="candidates to queue (default: the whole space)")
+    search.add_argument("--minutes", type=float, help="cancel candidates still queued after this many minutes")
+    search.add_argument("--sparsity", help="prune sparsities to try (0 = no pruning), e.g. 0,0.5,0.9")
+    search.add_argument("--bits", help="bitwidths to try (32 = no quantization), e.g. 32,8,4")
+    search.add_argument("--ratio", help="structured ratios to try (0 = none), e.g. 0,0.25,0.5; torch models only")
+    search.add_argument("--objective", choices=("size", "latency"), default="size",
+                        help="what the recommendation minimises among candidates meeting the bar")
+    search.add_argument("--start-worker", action="store_true", help="start a background worker if none runs")
+    search.add_argument("--wait", action="store_true", help="start a worker, wait for every candidate, summarise")
+    search.set_defaults(func=_search)
+    summary = sub.add_parser("search-summary", parents=[home], help="every candidate of a search against its bar")
+    summary.add_argument("id", help="search (sweep) id")
+    summary.add_argument("--max-drop", type=float, help="another bar than the search's own")
+    summary.add_argument("--objective", choices=("size", "latency"))
+    summary.add_argument("--json", action="store_true")
+    summary.set_defaults(func=_search_summary)
 
 
 def _add_worker_commands(sub: argparse._SubParsersAction) -> None:
@@ -365,6 +550,13 @@ def _add_worker_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from workbench.models import secure_process
+
+    try:
+        secure_process()  # first, before anything imports onnxruntime; the worker's run processes inherit it
+    except WorkbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

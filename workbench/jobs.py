@@ -1,5 +1,9 @@
 """Queue operations on top of the store: submit a recipe or a sweep grid, and execute one claimed run.
 
+A grid varies `sparsity`, `bits`, `seed` (the run's seed and every stage's, so seeds are real repeats) or
+any `<stage>.<field>`. `sweep_summary` gives one row per run, or with `over_seeds` one row per setting with
+the mean and standard deviation over its seeds.
+
 `execute(store, run_id)` is what a worker's child process (or a Ray task) calls: it runs the pipeline
 with throttled progress written to the store, polls for cancellation, writes the artifacts into the
 run's folder, and records the outcome. It never raises for a failed run: the failure is the outcome.
@@ -9,10 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
+import re
+import statistics
 import time
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -46,8 +54,11 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
 
 def apply_setting(spec: RunSpec, key: str, value: Any) -> RunSpec:
     """One grid setting. `sparsity` sets (or adds) the prune stage, `bits` picks the quantization for
-    that bitwidth (32 = none), `<stage>.<field>` sets a field of the first stage of that kind."""
+    that bitwidth (32 = none), `seed` sets the run's seed and every stage's (nested fine-tuning too),
+    `<stage>.<field>` sets a field of the first stage of that kind."""
     stages = list(spec.stages)
+    if key == "seed":
+        return with_seed(spec, value)
     if key == "sparsity":
         prune = next((s for s in stages if isinstance(s, PruneSpec)), None)
         if prune is None:
@@ -70,6 +81,21 @@ def apply_setting(spec: RunSpec, key: str, value: Any) -> RunSpec:
     return RunSpec.from_dict(dataclasses.replace(spec, stages=tuple(stages)).to_dict())
 
 
+def with_seed(spec: RunSpec, seed: Any) -> RunSpec:
+    """`spec` with `seed` as the run's seed and in every stage that has one (and in its nested finetune)."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise SpecError(f"grid.seed: must be a whole number, got {seed!r}")
+    raw = spec.to_dict()
+    raw["seed"] = seed
+    for stage in raw["stages"]:
+        for body in stage.values():
+            if "seed" in body:
+                body["seed"] = seed
+            if isinstance(body.get("finetune"), dict):
+                body["finetune"]["seed"] = seed
+    return RunSpec.from_dict(raw)
+
+
 def expand_grid(spec: RunSpec, grid: dict[str, list[Any]]) -> list[RunSpec]:
     """Every combination of the grid's values applied to `spec`, named after its settings."""
     specs = []
@@ -89,13 +115,47 @@ def submit_sweep(store: Store, spec: RunSpec, grid: dict[str, list[Any]]) -> tup
     return sweep_id, [submit(store, s, sweep_id=sweep_id) for s in specs]
 
 
-def sweep_summary(store: Store, sweep_id: str) -> list[dict[str, Any]]:
-    """One row per run of the sweep: status and the final variant's headline numbers."""
-    rows = []
-    for run in reversed(store.list(sweep_id=sweep_id, limit=10_000)):
-        final = (run.metrics or {}).get("final", {})
-        rows.append({"id": run.id, "name": run.name, "status": run.status, **final})
-    return rows
+def sweep_summary(store: Store, sweep_id: str, over_seeds: bool = False) -> list[dict[str, Any]]:
+    """One row per run of the sweep: status and the final variant's headline numbers. With `over_seeds`,
+    one row per setting (runs whose recipes differ only in seeds): its runs, seeds, how many succeeded,
+    and for each number the mean over the succeeded runs and `<number>_std`, their sample standard
+    deviation (0 for a single run)."""
+    runs = list(reversed(store.list(sweep_id=sweep_id, limit=10_000)))
+    if not over_seeds:
+        return [{"id": r.id, "name": r.name, "status": r.status, **(r.metrics or {}).get("final", {})} for r in runs]
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(_without_seeds(run.spec), []).append(run)
+    return [_seed_row(group) for group in groups.values()]
+
+
+def _without_seeds(spec: dict[str, Any]) -> str:
+    """The recipe minus its name and seeds, as a key: equal keys are repeats of one setting."""
+    raw = json.loads(json.dumps(spec))
+    raw.pop("name", None)
+    raw.pop("seed", None)
+    for stage in raw.get("stages", []):
+        for body in stage.values():
+            body.pop("seed", None)
+            if isinstance(body.get("finetune"), dict):
+                body["finetune"].pop("seed", None)
+    return json.dumps(raw, sort_keys=True)
+
+
+def _seed_row(group: list[Run]) -> dict[str, Any]:
+    done = [r for r in group if r.status == "succeeded" and (r.metrics or {}).get("final")]
+    statuses = Counter(r.status for r in group)
+    label = re.sub(r"\s*\bseed=-?\d+", "", group[0].name).replace(" []", "").replace("[ ", "[")
+    row: dict[str, Any] = {"setting": label, "runs": ",".join(str(r.id) for r in group),
+                           "seeds": ",".join(str(r.spec.get("seed", 0)) for r in group), "n": len(done),
+                           "status": ", ".join(f"{n} {s}" for s, n in statuses.items())}
+    finals = [r.metrics["final"] for r in done]
+    for key in dict.fromkeys(k for f in finals for k in f):
+        values = [f[key] for f in finals if isinstance(f.get(key), int | float) and not isinstance(f.get(key), bool)]
+        if len(values) == len(finals) and values:
+            row[key] = round(statistics.fmean(values), 6)
+            row[f"{key}_std"] = round(statistics.stdev(values), 6) if len(values) > 1 else 0.0
+    return row
 
 
 # --- executing one run -------------------------------------------------------------------------

@@ -5,6 +5,10 @@ connection, so several processes (app, CLI, workers) can share the store. Claimi
 `BEGIN IMMEDIATE`, so a queued run goes to exactly one worker. Callers get frozen `Run`
 dataclasses and never see rows. The schema carries a version; `MIGRATIONS` upgrades older stores in
 place.
+
+A sweep may be recorded in the sweeps table with a kind ("search"), its settings and a deadline. Runs
+of a sweep still queued after its deadline are cancelled ("search budget exhausted") by `expire_sweeps`,
+which `claim` also does first, so an expired run is never started.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 
 from workbench.errors import WorkbenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 FINISHED = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 
@@ -59,7 +63,17 @@ MIGRATIONS: dict[int, str] = {
         stopped REAL
     );
     """,
+    2: """
+    CREATE TABLE sweeps (
+        id TEXT PRIMARY KEY,
+        created REAL NOT NULL,
+        kind TEXT NOT NULL DEFAULT 'sweep',
+        deadline REAL,
+        settings TEXT
+    )
+    """,
 }
+BUDGET_EXHAUSTED = "search budget exhausted"
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,15 @@ class Run:
     @property
     def done(self) -> bool:
         return self.status in FINISHED
+
+
+@dataclass(frozen=True)
+class Sweep:
+    id: str
+    created: float
+    kind: str                          # "sweep" or "search"
+    deadline: float | None             # epoch seconds; queued runs are cancelled after it
+    settings: dict[str, Any]
 
 
 def _run(row: sqlite3.Row) -> Run:
@@ -184,12 +207,35 @@ class Store:
             rows = conn.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall()
         return {status: 0 for status in STATUSES} | {r[0]: r[1] for r in rows}
 
+    # --- sweeps with a deadline -----------------------------------------------------------------
+
+    def add_sweep(self, sweep_id: str, kind: str = "sweep", deadline: float | None = None,
+                  settings: dict[str, Any] | None = None) -> Sweep:
+        with self._db(write=True) as conn:
+            conn.execute("INSERT INTO sweeps (id, created, kind, deadline, settings) VALUES (?, ?, ?, ?, ?)",
+                         (sweep_id, time.time(), kind, deadline, json.dumps(settings or {})))
+        return self.get_sweep(sweep_id)
+
+    def get_sweep(self, sweep_id: str) -> Sweep:
+        with self._db() as conn:
+            row = conn.execute("SELECT * FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+        if row is None:
+            raise WorkbenchError(f"sweep {sweep_id}: not recorded (only searches record their settings)")
+        return Sweep(**{**dict(row), "settings": json.loads(row["settings"] or "{}")})
+
+    def expire_sweeps(self) -> list[int]:
+        """Cancel the queued runs of sweeps whose deadline has passed; returns their ids."""
+        with self._db(write=True) as conn:
+            return _expire(conn, time.time())
+
     # --- the worker side ------------------------------------------------------------------------
 
     def claim(self, worker_id: str) -> Run | None:
-        """Atomically take the oldest queued run for `worker_id` (None if the queue is empty)."""
+        """Atomically take the oldest queued run for `worker_id` (None if the queue is empty). Queued runs
+        of sweeps past their deadline are cancelled first, never claimed."""
         now = time.time()
         with self._db(write=True) as conn:
+            _expire(conn, now)
             row = conn.execute(
                 "UPDATE runs SET status = 'running', worker_id = ?, started = ?, heartbeat = ?, progress = 0, "
                 "stage = 'claimed', message = '', attempts = attempts + 1 "
@@ -305,6 +351,15 @@ class Store:
                 raise WorkbenchError(f"run {run_id}: is running; cancel it first")
             conn.execute("DELETE FROM runs WHERE id = ?", (int(run_id),))
         shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+
+
+def _expire(conn: sqlite3.Connection, now: float) -> list[int]:
+    rows = conn.execute(
+        "UPDATE runs SET status = 'cancelled', finished = ?, error = ? WHERE status = 'queued' AND sweep_id IN "
+        "(SELECT id FROM sweeps WHERE deadline IS NOT NULL AND deadline < ?) RETURNING id",
+        (now, BUDGET_EXHAUSTED, now),
+    ).fetchall()
+    return sorted(r[0] for r in rows)
 
 
 def _gone(row: sqlite3.Row, host: str, now: float, stale_after: float) -> str | None:

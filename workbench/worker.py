@@ -4,7 +4,8 @@ Contract:
 - `Worker(store).run()` registers itself, heartbeats every `heartbeat_s` (its own thread, so a slow executor
   call never makes its runs look dead), reaps runs whose worker died (`store.reap`) at start and every
   `stale_after / 2` s, and claims runs while fewer than `concurrency` are in flight. Claims are atomic, so
-  any number of workers may share one store.
+  any number of workers may share one store. At the same cadence it cancels queued runs of searches past
+  their deadline (`store.expire_sweeps`; a claim never starts one either).
 - Claimed runs go to an `Executor`. `LocalExecutor` starts `python -m workbench execute ID`, which records
   progress and the outcome itself (`jobs.execute`); `workbench.ray_executor.RayExecutor` does the same on Ray.
 - A run whose execution ended while the store still says `running` crashed (segfault, OOM, `os._exit`): it is
@@ -229,6 +230,8 @@ class Worker:
             self._next_reap = now + max(1.0, self.stale_after / 2)
             for run_id in self.store.reap(self.stale_after):
                 log.warning("run %d: interrupted (its worker is gone)", run_id)
+            for run_id in self.store.expire_sweeps():
+                log.info("run %d: cancelled (its search's time budget is spent)", run_id)
         self._collect()
         self._enforce_stops()
         queue_empty = self._claim()

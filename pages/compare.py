@@ -1,4 +1,6 @@
-"""Compare: finished runs side by side — cards with deltas, charts, the Pareto frontier, every number, downloads."""
+"""Compare: finished runs side by side — cards with deltas (and the packed size of clustered runs), charts, the
+Pareto frontier, accuracy per pruning round, searches under an accuracy bar, why a run is not faster, every
+number, downloads."""
 
 import streamlit as st
 
@@ -57,6 +59,11 @@ with view.guard():
 st.caption("Orange: the Pareto frontier — no other run (or the baseline) is both smaller/faster and more accurate. "
            "Latency differences inside the run-to-run spread are noise: check the claims below.")
 
+for sweep_id in rv.searches(store, df):
+    st.subheader("Search under an accuracy bar")
+    with view.guard():
+        rv.search_panel(store, sweep_id)
+
 with view.guard():
     layers, history, sweep = rv.layers(store, df), rv.history(df, reports), compare.sweep_rows(df)
     extra = [charts.layer_sparsity_bars(layers)] if not layers.empty else []
@@ -72,6 +79,15 @@ shown, config = rv.table(df)
 st.dataframe(shown, column_config=config, hide_index=True, width="stretch")
 st.download_button("Download table (CSV)", df.to_csv(index=False), "comparison.csv", "text/csv",
                    on_click="ignore", key="compare_csv")
+
+st.subheader("Why isn't it faster?")
+st.caption("Plain-words findings per run from its report and its model: the measured verdict, then the causes, "
+           "what works and what to try. Open one to read it (the first time takes a moment).")
+for row in df.to_dict("records"):
+    why = st.expander(f"{row['label']} — {row['method']}", key=f"why_{row['id']}", on_change="rerun")
+    if why.open:
+        with why, view.guard():
+            rv.why_not_faster(store, row["id"])
 
 st.subheader("Claims and downloads")
 for row in df.to_dict("records"):

@@ -1,17 +1,22 @@
-"""Compress: presets, sliders and pickers, a preview that follows every move, and the launch buttons.
-Every knob lives in the URL (?sparsity=90&bits=8&...) and survives page switches."""
-
-import dataclasses
+"""Compress: presets, a method picker with its knobs, a preview that follows every move, and the launch buttons.
+Every knob lives in the URL (?technique=structured&ratio=50&bits=8&...) and survives page switches."""
 
 import streamlit as st
 
-from ui import cache, launch, state, uploads, view
+from ui import cache, knobs, launch, sensitivity_view, state, uploads, view
 from workbench.codegen import python_script
-from workbench.presets import BITWIDTHS, INT8_KINDS, MAX_RECOVERY_EPOCHS, PRESETS
-from workbench.specs import CALIBRATIONS, PRUNE_METHODS, PRUNE_SCHEDULES, PRUNE_SCOPES, dump_recipe
+from workbench.presets import BITWIDTHS, PRESETS, QAT_BITS
+from workbench.search import OBJECTIVES, SPACE, candidates
+from workbench.sensitivity import layer_key
+from workbench.specs import dump_recipe
 
-SHARED = {"bind": "query-params", "persist_state": "session"}   # in the URL, kept across pages
-SWEEP_SPARSITY = [0, 30, 50, 70, 80, 90, 95, 99]
+PRESETS_PER_ROW = 3
+# per method: the sweep widget's key, label, options and default selection (percent); N:M has nothing to vary
+SWEEPS = {"unstructured": ("sweep_sparsity", "Sweep sparsity (%)", [0, 30, 50, 70, 80, 90, 95, 99], [50, 80, 90]),
+          "structured": ("sweep_ratio", "Sweep channels removed (%)", [25, 40, 50, 60, 70], [25, 50, 70]),
+          "distill": ("sweep_width", "Sweep student width (%)", [25, 50, 75], [25, 50, 75]),
+          "lowrank": ("sweep_energy", "Sweep energy kept (%)", [70, 80, 90, 95, 99], [80, 90, 95])}
+SEARCH_RATIOS = (0.0, 0.25, 0.5)   # "also remove channels": structured ratios the search adds as an axis
 
 st.title("Compress")
 ref, data = state.current_model(), state.current_data()
@@ -21,36 +26,36 @@ state.init_compress_state()
 st.caption(f"Model **{label}** · data **{uploads.data_label(data)}** · change them on the Model page.")
 
 st.markdown("**Presets**")
-for column, (name, preset) in zip(st.columns(len(PRESETS)), PRESETS.items(), strict=True):
-    column.button(name, help=preset.blurb, on_click=state.apply_settings, args=(preset.settings,), width="stretch")
+items = list(PRESETS.items())
+for start in range(0, len(items), PRESETS_PER_ROW):
+    for column, (name, preset) in zip(st.columns(PRESETS_PER_ROW), items[start:start + PRESETS_PER_ROW], strict=False):
+        column.button(name, help=preset.blurb, on_click=state.apply_settings, args=(preset.settings,), width="stretch")
 
-knobs, panel = st.columns([2, 3], gap="large")
-with knobs:
-    st.slider("Sparsity: % of weights set to zero", 0, 99, key="sparsity", **SHARED)
-    st.select_slider("Bitwidth of the weights", list(reversed(BITWIDTHS)), key="bits", **SHARED,
-                     help="32 float · 16 fp16 · 8 int8 (ORT) · 4 and 2 MatMulNBits (ORT) · 7, 6, 5, 3 simulated")
-    with st.expander("Method", expanded=True):
-        st.radio("Pruning", PRUNE_METHODS, key="method", horizontal=True, **SHARED)
-        st.radio("Scope", PRUNE_SCOPES, key="scope", horizontal=True, **SHARED,
-                 help="global: rank all weights together; layer: prune every layer to the same sparsity")
-        st.radio("Schedule", PRUNE_SCHEDULES, key="schedule", horizontal=True, **SHARED,
-                 help="iterative: remove 20% of the surviving weights per round, fine-tuning between rounds")
-        st.radio("int8 kind (at 8 bits)", INT8_KINDS, key="int8", horizontal=True, **SHARED,
-                 help="static: calibrated QDQ, fast for convs; dynamic: MatMul/Gemm only (dynamic Conv is slow)")
-        st.radio("Calibration", CALIBRATIONS, key="calibration", horizontal=True, **SHARED)
-        st.slider("Recovery fine-tuning epochs", 0, MAX_RECOVERY_EPOCHS, key="epochs", **SHARED,
-                  help="masked fine-tuning after pruning (per round when iterative); torch models only")
+left, panel = st.columns([2, 3], gap="large")
+with left:
+    technique = knobs.method_knobs()
+    knobs.bits_knobs()
+    knobs.cluster_knobs()
+    knobs.transfer_knobs(data.builtin == "digits")
+    knobs.layer_knobs([layer_key(n) for n in cache.weights(ref)[0]])
 settings = state.compress_settings()
 
 with panel:
     st.subheader("Preview")
     with view.guard():
         view.preview_panel(cache.preview_for(ref, data, settings), cache.dense_preview(ref, data))
-    st.caption("Instant and one-shot: no fine-tuning, no export. A run measures latency with ONNX Runtime, "
+    st.caption("Instant and one-shot: no training, no export. A run measures latency with ONNX Runtime, "
                "the real file size and the accuracy after every stage.")
 
+layers = st.expander("Per-layer sensitivity: which layers to spare, per-layer sparsities", key="sensitivity_open",
+                     on_change="rerun")
+if layers.open:
+    with layers:
+        sensitivity_view.section(ref, data, settings)
+
 st.subheader("Run it")
-problems = settings.problems(held.loaded.kind, has_train_data=data.builtin is not None)
+problems = settings.problems(held.loaded.kind, has_train_data=data.builtin is not None or data.train_path is not None,
+                             has_rewind_checkpoint=ref.sample is not None)
 for problem in problems:
     st.warning(problem)
 spec = settings.to_spec(ref, data, state.measure_spec(), name=f"{label} · {settings.describe()}")
@@ -64,18 +69,48 @@ with single:
     st.download_button("Download recipe", dump_recipe(spec), file_name=f"{view.slug(spec.name)}.yaml",
                        mime="text/yaml", on_click="ignore")
 with sweep:
-    chosen = st.multiselect("Sweep sparsity (%)", SWEEP_SPARSITY, default=[50, 80, 90], key="sweep_sparsity",
-                            persist_state="session")
-    widths = st.multiselect("Sweep bitwidths", list(reversed(BITWIDTHS)), default=[8], key="sweep_bits",
-                            persist_state="session")
-    count = len(chosen) * len(widths)
+    chosen = []
+    if technique in SWEEPS:
+        key, text, options, default = SWEEPS[technique]
+        chosen = st.multiselect(text, options, default=default, key=key, persist_state="session")
+    if settings.clusters:
+        widths = []
+        st.caption("Clustering replaces quantization: the sweep keeps 32-bit weights.")
+    else:
+        bit_options = list(reversed(QAT_BITS)) if settings.uses_qat else list(reversed(BITWIDTHS))
+        widths = st.multiselect("Sweep QAT bitwidths" if settings.uses_qat else "Sweep bitwidths", bit_options,
+                                default=[8], key="sweep_qat_bits" if settings.uses_qat else "sweep_bits",
+                                persist_state="session")
+    count = max(len(chosen), 1) * max(len(widths), 1) if chosen or widths else 0
     if st.button(f"Launch sweep ({count} runs)", key="launch_sweep", disabled=not count or bool(problems)):
         with view.guard():
-            base = dataclasses.replace(settings, bits=8).to_spec(ref, data, state.measure_spec(),
-                                                                  name=f"{label} sweep", always_prune=True)
-            grid = {"sparsity": [v / 100 for v in sorted(chosen)], "bits": sorted(widths, reverse=True)}
+            base, grid = settings.sweep(ref, [v / 100 for v in chosen], widths, data, state.measure_spec(),
+                                        name=f"{label} sweep")
             sweep_id, runs = launch.launch_sweep(base, grid)
             st.success(f"Sweep {sweep_id}: {len(runs)} runs queued.")
+search = st.expander("Search under an accuracy bar", key="search_open", on_change="rerun")
+if search.open:
+    with search, view.guard():
+        drop, trials, minutes, objective = st.columns(4)
+        channels = held.loaded.kind == "torch" and st.toggle(
+            "Also remove channels (structured 25% and 50%)", key="search_channels",
+            help="adds structured pruning as a third axis: a real speedup, at an accuracy cost")
+        space = {"sparsity": SPACE["sparsity"], "bits": SPACE["bits"], **({"ratio": SEARCH_RATIOS} if channels else {})}
+        planned = len(candidates(spec, space))
+        max_drop = drop.number_input("Max accuracy drop (points)", 0.0, 100.0, 1.0, 0.25, key="search_drop",
+                                     help="vs each candidate's own baseline, measured in the same run")
+        count = trials.number_input(f"Trials (of {planned})", 1, planned, min(8, planned), key="search_trials")
+        budget = minutes.number_input("Minutes (0: no limit)", 0, 600, 30, key="search_minutes",
+                                      help="candidates still queued after this are cancelled; started ones finish")
+        goal = objective.radio("Objective", list(OBJECTIVES), key="search_objective",
+                               help="size: the smallest gzip file meeting the bar; latency: the fastest")
+        st.caption(f"Candidates: sparsity {', '.join(f'{v:.0%}' for v in SPACE['sparsity'])} × bits "
+                   f"{', '.join(map(str, SPACE['bits']))}" + (" × channels removed 0/25/50%" if channels else "")
+                   + " applied to this setting's recipe, coarse to fine (the first few already span the grid). "
+                   "Every candidate is a measured run; Compare shows them against the bar with the Pareto set.")
+        if st.button("Launch search", key="launch_search", disabled=bool(problems)):
+            sweep_id, runs = launch.launch_search(spec, max_drop, int(count), budget or None, goal, space)
+            st.success(f"Search {sweep_id}: {len(runs)} candidates queued.")
 with st.expander("Copy as Python"):
     st.code(python_script(spec), language="python")
 

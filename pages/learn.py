@@ -1,4 +1,4 @@
-"""Learn: four short explainers for workshops, each on real weights or real measurements."""
+"""Learn: short explainers for workshops, on real weights or real measurements, and one paragraph per method."""
 
 import numpy as np
 import pandas as pd
@@ -8,12 +8,14 @@ from ui import cache, state, view
 from ui import runs_view as rv
 from workbench import charts, compare
 from workbench.environment import FLAGS, environment
+from workbench.lowrank import choose_rank, saves_weights
 from workbench.preview import fake_quantize
-from workbench.specs import ModelRef
+from workbench.pruning import nm_mask
+from workbench.specs import LowRankSpec, ModelRef
 from workbench.zoo import sample_names
 
 st.title("Learn")
-st.caption("Four ideas behind the numbers on Compare, small enough to show in a workshop.")
+st.caption("The ideas behind the numbers on Compare, small enough to show in a workshop.")
 current = state.current_model().sample
 sample = st.selectbox("Weights from the sample model", sample_names(), key="learn_sample",
                       index=sample_names().index(current) if current in sample_names() else 0)
@@ -75,3 +77,63 @@ flags = [{"flag": f, "present": env["cpu_flags"].get(f), "what it gives": rv.FLA
 st.dataframe(pd.DataFrame(flags), hide_index=True, width="stretch")
 st.caption("Without VNNI or AMX, int8 dot products take several instructions each, and int8 may be no faster than "
            "float. Small models at batch 1 are slower in int8 anyway: quantize/dequantize overhead dominates.")
+
+st.subheader("5 · The other methods on the Compress page")
+st.markdown("Each is one line in a recipe and one choice on **Compress**. What they change, and whether the gain "
+            "is real on this machine:")
+with st.expander("N:M (2:4) sparsity: a pattern GPUs can skip", expanded=True):
+    st.markdown("In every group of 4 consecutive input weights, the 2 smallest |weight| become zero: exactly 50%, "
+                "in a regular pattern. Sparse tensor cores (NVIDIA Ampere and later) skip those zeros for about "
+                "twice the math throughput. ONNX Runtime's CPU provider has no 2:4 kernel, so here it is an "
+                "**accuracy experiment**: the file and the speed stay the same.")
+    with view.guard():
+        layer = st.selectbox("Layer", [n for n in names if weights[n].ndim == 2], key="learn_nm_layer",
+                             help="Linear layers: their rows are outputs, their columns consecutive inputs")
+        corner = weights[layer][:8, :8]
+        cells = charts.magnitude_mask_frame(corner, 0.0).assign(kept=nm_mask(np.abs(corner), 2, 4).ravel())
+        left, right = st.columns([1, 1])
+        left.altair_chart(charts.weight_matrix(cells), width="content")
+        right.metric("cells zeroed (2:4)", f"{(~cells.kept).sum()} of {len(cells)}")
+        right.markdown("Every row keeps 2 of each 4 neighbours, even where magnitude pruning at 50% (section 1) "
+                       "would keep 3 or 1: that constraint usually costs a little more accuracy.")
+with st.expander("Rewinding: how pruning rounds retrain"):
+    st.markdown("Iterative pruning retrains after every round. **Fine-tuning** carries on with a small, decaying "
+                "learning rate. **LR rewinding** restarts the learning-rate schedule at its peak every round; "
+                "Renda, Frankle & Carbin (2020) found it recovers more accuracy for the same training. **Weight "
+                "rewinding** (the lottery ticket) also resets the surviving weights to an early-training "
+                "checkpoint before retraining. All three end in the same kind of model: masked zeros, stored "
+                "densely. Compare them with the per-round chart on **Compare**.")
+with st.expander("Quantization-aware training (QAT)"):
+    st.markdown("Post-training quantization rounds the trained weights once; at 4 bits and below the rounding "
+                "error costs accuracy. QAT rounds the weights in the forward pass during a few epochs of training, "
+                "and lets gradients pass the rounding as if it were not there (the straight-through estimator), "
+                "so the weights settle where rounding hurts least. The exported model stores integer weights: a "
+                "real, smaller file; whether it is faster depends on the kernels ONNX Runtime has for that width.")
+with st.expander("Distillation: a smaller student"):
+    st.markdown("A narrower copy of the model (the student) learns from the original's (the teacher's) softened "
+                "output probabilities as well as the labels (Hinton et al. 2015): which wrong classes the teacher "
+                "finds close carries information a small model can use. The student is a smaller dense model, so "
+                "its size and speed gains are **real**; its accuracy is only known after training.")
+with st.expander("Low-rank factorization"):
+    st.markdown("The singular value decomposition writes a weight matrix W (m×n) as a sum of rank-1 pieces, "
+                "largest first. Keeping the first r gives two thin layers with r·(m+n) weights instead of m·n: "
+                "fewer weights and multiply-adds (**real**) when r is small. *Energy* is the share of the squared "
+                "singular values kept. Trained layers are rarely low-rank, so accuracy drops quickly without "
+                "fine-tuning.")
+    with view.guard():
+        layer = st.selectbox("Layer", names, key="learn_rank_layer")
+        energy = st.slider("Energy kept (%)", 50, 99, 90, key="learn_energy") / 100
+        matrix = weights[layer].reshape(weights[layer].shape[0], -1)
+        rank = choose_rank(np.linalg.svd(matrix, compute_uv=False), LowRankSpec(energy=energy))
+        m, n = matrix.shape
+        left, right = st.columns(2)
+        left.metric("rank kept", f"{rank} of {min(m, n)}")
+        right.metric("weights as two layers", f"{rank * (m + n):,} vs {m * n:,}",
+                     help="factorizing pays only when r·(m+n) < m·n: "
+                          + ("it does here" if saves_weights(rank, m, n) else "not at this energy"))
+with st.expander("Weight clustering (Deep Compression)"):
+    st.markdown("k-means groups a layer's nonzero weights into k shared values; each weight then stores a "
+                "log2(k)-bit index (4 bits for k = 16) and the layer a small table of values. Deep Compression "
+                "(Han et al. 2016) combined pruning, clustering and Huffman coding. The workbench writes the "
+                "positions and indices entropy-coded into weights.packed, a **real** size it decodes back "
+                "exactly; the ONNX file itself stays float32 and runs at float speed.")

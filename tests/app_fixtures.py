@@ -79,3 +79,16 @@ def rerun_until(at: AppTest, predicate, timeout_s: float = 30.0) -> AppTest:
             raise AssertionError(f"condition not met within {timeout_s} s: {texts(at)[-5:]}")
         time.sleep(0.2)
     return at
+
+
+def chart_frames(at: AppTest) -> dict[str, object]:
+    """The data of each Altair chart on the page, by title, as a pandas DataFrame (its first dataset)."""
+    import pyarrow as pa
+
+    out = {}
+    for chart in at.get("vega_lite_chart"):
+        title = json.loads(chart.proto.spec).get("title")
+        if chart.proto.datasets:
+            table = pa.ipc.open_stream(chart.proto.datasets[0].data.data).read_all()
+            out[title if isinstance(title, str) else title["text"]] = table.to_pandas()
+    return out

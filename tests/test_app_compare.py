@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.app_fixtures import fresh_app_env
+from tests.app_fixtures import chart_frames, fresh_app_env
 from tests.test_compare import finished_home
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "compare.py")
@@ -112,3 +112,86 @@ def test_a_run_whose_files_are_gone_still_shows(finished, tmp_path):
         assert list(at.dataframe[0].value["id"]) == [3, 4]   # from the store's summary rows
     finally:
         hidden.rename(report)
+
+
+@pytest.fixture(scope="module")
+def methods_home(tmp_path_factory):
+    """Finished runs of the newer methods on the torch digits-mlp, each pruning in two rounds first:
+    1 with LR rewinding, then k=16 clustering (writes weights.packed); 2 with weight rewinding, then
+    structured 50% (channels removed)."""
+    from tests.conftest import FAST_MEASURE
+    from workbench import jobs
+    from workbench.specs import RunSpec
+    from workbench.store import Store
+
+    store = Store(tmp_path_factory.mktemp("methods") / "home")
+    measure = dict(FAST_MEASURE, torch_eager=False)
+    rounds = {"sparsity": 0.75, "schedule": "iterative", "per_round": 0.5, "finetune": {"epochs": 1, "lr": 0.01}}
+    for rewind, then in (("lr", {"cluster": {"clusters": 16}}), ("weight", {"structured": {"ratio": 0.5}})):
+        stages = [{"prune": {**rounds, "rewind": rewind}}, then]
+        jobs.submit(store, RunSpec.from_dict({"model": "digits-mlp", "measure": measure, "stages": stages}))
+    while (run := store.claim("test")) is not None:
+        assert jobs.execute(store, run.id) == "succeeded", store.get(run.id).error
+    return store.home
+
+
+def test_clustered_structured_and_rewinding_runs_show_their_results(methods_home, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_HOME", str(methods_home))
+    at = page(runs="1,2")
+    assert not at.exception
+    packed = [m for m in at.metric if m.label == "packed size"]
+    assert len(packed) == 1 and "vs baseline file" in packed[0].proto.delta    # only the clustered run
+    text = " ".join(m.value for m in at.markdown)
+    assert "REAL packed size" in text and "weights.packed" in text
+    methods = [c.value for c in at.caption]     # each card names its method
+    assert any("LR rewinding" in m and "cluster k=16" in m for m in methods)
+    assert any("weight rewinding" in m and "structured 50% channels" in m for m in methods)
+    table = at.dataframe[0].value.set_index("id")
+    assert table.loc[1, "packed_x"] > 10 and table["packed_kb"].isna().sum() == 1
+    assert table.loc[2, "file_x"] > 1.5          # structured: channels removed, a really smaller file
+    lines = set(chart_frames(at)["accuracy per pruning round"]["run"])
+    assert len(lines) == 2 and any(line.endswith("iterative, LR rewinding") for line in lines)
+    assert any(line.endswith("iterative, weight rewinding") for line in lines)
+
+
+def test_why_isnt_it_faster_opens_per_run(finished):
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.query_params.update(runs="3,4")
+    at.session_state["why_4"] = True            # the expander of run 4 is open, run 3's stays closed
+    at.run()
+    assert not at.exception
+    text = " ".join(m.value for m in at.markdown)
+    assert "Not faster" in text and ":red-badge[cause]" in text     # 50% zeros stored densely, no int8
+    assert len([e for e in at.expander if e.label.startswith("#")]) >= 2
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """A finished search under a 1-point bar on the ONNX mlp: 3 candidates of sparsity {0, 0.5, 0.95} x bits {32, 8}."""
+    from tests.conftest import FAST_MEASURE
+    from tests.test_compare import mlp_onnx
+    from workbench import jobs
+    from workbench.search import search
+    from workbench.specs import RunSpec
+    from workbench.store import Store
+
+    root = tmp_path_factory.mktemp("searched")
+    store = Store(root / "home")
+    base = RunSpec.from_dict({"model": {"path": str(mlp_onnx(root / "mlp.onnx"))}, "measure": FAST_MEASURE})
+    sweep_id, _ = search(store, base, 1.0, trials=3, space={"sparsity": (0.0, 0.5, 0.95), "bits": (32, 8)})
+    while (run := store.claim("test")) is not None:
+        jobs.execute(store, run.id)
+    return root / "home", sweep_id
+
+
+def test_a_search_shows_the_bar_the_recommendation_and_the_pareto_set(searched, monkeypatch):
+    home, sweep_id = searched
+    monkeypatch.setenv("WORKBENCH_HOME", str(home))
+    at = page()
+    assert not at.exception and at.multiselect(key="compare_runs").value == [1, 2, 3]
+    assert any(f"Search {sweep_id}" in m.value for m in at.markdown)
+    assert (at.success or at.info)[0].value.startswith(("Recommended", "No candidate"))
+    table = next(d.value for d in at.dataframe if "meets_bar" in d.value)
+    assert len(table) == 3 and table["pareto"].any()
+    titles = [json.loads(c.proto.spec)["title"] for c in at.get("vega_lite_chart")]
+    assert [t["text"] for t in titles if isinstance(t, dict)].count("accuracy vs gzip size (KB)") == 2  # + search

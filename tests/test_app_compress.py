@@ -1,4 +1,5 @@
-"""Compress page: the preview follows the sliders, presets and the URL set them, Launch runs to the end."""
+"""Compress page: the preview follows the knobs, each method's knobs yield the expected recipe stages, presets
+and the URL set the knobs, Launch runs to the end."""
 
 import pytest
 
@@ -15,19 +16,29 @@ def app_env(monkeypatch, isolated_home):
     yield from fresh_app_env(monkeypatch, isolated_home)
 
 
+def launched_spec(at, home) -> RunSpec:
+    """Click Launch run and return the recipe the page queued (no worker: tests run the queue themselves)."""
+    at.button(key="launch_run").click().run()
+    assert not at.exception
+    return RunSpec.from_dict(Store(home).list()[0].spec)
+
+
+def gain(at, aspect: str) -> str:
+    return next(t for t in texts(at) if f"**{aspect}**" in t)
+
+
 def test_sliders_move_the_preview_and_bitwidth_3_is_simulated():
     at = open_app(PAGE)
     assert not at.exception
     assert metric(at, "nonzero") == "50,200"
     at.slider(key="sparsity").set_value(90).run()
     assert metric(at, "nonzero") == "5,020"
-    assert any("simulated" in t and "**sparsity**" in t for t in texts(at))
+    assert "simulated" in gain(at, "sparsity")
     assert any(spec["mark"]["type"] == "bar" for spec in chart_specs(at))  # per-layer sparsity bars
     at.select_slider(key="bits").set_value(3).run()
-    bitwidth = [t for t in texts(at) if "**bitwidth**" in t]
-    assert bitwidth and "simulated" in bitwidth[0] and "3-bit" in bitwidth[0]
+    assert "simulated" in gain(at, "bitwidth") and "3-bit" in gain(at, "bitwidth")
     at.select_slider(key="bits").set_value(8).run()
-    assert "real" in next(t for t in texts(at) if "**bitwidth**" in t)
+    assert "real" in gain(at, "bitwidth")
 
 
 def test_url_restores_the_knobs_and_they_survive_page_switches():
@@ -37,6 +48,8 @@ def test_url_restores_the_knobs_and_they_survive_page_switches():
     assert at.slider(key="epochs").value == 5
     assert at.session_state["model_ref"] == {"sample": "digits-cnn"}
     assert any("digits-cnn" in t for t in texts(at))
+    at = open_app(PAGE, query={"technique": "structured", "ratio": "70"})
+    assert at.radio(key="technique").value == "structured" and at.slider(key="ratio").value == 70
     at = open_app(PAGE)
     at.slider(key="sparsity").set_value(40).run()
     at.radio(key="scope").set_value("layer").run()
@@ -45,28 +58,101 @@ def test_url_restores_the_knobs_and_they_survive_page_switches():
     assert at.slider(key="sparsity").value == 40 and at.radio(key="scope").value == "layer"
 
 
-def test_preset_sets_the_knobs():
+def test_presets_set_the_knobs():
     at = open_app(PAGE)
-    next(b for b in at.button if b.label == "Seed recipe: iterative 20% per round + fine-tuning").click().run()
+    next(b for b in at.button if b.label == "Seed recipe: iterative 20% + LR rewinding").click().run()
     assert not at.exception
     assert at.slider(key="sparsity").value == 90 and at.select_slider(key="bits").value == 8
     assert at.radio(key="schedule").value == "iterative" and at.slider(key="epochs").value == 2
-    assert "'schedule': 'iterative'" in at.code[0].value  # Copy as Python follows the knobs
+    assert at.radio(key="rewind").value == "lr" and at.slider(key="per_round").value == 20
+    assert "'schedule': 'iterative'" in at.code[0].value and "'rewind': 'lr'" in at.code[0].value
+    next(b for b in at.button if b.label == "Real speed: structured 50%").click().run()
+    assert at.radio(key="technique").value == "structured" and at.slider(key="ratio").value == 50
+    assert "'structured': {" in at.code[0].value and "'ratio': 0.5" in at.code[0].value   # Copy as Python
+    next(b for b in at.button if b.label == "Deep Compression: 90% + k=16 + packed").click().run()
+    assert at.radio(key="technique").value == "unstructured" and at.select_slider(key="clusters").value == 16
+    assert metric(at, "index bits") == "4 bits"
+
+
+def test_structured_knobs_give_a_structured_stage_and_an_estimate(isolated_home):
+    at = open_app(PAGE)
+    at.radio(key="technique").set_value("structured").run()
+    at.slider(key="ratio").set_value(70).run()
+    at.toggle(key="round8").set_value(True).run()
+    assert not at.exception
+    params = next(m for m in at.metric if m.label == "parameters")
+    assert "fewer" in params.proto.delta and ":orange-badge[estimate]" in [m.value for m in at.markdown]
+    assert "real" in gain(at, "size and MACs") and "measured in a run" in gain(at, "accuracy")
+    assert any(s.get("title") == "Weights per layer: now and after (estimate)" for s in chart_specs(at))
+    (stage,) = launched_spec(at, isolated_home).stages
+    assert stage.kind == "structured" and stage.ratio == 0.7 and stage.round_to == 8
+
+
+def test_nm_shows_the_mask_and_says_there_is_no_cpu_kernel(isolated_home):
+    at = open_app(PAGE, query={"technique": "nm", "epochs": "2"})
+    assert not at.exception
+    assert metric(at, "sparsity") == "50.0%"
+    assert "no CPU kernel" in gain(at, "2:4 sparsity") and "simulated" in gain(at, "2:4 sparsity")
+    prune, tune = launched_spec(at, isolated_home).stages
+    assert prune.nm == "2:4" and prune.sparsity == 0.5 and tune.kind == "finetune" and tune.epochs == 2
+
+
+def test_gradual_schedule_with_weight_rewinding(isolated_home):
+    at = open_app(PAGE, query={"sparsity": "80", "epochs": "2", "schedule": "gradual"})
+    at.slider(key="steps").set_value(5).run()
+    at.radio(key="rewind").set_value("weight").run()
+    assert not at.exception and any("This setting" in t and "weight rewinding" in t for t in texts(at))
+    (prune,) = launched_spec(at, isolated_home).stages
+    assert (prune.schedule, prune.steps, prune.rewind, prune.sparsity) == ("gradual", 5, "weight", 0.8)
+    assert prune.finetune.epochs == 2
+
+
+def test_distill_and_lowrank_knobs(isolated_home):
+    at = open_app(PAGE, query={"technique": "distill"})
+    at.slider(key="width").set_value(25).run()
+    assert not at.exception and metric(at, "parameters").replace(",", "").isdigit()
+    at.radio(key="technique").set_value("lowrank").run()
+    at.slider(key="energy").set_value(80).run()
+    at.slider(key="epochs").set_value(3).run()
+    assert not at.exception
+    assert next(m for m in at.metric if m.label == "one-shot accuracy").proto.help.endswith("SVD, no fine-tuning")
+    (stage,) = launched_spec(at, isolated_home).stages
+    assert stage.kind == "lowrank" and stage.energy == 0.8 and stage.finetune.epochs == 3
+    at.radio(key="technique").set_value("distill").run()
+    at.button(key="launch_run").click().run()
+    distill = RunSpec.from_dict(Store(isolated_home).list()[0].spec).stages[0]
+    assert distill.kind == "distill" and distill.width == 0.25 and distill.epochs == 30
+
+
+def test_clustering_qat_and_transfer(isolated_home):
+    at = open_app(PAGE, query={"sparsity": "90", "clusters": "16", "cluster_epochs": "5", "bits": "8"})
+    assert any("set the bitwidth to 32" in w.value for w in at.warning) and at.button(key="launch_run").disabled
+    at.select_slider(key="bits").set_value(32).run()
+    assert metric(at, "index bits") == "4 bits" and "weights.packed" in gain(at, "clustering")
+    prune, cluster = launched_spec(at, isolated_home).stages
+    assert cluster.kind == "cluster" and cluster.clusters == 16 and cluster.finetune.epochs == 5
+    at.select_slider(key="clusters").set_value(0).run()
+    at.select_slider(key="bits").set_value(4).run()
+    at.toggle(key="qat").set_value(True).run()
+    at.toggle(key="qat_act8").set_value(True).run()
+    at.multiselect(key="classes").set_value([3, 5]).run()
+    assert not at.exception and "run" in gain(at, "transfer")
+    at.button(key="launch_run").click().run()
+    spec = RunSpec.from_dict(Store(isolated_home).list()[0].spec)
+    assert [s.kind for s in spec.stages] == ["transfer", "prune", "qat"] and spec.data.classes == (3, 5)
+    assert spec.stages[2].weight_bits == 4 and spec.stages[2].activation_bits == 8
 
 
 def test_launch_creates_a_run_that_succeeds(isolated_home):
     at = open_app(PAGE, query={"sparsity": "50", "bits": "8"})
-    at.button(key="launch_run").click().run()
-    assert not at.exception
-    store = Store(isolated_home)
-    (run,) = store.list()
-    spec = RunSpec.from_dict(run.spec)
+    spec = launched_spec(at, isolated_home)
     assert [s.kind for s in spec.stages] == ["prune", "quantize"] and spec.stages[0].sparsity == 0.5
     assert spec.measure.batch_sizes == (1, 32)  # WORKBENCH_FAST_MEASURE
+    (run,) = Store(isolated_home).list()
     assert any(f"Run #{run.id}" in t and "queued" in t for t in texts(at))
     drain_queue(isolated_home)
     rerun_until(at, lambda a: any(f"Run #{run.id}" in t and "succeeded" in t for t in texts(a)))
-    assert store.get(run.id).status == "succeeded"
+    assert Store(isolated_home).get(run.id).status == "succeeded"
 
 
 def test_sweep_queues_the_grid_and_recipe_and_code_match(isolated_home):
@@ -84,15 +170,57 @@ def test_sweep_queues_the_grid_and_recipe_and_code_match(isolated_home):
     assert "RunSpec.from_dict" in at.code[0].value
 
 
+def test_structured_sweep_varies_the_ratio(isolated_home):
+    at = open_app(PAGE, query={"technique": "structured"})
+    at.multiselect(key="sweep_ratio").set_value([25, 50]).run()
+    at.multiselect(key="sweep_bits").set_value([32]).run()
+    at.button(key="launch_sweep").click().run()
+    assert not at.exception
+    specs = [RunSpec.from_dict(r.spec) for r in Store(isolated_home).list()]
+    assert sorted(s.stages[0].ratio for s in specs) == [0.25, 0.5]
+    assert all([st.kind for st in s.stages] == ["structured"] for s in specs)
+
+
 def test_presets_round_trip_and_problems():
     for name, preset in PRESETS.items():
         spec = preset_spec(name, ModelRef(sample="digits-vit"))
-        assert CompressSettings.from_spec(spec) == preset.settings
+        assert CompressSettings.from_spec(spec) == preset.settings, name
     deep = preset_spec("Deep compression look", ModelRef(sample="digits-vit"))
     assert deep.stages[1].lr == 1e-3  # the transformer's recovery lr
-    seed = PRESETS["Seed recipe: iterative 20% per round + fine-tuning"].settings.to_spec(ModelRef(sample="digits-mlp"))
+    seed = preset_spec("Seed recipe: iterative 20% + LR rewinding", ModelRef(sample="digits-mlp"))
     assert isinstance(seed.stages[0], PruneSpec) and seed.stages[0].rounds == 11 and seed.stages[0].finetune
-    assert isinstance(seed.stages[1], QuantSpec) and len(seed.stages) == 2
+    assert seed.stages[0].rewind == "lr" and isinstance(seed.stages[1], QuantSpec) and len(seed.stages) == 2
     assert CompressSettings(sparsity=0.5, epochs=3).problems("onnx", True)
     assert CompressSettings(sparsity=0.5, epochs=3).problems("torch", False)
     assert not CompressSettings(sparsity=0.5).problems("onnx", False)
+
+
+def test_sensitivity_excludes_and_allocates_into_the_recipe(isolated_home):
+    at = open_app(PAGE, query={"sparsity": "80"}, session={"sensitivity_open": True})
+    at.button(key="measure_sensitivity").click().run()
+    assert not at.exception
+    heatmap = next(s for s in chart_specs(at) if "layer alone" in str(s.get("title")))
+    assert [layer["mark"]["type"] for layer in heatmap["layer"]] == ["rect", "text"]
+    at.multiselect(key="exclude").set_value(["fc3"]).run()
+    at.button(key="allocate").click().run()
+    assert not at.exception and "allocated" in " ".join(texts(at))
+    overrides = at.session_state["overrides"]
+    assert set(overrides) == {"fc1", "fc2"} and at.query_params["overrides"].startswith("{")
+    (prune,) = launched_spec(at, isolated_home).stages
+    assert prune.exclude == ("fc3",) and prune.overrides == overrides
+    at.slider(key="sparsity").set_value(70).run()
+    assert any("allocate again" in w.value for w in at.warning)
+    at.button(key="clear_overrides").click().run()
+    assert at.session_state["overrides"] == {} and "overrides" not in at.query_params
+
+
+def test_search_under_an_accuracy_bar_queues_candidates(isolated_home):
+    at = open_app(PAGE, session={"search_open": True})
+    at.number_input(key="search_trials").set_value(3).run()
+    at.number_input(key="search_drop").set_value(0.5).run()
+    at.button(key="launch_search").click().run()
+    assert not at.exception
+    runs = Store(isolated_home).list()
+    sweep = Store(isolated_home).get_sweep(runs[0].sweep_id)
+    assert len(runs) == 3 and sweep.kind == "search" and sweep.settings["max_drop"] == 0.5
+    assert at.session_state["last_sweep"] == sweep.id   # Compare opens with it

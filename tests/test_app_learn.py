@@ -56,3 +56,14 @@ def test_shows_measured_pruned_runs(tmp_path_factory, monkeypatch):
     assert any("Your own pruned runs" in m.value for m in at.markdown)
     pruned = at.dataframe[1].value
     assert sorted(pruned["sparsity"].round(2)) == [0.5, 0.9] and "speedup@1" in pruned
+
+
+def test_method_explainers_show_a_2_4_mask_and_a_rank():
+    at = page()
+    assert metric(at, "cells zeroed (2:4)") == "32 of 64"
+    at.slider(key="learn_energy").set_value(50).run()
+    low = int(metric(at, "rank kept").split()[0])
+    at.slider(key="learn_energy").set_value(99).run()
+    assert int(metric(at, "rank kept").split()[0]) > low
+    assert all(title in " ".join(e.label for e in at.expander) for title in
+               ("N:M (2:4)", "Rewinding", "Quantization-aware training", "Distillation", "Low-rank", "clustering"))

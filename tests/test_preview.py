@@ -1,9 +1,22 @@
+"""workbench.preview: every number labelled, counts exact, estimates close to what the stages do."""
+
+import dataclasses
+
 import numpy as np
 import pytest
+import torch
 
 from workbench.data import digits_splits
 from workbench.models import load_model
-from workbench.preview import fake_quantize, model_weights, preview
+from workbench.presets import CompressSettings
+from workbench.preview import (
+    fake_quantize,
+    make_subject,
+    model_weights,
+    preview,
+    preview_settings,
+    svd_factors,
+)
 from workbench.specs import ModelRef
 
 
@@ -63,3 +76,86 @@ def test_works_on_onnx_uploads(tiny_onnx):
     weights, other = model_weights(load_model(ModelRef(path=str(tiny_onnx))))
     assert set(weights) == {"conv.weight", "fc.weight"} and other == 0
     assert preview(weights, other, 0.5, 8).get("nonzero").value == pytest.approx(0.5 * (72 + 2880), abs=1)
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    loaded = load_model(ModelRef(sample="digits-cnn"))
+    return loaded, make_subject(loaded, digits_splits().test)
+
+
+def test_structured_estimate_is_close_to_what_the_stage_removes(cnn):
+    from workbench.pruning import torch_weights
+    from workbench.specs import StructuredSpec
+    from workbench.structured import prune_structured
+
+    loaded, subject = cnn
+    p = preview_settings(CompressSettings(technique="structured", ratio=0.5), subject)
+    assert p.get("parameters").kind == "estimate" and p.get("MACs").kind == "estimate"
+    pruned, report = prune_structured(loaded.module, (torch.zeros(1, 1, 8, 8),), StructuredSpec(ratio=0.5))
+    real = sum(w.numel() for w in torch_weights(pruned).values())
+    assert p.get("parameters").value == pytest.approx(real, rel=0.1)
+    macs_ratio = report["macs_after"] / report["macs_before"]
+    assert p.get("MACs").value / sum(subject.macs.values()) == pytest.approx(macs_ratio, rel=0.1)
+    assert p.layer_kind == "params" and {g[0]: g[1] for g in p.gains} == {"size and MACs": "real", "accuracy": "run"}
+    student = preview_settings(CompressSettings(technique="distill", width=0.5), subject)
+    assert student.get("parameters").value == p.get("parameters").value   # the student keeps half the channels
+
+
+def test_nm_preview_keeps_two_of_every_four_and_says_no_cpu_kernel(mlp):
+    loaded, weights, other = mlp
+    subject = make_subject(loaded, digits_splits().test)
+    p = preview_settings(CompressSettings(technique="nm"), subject)
+    assert p.get("sparsity").value == 0.5 and p.get("one-shot accuracy").kind == "measured"
+    assert p.gains[0][:2] == ("2:4 sparsity", "simulated") and "no CPU kernel" in p.gains[0][2]
+    assert p.get("MACs").value == 50_200 and p.get("MACs").kind == "computed"   # dense kernels multiply zeros
+
+
+def test_clustering_preview_shows_index_bits_and_measured_accuracy(mlp):
+    loaded, weights, other = mlp
+    subject = make_subject(loaded, digits_splits().test)
+    plain = preview_settings(CompressSettings(sparsity=0.9), subject)
+    shared = preview_settings(CompressSettings(sparsity=0.9, clusters=16), subject)
+    assert shared.get("index bits").value == 4 and shared.get("index bits").kind == "estimate"
+    assert shared.get("minimum storage").value < plain.get("minimum storage").value
+    assert shared.get("one-shot accuracy").kind == "measured"
+    assert ("clustering", "real") in [g[:2] for g in shared.gains]
+
+
+def test_lowrank_preview_counts_ranks_and_measures_the_truncated_model(mlp):
+    loaded, weights, other = mlp
+    subject = make_subject(loaded, digits_splits().test)
+    full = dataclasses.replace(subject, factors=svd_factors(weights))
+    p = preview_settings(CompressSettings(technique="lowrank", energy=0.9), full)
+    counts = preview_settings(CompressSettings(technique="lowrank", energy=0.9), subject)  # singular values only
+    assert p.get("parameters").value == counts.get("parameters").value < 50_200
+    assert p.get("parameters").kind == "estimate" and p.get("one-shot accuracy").kind == "measured"
+    assert "one-shot accuracy" not in [n.label for n in counts.numbers]
+    for row in p.layers:
+        assert row["rank"] is None or row["after"] < row["params"]   # factorized only where that saves weights
+    assert p.layers[-1]["rank"] is None          # the classifier stays whole, as in the lowrank stage
+    more = preview_settings(CompressSettings(technique="lowrank", energy=0.99), full)
+    assert more.get("parameters").value > p.get("parameters").value   # more energy kept: higher ranks
+
+
+def test_qat_and_transfer_are_labelled(mlp):
+    loaded, weights, other = mlp
+    subject = make_subject(loaded, digits_splits().test)
+    p = preview_settings(CompressSettings(bits=3, qat=True, classes=(1, 2)), subject)
+    gains = {g[0]: g for g in p.gains}
+    assert gains["bitwidth"][1] == "real" and "quantization-aware training" in gains["bitwidth"][2]
+    assert gains["transfer"][1] == "run"
+    simulated = preview_settings(CompressSettings(bits=3), subject)   # post-training 3-bit: stored as float32
+    assert p.get("raw size").value < simulated.get("raw size").value / 6    # QAT exports INT4 codes
+    assert all(n.kind in ("computed", "estimate", "measured") for n in p.numbers)
+
+
+def test_lowrank_estimate_matches_what_the_stage_factorizes(cnn):
+    from workbench.lowrank import factorize_torch
+    from workbench.pruning import torch_weights
+    from workbench.specs import LowRankSpec
+
+    loaded, subject = cnn
+    p = preview_settings(CompressSettings(technique="lowrank", energy=0.8), subject)
+    factorized, _, _ = factorize_torch(loaded.module, LowRankSpec(energy=0.8), (torch.zeros(2, 1, 8, 8),))
+    assert p.get("parameters").value == sum(w.numel() for w in torch_weights(factorized).values())

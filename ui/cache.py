@@ -20,8 +20,9 @@ from workbench.data import Splits
 from workbench.measure import Measurement
 from workbench.models import LoadedModel
 from workbench.presets import CompressSettings
-from workbench.preview import Preview
-from workbench.specs import DataRef, MeasureSpec, ModelRef, PruneSpec, RunSpec
+from workbench.preview import Preview, Subject
+from workbench.sensitivity import Sensitivity
+from workbench.specs import DataRef, MeasureSpec, ModelRef, RunSpec
 from workbench.store import Store
 from workbench.summary import ModelSummary
 
@@ -143,17 +144,46 @@ def baseline(ref: ModelRef, data: DataRef, measure: MeasureSpec) -> Measurement:
     return _baseline(_key(ref), sha, _key(data), _key(measure))
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _subject(model_key: str, data_key: str) -> Subject:
+    from workbench.preview import make_subject
+
+    return make_subject(_held(model_key).loaded, _splits(model_key, data_key).test, _summary(model_key))
+
+
+@st.cache_resource(show_spinner="Computing singular values…", max_entries=4)
+def _factors(model_key: str) -> dict:
+    from workbench.preview import ACCURACY_PARAM_LIMIT, svd_factors
+
+    params, _ = _weights(model_key)
+    # singular vectors (for the truncated weights' accuracy) only where the preview runs the model anyway
+    return svd_factors(params, vectors=sum(w.size for w in params.values()) <= ACCURACY_PARAM_LIMIT)
+
+
 def preview_for(ref: ModelRef, data: DataRef, settings: CompressSettings) -> Preview:
     """The instant preview of `settings` (one-shot, whatever the schedule): counts, sizes, accuracy."""
-    from workbench.preview import preview
+    from workbench.preview import preview_settings
 
-    held = model(ref)
-    params, other = weights(ref)
-    test = splits(ref, data).test
-    spec = PruneSpec(method=settings.method, scope=settings.scope, sparsity=settings.sparsity)
+    held, key = model(ref), _key(ref)
+    subject = _subject(key, _key(data))
+    if settings.technique == "lowrank":
+        subject = dataclasses.replace(subject, factors=_factors(key))
     with held.lock:
-        return preview(params, other, settings.sparsity, settings.bits, spec=spec, module=held.loaded.module,
-                       test=test, baseline_file_bytes=held.loaded.file_bytes)
+        return preview_settings(settings, subject)
+
+
+@st.cache_resource(show_spinner="Measuring each layer's sensitivity…", max_entries=4)
+def _sensitivity(model_key: str, data_key: str) -> Sensitivity:
+    from workbench.sensitivity import analyze
+
+    held = _held(model_key)
+    with held.lock:   # analyze swaps one weight at a time in the shared module
+        return analyze(held.loaded, _splits(model_key, data_key).test)
+
+
+def sensitivity(ref: ModelRef, data: DataRef) -> Sensitivity:
+    """Per-layer sensitivity of the model on the test split (workbench.sensitivity.analyze), once per model."""
+    return _sensitivity(_key(ref), _key(data))
 
 
 def dense_preview(ref: ModelRef, data: DataRef) -> Preview:

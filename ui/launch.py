@@ -46,6 +46,15 @@ def launch_sweep(spec: RunSpec, grid: dict[str, list[Any]]) -> tuple[str, list[R
     return sweep_id, runs
 
 
+def launch_search(spec: RunSpec, max_drop: float, trials: int, minutes: float | None, objective: str,
+                  space: dict[str, tuple]) -> tuple[str, list[Run]]:
+    """Queue a search under an accuracy bar (workbench.search.search) as this session's last sweep."""
+    from workbench.search import search
+
+    sweep_id, runs = search(cache.store(), spec, max_drop, trials, minutes, space, objective)
+    state.remember_runs([r.id for r in runs], sweep_id)
+    start_worker()
+    return sweep_id, runs
 
 
 def worker_status() -> str:

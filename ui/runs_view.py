@@ -14,7 +14,7 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from ui import cache, launch, state
-from workbench import compare
+from workbench import charts, compare
 from workbench.errors import WorkbenchError
 from workbench.store import Run, Store
 
@@ -51,7 +51,19 @@ def reports(store: Store, runs: list[Run]) -> dict[int, dict]:
 
 
 def compare_frame(store: Store, runs: list[Run]) -> pd.DataFrame:
-    return compare.runs_frame(store, runs, reports(store, runs))
+    """compare.runs_frame, plus the packed size of runs that wrote weights.packed (clustering)."""
+    by_id = reports(store, runs)
+    return with_packed(compare.runs_frame(store, runs, by_id), by_id)
+
+
+def with_packed(df: pd.DataFrame, reports_by_id: dict[int, dict]) -> pd.DataFrame:
+    """`packed_kb` and `packed_x` (baseline file / packed bytes) from each report's final variant facts."""
+    packed = {i: ((r.get("variants") or [{}])[-1].get("facts") or {}).get("packed_bytes")
+              for i, r in reports_by_id.items()}
+    if df.empty or not any(packed.values()):
+        return df
+    size = df["id"].map(packed).astype(float)
+    return df.assign(packed_kb=size / 1024, packed_x=df["base_file_bytes"] / size)
 
 
 # --- the runs table ----------------------------------------------------------------------------
@@ -194,8 +206,11 @@ def retry(run_id: int) -> None:
 
 BADGE_COLORS = {"real": "green", "simulated": "orange", "estimate": "blue", "none": "gray"}
 TABLE_COLUMNS = ["id", "label", "model", "method", "accuracy", "d_accuracy", "top1_agreement", "file_kb", "gzip_kb",
-                 "min_storage_kb", "file_x", "gzip_x", "min_storage_x", "sparsity", "bits", "real", "simulated",
-                 "setting_sparsity", "setting_bits", "sweep_id", "threads"]
+                 "min_storage_kb", "packed_kb", "file_x", "gzip_x", "min_storage_x", "packed_x", "params_x",
+                 "sparsity", "channels_removed", "bits", "storage_bits", "real", "simulated", "setting_sparsity",
+                 "setting_bits", "sweep_id", "threads"]
+PACKED_HELP = ("weights.packed: shared values + entropy-coded indices, decoded back losslessly by the workbench. "
+               "A real size, but not a file ONNX Runtime loads: the model still runs from the float ONNX file")
 
 
 SHORT_ASPECTS = {"file size": "file", "compressed size": "gzip", "minimum storage": "min. storage",
@@ -221,8 +236,8 @@ def ms(value: float) -> str:
     return f"{value * 1000:.0f} µs" if value < 1 else f"{value:.2f} ms"
 
 
-def _pct(value: float, ref: float) -> str | None:
-    return f"{(value / ref - 1) * 100:+.0f}% vs baseline" if ref and value == value and ref == ref else None
+def _pct(value: float, ref: float, what: str = "vs baseline") -> str | None:
+    return f"{(value / ref - 1) * 100:+.0f}% {what}" if ref and value == value and ref == ref else None
 
 
 def metric_cards(df: pd.DataFrame, claims: dict[int, list[dict]], batch: int, per_row: int = 4) -> None:
@@ -238,6 +253,10 @@ def metric_cards(df: pd.DataFrame, claims: dict[int, list[dict]], batch: int, pe
                           delta=None if delta is None or delta != delta else f"{delta:+.3f} vs baseline")
                 st.metric("gzip size", f"{row['gzip_kb']:.1f} KB", delta=_pct(row["gzip_bytes"],
                           row.get("base_gzip_bytes")), delta_color="inverse")
+                packed = row.get("packed_kb")
+                if packed is not None and packed == packed:
+                    st.metric("packed size", f"{packed:.1f} KB", help=PACKED_HELP, delta_color="inverse",
+                              delta=_pct(packed * 1024, row.get("base_file_bytes"), "vs baseline file"))
                 if lat in row:
                     st.metric(f"ORT @ batch {batch}", ms(row[lat]),
                               delta=_pct(row[lat], row.get(f"base_{lat}")), delta_color="inverse")
@@ -254,7 +273,8 @@ def table(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     fmt = {c: st.column_config.NumberColumn(c, format="%.2fx") for c in cols if c.endswith("_x") or "speedup" in c}
     fmt |= {c: st.column_config.NumberColumn(c, format="%.1f") for c in cols if c.endswith("_kb")}
     fmt |= {c: st.column_config.NumberColumn(c, format="%.4f") for c in cols if "_ms@" in c}
-    fmt |= {c: st.column_config.NumberColumn(c, format="percent") for c in ("sparsity", "setting_sparsity")}
+    fmt |= {c: st.column_config.NumberColumn(c, format="percent")
+            for c in ("sparsity", "setting_sparsity", "channels_removed")}
     fmt |= {c: st.column_config.NumberColumn(c, format="%+.3f") for c in ("d_accuracy",)}
     return df[cols], fmt
 
@@ -275,9 +295,89 @@ def layers(store: Store, df: pd.DataFrame) -> pd.DataFrame:
 
 
 def history(df: pd.DataFrame, reports_by_id: dict[int, dict]) -> pd.DataFrame:
-    pairs = zip(df["id"], df["label"], strict=True)
-    frames = [f for i, label in pairs if not (f := compare.history_frame(reports_by_id.get(i), label, 2)).empty]
+    """Per-round accuracy of runs that pruned in rounds (two or more), one line per run, each named with its
+    schedule and how it retrained between rounds (LR rewinding, fine-tuning, weight rewinding)."""
+    frames = []
+    for i, label in zip(df["id"], df["label"], strict=True):
+        report = reports_by_id.get(i)
+        frame = compare.history_frame(report, rounds_label(label, report), 2)
+        if not frame.empty:
+            frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+RETRAINING = {"lr": "LR rewinding", "none": "fine-tuning", "weight": "weight rewinding"}
+
+
+def rounds_label(label: str, report: dict | None) -> str:
+    """'#7 90% · int8 · gradual, weight rewinding': the run label with its pruning schedule."""
+    stages = ((report or {}).get("spec") or {}).get("stages") or []
+    prune = next((body or {} for stage in stages for kind, body in stage.items() if kind == "prune"), None)
+    if not prune or prune.get("schedule", "oneshot") == "oneshot":
+        return label
+    trained = (prune.get("finetune") or {}).get("epochs")
+    return f"{label} · {prune['schedule']}" + (f", {RETRAINING.get(prune.get('rewind', 'lr'))}" if trained else "")
+
+
+def searches(store: Store, df: pd.DataFrame) -> list[str]:
+    """Sweep ids among the selected runs that are searches under an accuracy bar (workbench.search)."""
+    out = []
+    for sweep_id in dict.fromkeys(df["sweep_id"].dropna()) if "sweep_id" in df else []:
+        try:
+            if store.get_sweep(sweep_id).kind == "search":
+                out.append(sweep_id)
+        except WorkbenchError:   # a plain sweep: nothing recorded beyond its runs
+            continue
+    return out
+
+
+SEARCH_COLUMNS = ["id", "label", "status", "sparsity", "bits", "ratio", "drop", "gzip_kb", "latency_ms", "meets_bar",
+                  "pareto", "error"]
+
+
+def search_panel(store: Store, sweep_id: str) -> None:
+    """One search: the bar, the recommendation (or the closest candidates), every candidate, the Pareto set."""
+    from workbench.search import OBJECTIVES, search_summary
+
+    summary = search_summary(store, sweep_id)
+    st.markdown(f"**Search {sweep_id}**: the bar is {summary.max_drop:g} pt of {summary.metric} below each "
+                f"candidate's own baseline; {'smallest' if summary.objective == 'size' else 'fastest'} first.")
+    (st.success if summary.recommended is not None else st.info)(summary.message)
+    frame = summary.frame
+    left, right = st.columns([3, 2])
+    left.dataframe(frame[[c for c in SEARCH_COLUMNS + [summary.metric] if c in frame]], hide_index=True,
+                   column_config={"sparsity": st.column_config.NumberColumn(format="percent"),
+                                  "ratio": st.column_config.NumberColumn("channels removed", format="percent"),
+                                  "drop": st.column_config.NumberColumn("drop (pt)", format="%.2f"),
+                                  "gzip_kb": st.column_config.NumberColumn(format="%.1f")})
+    x = OBJECTIVES[summary.objective]
+    done = frame.dropna(subset=[x, summary.metric]).assign(kind="run")
+    if not done.empty:
+        right.altair_chart(charts.tradeoff_scatter(done, x, summary.metric, x_title={
+            "gzip_kb": "gzip size (KB)", "latency_ms": "ORT latency (ms)"}[x]), width="stretch")
+
+
+@st.cache_data(show_spinner="Reading what ONNX Runtime runs…", max_entries=200)
+def _findings(home: str, run_id: int, mtime: float) -> list[dict]:
+    from workbench.diagnosis import diagnose
+
+    store = Store(home)
+    report = compare.load_report(store, run_id)
+    if report is None:
+        raise WorkbenchError(f"run {run_id}: no report.json (the run did not finish, or it was deleted)")
+    return [f.to_dict() for f in diagnose(report, -1, compare.artifact_path(store, run_id, "model"))]
+
+
+FINDING_BADGES = {"cause": ":red-badge[cause]", "ok": ":green-badge[real speed]", "hint": ":gray-badge[hint]"}
+
+
+def why_not_faster(store: Store, run_id: int) -> None:
+    """The run's final variant diagnosed (workbench.diagnosis): the measured verdict, then causes, what
+    works and hints, each one line plus its explanation."""
+    path = store.run_dir(run_id) / "report.json"
+    for finding in _findings(str(store.home), run_id, path.stat().st_mtime if path.is_file() else 0.0):
+        st.markdown(f"{FINDING_BADGES.get(finding['kind'], '')} **{finding['headline']}**  \n"
+                    f"{finding['explanation']}")
 
 
 # --- Learn page pieces -------------------------------------------------------------------------

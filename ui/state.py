@@ -8,13 +8,17 @@ Session-state keys other pages may read:
   "data_ref"   dict of DataRef fields    -> current_data()   (set_data())
   "last_runs"  list of run ids launched from this session, oldest first
   "last_sweep" sweep id of the last sweep launched from this session
-  COMPRESS_DEFAULTS keys: the Compress page widgets (bound to the URL under the same names)
+  COMPRESS_DEFAULTS and COMPRESS_VALUES keys: the Compress page widgets (bound to the URL under the same names)
 URL: ?model=<sample name | uploaded file name>&arch=<arch>&data=<digits | uploaded file name>&label=<column>
-     plus the bound widgets: sparsity (percent), bits, method, scope, int8, calibration, epochs, schedule.
+     plus the bound widgets: technique, sparsity (percent), bits, method, scope, int8, calibration, epochs,
+     schedule, per_round (percent), steps, rewind, ratio (percent), round8, width (percent), distill_epochs,
+     init, energy (percent), clusters, cluster_epochs, qat, qat_epochs, qat_act8, classes and exclude
+     (repeated), and overrides (JSON {layer: sparsity}, set by the sensitivity allocation, not a widget).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -29,10 +33,16 @@ from workbench.specs import DataRef, MeasureSpec, ModelRef
 MODEL_KEY, DATA_KEY = "model_ref", "data_ref"
 LAST_RUNS_KEY, LAST_SWEEP_KEY = "last_runs", "last_sweep"
 DEFAULT_SAMPLE = "digits-mlp"
-# the Compress widgets: key (= URL parameter) -> default. Every default is its widget's first option, so
+# the Compress widgets: key (= URL parameter) -> default. Every default here is its widget's first option, so
 # a bound widget drops the parameter from the URL exactly when the value is the default.
-COMPRESS_DEFAULTS = {"sparsity": 0, "bits": 32, "method": "magnitude", "scope": "global", "int8": "static",
-                     "calibration": "minmax", "epochs": 0, "schedule": "oneshot"}
+COMPRESS_DEFAULTS = {"technique": "unstructured", "sparsity": 0, "bits": 32, "method": "magnitude",
+                     "scope": "global", "int8": "static", "calibration": "minmax", "epochs": 0, "schedule": "oneshot",
+                     "rewind": "lr", "init": "teacher", "round8": False, "clusters": 0, "cluster_epochs": 0,
+                     "qat": False, "qat_act8": False, "classes": [], "exclude": []}
+# ...and those whose default is not their first option: the page passes it as the widget's value (percent
+# for fractions), so they are not put into the session state before the widget exists
+COMPRESS_VALUES = {"per_round": 20, "steps": 10, "ratio": 50, "width": 50, "distill_epochs": 30, "energy": 90,
+                   "qat_epochs": 5}
 # Test/dev knob: WORKBENCH_FAST_MEASURE=1 makes runs launched from the app (and the Model page baseline)
 # measure quickly and roughly. Never use it for numbers you report.
 FAST_MEASURE_ENV = "WORKBENCH_FAST_MEASURE"
@@ -127,17 +137,57 @@ def init_compress_state() -> None:
 
 
 def compress_settings() -> CompressSettings:
-    s = {k: st.session_state.get(k, v) for k, v in COMPRESS_DEFAULTS.items()}
-    return CompressSettings(sparsity=s["sparsity"] / 100, bits=s["bits"], method=s["method"], scope=s["scope"],
-                            int8=s["int8"], calibration=s["calibration"], epochs=s["epochs"],
-                            schedule=s["schedule"])
+    v = {k: st.session_state.get(k, d) for k, d in {**COMPRESS_DEFAULTS, **COMPRESS_VALUES}.items()}
+    return CompressSettings(
+        technique=v["technique"], sparsity=v["sparsity"] / 100, bits=v["bits"], method=v["method"], scope=v["scope"],
+        int8=v["int8"], calibration=v["calibration"], epochs=v["epochs"], schedule=v["schedule"],
+        per_round=v["per_round"] / 100, steps=v["steps"], rewind=v["rewind"], ratio=v["ratio"] / 100,
+        round_to=8 if v["round8"] else None, width=v["width"] / 100, distill_epochs=v["distill_epochs"],
+        init=v["init"], energy=v["energy"] / 100, clusters=v["clusters"], cluster_epochs=v["cluster_epochs"],
+        qat=v["qat"], qat_epochs=v["qat_epochs"], qat_act8=v["qat_act8"], classes=tuple(v["classes"]),
+        exclude=tuple(v["exclude"]), overrides=tuple(overrides().items()))
 
 
 def apply_settings(settings: CompressSettings) -> None:
     """Set the compress widgets to `settings` (use as an on_click callback, before the widgets render)."""
-    st.session_state.update(sparsity=round(settings.sparsity * 100), bits=settings.bits, method=settings.method,
-                            scope=settings.scope, int8=settings.int8, calibration=settings.calibration,
-                            epochs=settings.epochs, schedule=settings.schedule)
+    s = settings
+    st.session_state.update(
+        technique=s.technique, sparsity=round(s.sparsity * 100), bits=s.bits, method=s.method, scope=s.scope,
+        int8=s.int8, calibration=s.calibration, epochs=s.epochs, schedule=s.schedule,
+        per_round=round(s.per_round * 100), steps=s.steps, rewind=s.rewind, ratio=round(s.ratio * 100),
+        round8=s.round_to == 8, width=round(s.width * 100), distill_epochs=s.distill_epochs, init=s.init,
+        energy=round(s.energy * 100), clusters=s.clusters, cluster_epochs=s.cluster_epochs, qat=s.qat,
+        qat_epochs=s.qat_epochs, qat_act8=s.qat_act8, classes=list(s.classes), exclude=list(s.exclude))
+    set_overrides(dict(s.overrides))
+
+
+OVERRIDES_KEY = "overrides"
+
+
+def overrides() -> dict[str, float]:
+    """Per-layer sparsities of the Compress setting (layer pattern -> sparsity), from the session or the URL."""
+    if OVERRIDES_KEY not in st.session_state:
+        st.session_state[OVERRIDES_KEY] = _overrides_from_url()
+    return dict(st.session_state[OVERRIDES_KEY])
+
+
+def set_overrides(values: dict[str, float]) -> None:
+    st.session_state[OVERRIDES_KEY] = dict(values)
+    if values:
+        st.query_params[OVERRIDES_KEY] = json.dumps(values, separators=(",", ":"))
+    elif OVERRIDES_KEY in st.query_params:
+        del st.query_params[OVERRIDES_KEY]
+
+
+def _overrides_from_url() -> dict[str, float]:
+    """?overrides={"fc1":0.95,...}; anything else (bad JSON, values outside [0, 1)) is ignored."""
+    try:
+        raw = json.loads(st.query_params.get(OVERRIDES_KEY, "{}"))
+    except ValueError:
+        return {}
+    ok = isinstance(raw, dict) and all(isinstance(k, str) and isinstance(v, int | float) and 0 <= v < 1
+                                       for k, v in raw.items())
+    return {k: float(v) for k, v in raw.items()} if ok else {}
 
 
 def remember_runs(run_ids: list[int], sweep_id: str | None = None) -> None:

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 BADGES = {
     "computed": ":blue-badge[computed]", "estimate": ":orange-badge[estimate]", "measured": ":green-badge[measured]",
     "real": ":green-badge[real]", "simulated": ":orange-badge[simulated]", "none": ":gray-badge[no change]",
+    "run": ":violet-badge[measured in a run]",
 }
 STATUS_ICONS = {"queued": "⏳", "running": "⚙️", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️",
                 "interrupted": "⚠️"}
@@ -64,13 +66,17 @@ def _delta(number: Number, reference: Number | None) -> str | None:
     if number.unit == "bytes":
         ratio = reference.value / number.value
         return f"{ratio:.1f}× smaller" if ratio >= 1 else f"{1 / ratio:.1f}× larger"
+    if number.label in ("parameters", "MACs"):
+        ratio = reference.value / number.value
+        return f"{ratio:.1f}× fewer" if ratio >= 1 else f"{1 / ratio:.1f}× more"
     if "accuracy" in number.label:
         return f"{number.value - reference.value:+.3f}"
     return None
 
 
 def preview_panel(preview: Preview, reference: Preview | None = None) -> None:
-    """Each number with its badge (computed / estimate / measured), deltas vs no compression, the gains."""
+    """Each number with its badge (computed / estimate / measured), deltas vs no compression, the gains, and
+    per-layer bars: sparsity, or weights now and after for methods that change shapes."""
     columns = st.columns(4)
     for i, number in enumerate(preview.numbers):
         ref = next((n for n in reference.numbers if n.label == number.label), None) if reference else None
@@ -80,7 +86,11 @@ def preview_panel(preview: Preview, reference: Preview | None = None) -> None:
     st.markdown("**What would be real, what simulated**")
     for aspect, kind, reason in preview.gains or (("setting", "none", "no compression chosen"),):
         st.markdown(f"{badge(kind)} **{aspect}**: {reason}")
-    st.altair_chart(charts.preview_layer_sparsity(preview.layers), width="stretch")
+    if preview.layer_kind == "params":
+        st.altair_chart(charts.preview_layer_params(preview.layers), width="stretch")
+    else:  # a step per layer: Streamlit's fit-to-container shrinks a small fixed height under a title to nothing
+        chart = charts.preview_layer_sparsity(preview.layers).properties(height=alt.Step(24))
+        st.altair_chart(chart, width="stretch")
 
 
 def runs_frame(runs: list[Run]) -> pd.DataFrame:

@@ -1,14 +1,19 @@
 """The compress knobs as data, and named presets built from them.
 
-`CompressSettings` holds what the Compress screen shows (sparsity, bitwidth, pruning method and scope,
-the int8 kind, calibration, recovery epochs, schedule). `to_spec` turns a setting into a `RunSpec`;
-`from_spec` reads one back from a recipe, best effort. `PRESETS` names useful starting points;
-`preset_spec(name, model)` builds the recipe for any model, for the app and the CLI alike.
-Non-goals: every recipe option (per-layer overrides, fake activation bits): recipes in YAML cover those.
+`CompressSettings` holds what the Compress screen shows: a method (unstructured pruning, N:M 2:4,
+structured channels, a distilled student, low-rank factorization) with its knobs, optional weight
+clustering, the bitwidth (post-training quantization, or quantization-aware training), and an optional
+transfer to a subset of the classes first. `stages` turns a setting into recipe stages and `to_spec` into
+a `RunSpec`; `from_spec` reads one back from a recipe, best effort; `sweep` builds a sweep over the
+method's main knob and the bitwidth. `PRESETS` names useful starting points; `preset_spec(name, model)`
+builds the recipe for any model, for the app and the CLI alike.
+Per-layer `exclude` patterns and sparsity `overrides` (from workbench.sensitivity) go into the pruning stage.
+Non-goals: every recipe option (per-stage exclusions, fake activation bits): recipes in YAML cover those.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from workbench.specs import (
@@ -16,120 +21,317 @@ from workbench.specs import (
     PRUNE_METHODS,
     PRUNE_SCHEDULES,
     PRUNE_SCOPES,
+    REWINDS,
+    STUDENT_INITS,
+    ClusterSpec,
     DataRef,
+    DistillSpec,
     FinetuneSpec,
+    LowRankSpec,
     MeasureSpec,
     ModelRef,
     PruneSpec,
+    QATSpec,
     QuantSpec,
     RunSpec,
     SpecError,
+    StructuredSpec,
+    TransferSpec,
     quant_spec_for_bits,
 )
 
+TECHNIQUES = ("unstructured", "nm", "structured", "distill", "lowrank")
+TORCH_ONLY = {"structured": "structured pruning", "distill": "distillation"}
+NM = "2:4"
 BITWIDTHS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
+QAT_BITS = range(2, 9)
+CLUSTER_CHOICES = (0, 4, 8, 16, 32, 64)   # 0: no clustering
 INT8_KINDS = ("static", "dynamic")
 MAX_RECOVERY_EPOCHS = 50
+MAX_DISTILL_EPOCHS = 100
 # recovery fine-tuning lr per sample (the transformer diverges at 0.01; it was trained at 1e-3, see bench/)
 RECOVERY_LR = {"digits-mlp": 0.01, "digits-cnn": 0.01, "digits-vit": 1e-3}
 DEFAULT_RECOVERY_LR = 1e-3      # unknown models: the cautious choice
 RECOVERY_LABEL_SMOOTHING = 0.1
+# a shared value moves every weight of its cluster at once: a tenth of the recovery lr (the clustering
+# benchmark's centroid fine-tune: 0.001 on digits-mlp)
+CENTROID_LR_FACTOR = 0.1
+# the main knob a sweep varies per method (grid key for workbench.jobs.apply_setting); N:M has none
+SWEEP_KEYS = {"unstructured": "sparsity", "structured": "structured.ratio", "distill": "distill.width",
+              "lowrank": "lowrank.energy"}
 
 
 @dataclass(frozen=True)
 class CompressSettings:
-    sparsity: float = 0.0          # fraction of Linear/Conv weights set to zero
-    bits: int = 32                 # 32 none, 16 fp16, 8 int8, 2/4 MatMulNBits, others simulated
-    method: str = "magnitude"
+    technique: str = "unstructured"   # see TECHNIQUES
+    sparsity: float = 0.0          # unstructured: fraction of Linear/Conv weights set to zero
+    bits: int = 32                 # 32 none, 16 fp16, 8 int8, 2/4 MatMulNBits, others simulated (or QAT)
+    method: str = "magnitude"      # unstructured and N:M: which weights go
     scope: str = "global"
-    int8: str = "static"           # the int8 kind when bits == 8
+    int8: str = "static"           # the int8 kind when bits == 8 (post-training)
     calibration: str = "minmax"
-    epochs: int = 0                # recovery fine-tuning; per round when the schedule is iterative
+    epochs: int = 0                # recovery fine-tuning; per round when the schedule is iterative/gradual
     schedule: str = "oneshot"
-    per_round: float = 0.2
+    per_round: float = 0.2         # iterative: fraction of the survivors pruned per round
+    steps: int = 10                # gradual: rounds of the cubic schedule
+    rewind: str = "lr"             # iterative/gradual: how each round retrains (PruneSpec.rewind)
+    ratio: float = 0.5             # structured: fraction of channels removed per group
+    round_to: int | None = None    # structured: keep channel counts multiples of this
+    width: float = 0.5             # distill: fraction of channels the student keeps
+    distill_epochs: int = 30
+    init: str = "teacher"          # distill: the student starts from the teacher's channels or at random
+    energy: float = 0.9            # low-rank: share of squared singular values kept per layer
+    clusters: int = 0              # weight sharing: shared values per layer (0: off)
+    cluster_epochs: int = 0        # fine-tune the shared values
+    qat: bool = False              # bits 2..8: quantization-aware training instead of post-training
+    qat_epochs: int = 5
+    qat_act8: bool = False         # QAT: int8 activations too
+    classes: tuple[int, ...] = ()  # transfer first: re-train the head on these classes (empty: no transfer)
+    exclude: tuple[str, ...] = ()  # layers left dense by unstructured, N:M and structured pruning
+    overrides: tuple[tuple[str, float], ...] = ()   # unstructured: per-layer sparsity (layer pattern, sparsity)
 
     def __post_init__(self) -> None:
+        _one_of(self.technique, TECHNIQUES, "technique")
         _one_of(self.bits, BITWIDTHS, "bits")
         _one_of(self.method, PRUNE_METHODS, "method")
         _one_of(self.scope, PRUNE_SCOPES, "scope")
         _one_of(self.int8, INT8_KINDS, "int8")
         _one_of(self.calibration, CALIBRATIONS, "calibration")
         _one_of(self.schedule, PRUNE_SCHEDULES, "schedule")
-        if not (isinstance(self.epochs, int) and 0 <= self.epochs <= MAX_RECOVERY_EPOCHS):
-            raise SpecError(f"epochs: must be an integer in 0..{MAX_RECOVERY_EPOCHS}, got {self.epochs!r}")
-        PruneSpec(sparsity=self.sparsity, per_round=self.per_round)  # validates both fractions
+        _one_of(self.rewind, REWINDS, "rewind")
+        _one_of(self.init, STUDENT_INITS, "init")
+        _one_of(self.clusters, (0, *range(2, 257)), "clusters")
+        for name, low, top in (("epochs", 0, MAX_RECOVERY_EPOCHS), ("cluster_epochs", 0, MAX_RECOVERY_EPOCHS),
+                               ("qat_epochs", 0, MAX_RECOVERY_EPOCHS), ("distill_epochs", 1, MAX_DISTILL_EPOCHS)):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and low <= value <= top):
+                raise SpecError(f"{name}: must be an integer in {low}..{top}, got {value!r}")
+        # the spec classes validate their own fields (fractions, steps, widths, energies)
+        PruneSpec(sparsity=self.sparsity, per_round=self.per_round, steps=self.steps, rewind=self.rewind,
+                  overrides=dict(self.overrides), exclude=self.exclude)
+        StructuredSpec(ratio=self.ratio, round_to=self.round_to)
+        DistillSpec(width=self.width, epochs=self.distill_epochs, init=self.init)
+        LowRankSpec(energy=self.energy)
+        if len(set(self.classes)) != len(self.classes) or not all(isinstance(c, int) and c >= 0
+                                                                   for c in self.classes):
+            raise SpecError(f"classes: must be distinct non-negative labels, got {self.classes!r}")
+
+    @property
+    def iterative(self) -> bool:
+        """Pruning in rounds with fine-tuning between them (iterative or gradual schedule)."""
+        return self.technique == "unstructured" and self.schedule != "oneshot"
+
+    @property
+    def uses_qat(self) -> bool:
+        return self.qat and self.bits in QAT_BITS
 
     def stages(self, model: ModelRef, always_prune: bool = False) -> tuple:
-        """The recipe stages: prune (+ recovery), then quantize."""
-        stages: list = []
+        """The recipe stages: [transfer], the method (+ recovery), [cluster], then quantize or QAT."""
         recovery = recovery_finetune(model, self.epochs) if self.epochs else None
-        if self.sparsity > 0 or always_prune:
-            iterative = self.schedule == "iterative"
-            stages.append(PruneSpec(method=self.method, scope=self.scope, sparsity=self.sparsity,
-                                    schedule=self.schedule, per_round=self.per_round,
-                                    finetune=recovery if iterative else None))
-            if recovery and not iterative:
-                stages.append(recovery)
-        quant = quant_spec_for_bits(self.bits, QuantSpec(method=self.int8, calibration=self.calibration))
-        return (*stages, *([quant] if quant else []))
+        stages: list = [TransferSpec()] if len(self.classes) >= 2 else []
+        stages += self._method_stages(recovery, always_prune)
+        if self.clusters:
+            tune = centroid_finetune(model, self.cluster_epochs) if self.cluster_epochs else None
+            stages.append(ClusterSpec(clusters=self.clusters, finetune=tune))
+        if self.uses_qat:
+            stages.append(QATSpec(weight_bits=self.bits, activation_bits=8 if self.qat_act8 else None,
+                                  epochs=self.qat_epochs))
+        else:
+            quant = quant_spec_for_bits(self.bits, QuantSpec(method=self.int8, calibration=self.calibration))
+            stages += [quant] if quant else []
+        return tuple(stages)
+
+    def _method_stages(self, recovery: FinetuneSpec | None, always_prune: bool) -> list:
+        t = self.technique
+        if t == "distill":
+            return [DistillSpec(width=self.width, epochs=self.distill_epochs, init=self.init)]
+        if t == "lowrank":
+            return [LowRankSpec(energy=self.energy, finetune=recovery)]
+        if t == "structured":
+            main = StructuredSpec(ratio=self.ratio, round_to=self.round_to, exclude=self.exclude)
+        elif t == "nm":
+            main = PruneSpec(method=self.method, sparsity=0.5, nm=NM, exclude=self.exclude)
+        elif self.sparsity > 0 or always_prune:
+            # rewinding only says how rounds retrain: without training, keep the default
+            rewind = self.rewind if self.iterative and recovery else "lr"
+            main = PruneSpec(method=self.method, scope=self.scope, sparsity=self.sparsity, schedule=self.schedule,
+                             per_round=self.per_round, steps=self.steps, rewind=rewind,
+                             finetune=recovery if self.iterative else None, exclude=self.exclude,
+                             overrides=dict(self.overrides))
+        else:
+            return []
+        return [main, recovery] if recovery and not self.iterative else [main]
 
     def to_spec(self, model: ModelRef, data: DataRef | None = None, measure: MeasureSpec | None = None,
                 name: str = "", always_prune: bool = False) -> RunSpec:
-        """The recipe for this setting. `always_prune` keeps a prune stage at 0% (a sweep varies it)."""
-        return RunSpec(model=model, data=data or DataRef(), stages=self.stages(model, always_prune),
+        """The recipe for this setting. `always_prune` keeps a prune stage at 0% (a sweep varies it).
+        A transfer sets the data's class subset (`DataRef.classes`)."""
+        data = data or DataRef()
+        if len(self.classes) >= 2:
+            data = dataclasses.replace(data, classes=self.classes)
+        return RunSpec(model=model, data=data, stages=self.stages(model, always_prune),
                        measure=measure or MeasureSpec(), name=name)
+
+    def sweep(self, model: ModelRef, values: list[float], bits: list[int], data: DataRef | None = None,
+              measure: MeasureSpec | None = None, name: str = "") -> tuple[RunSpec, dict[str, list]]:
+        """(base recipe, grid) of a sweep over the method's main knob (`values`, fractions; see SWEEP_KEYS)
+        and the bitwidth (with QAT: the QAT stage's weight bits, 2..8)."""
+        if bits and self.clusters:
+            raise SpecError("sweep: clustering replaces quantization; sweep bitwidths without clustering")
+        base = dataclasses.replace(self, bits=8 if bits else self.bits).to_spec(model, data, measure, name,
+                                                                                always_prune=True)
+        grid: dict[str, list] = {}
+        if values and self.technique in SWEEP_KEYS:
+            grid[SWEEP_KEYS[self.technique]] = sorted(values)
+        if bits:
+            grid["qat.weight_bits" if self.uses_qat else "bits"] = sorted(bits, reverse=True)
+        return base, grid
 
     @classmethod
     def from_spec(cls, spec: RunSpec) -> CompressSettings:
-        """The knobs a recipe sets (its first prune, fine-tune and quantize stages)."""
-        prune = next((s for s in spec.stages if isinstance(s, PruneSpec)), None)
-        tune = next((s for s in spec.stages if isinstance(s, FinetuneSpec)), None)
-        quant = next((s for s in spec.stages if isinstance(s, QuantSpec)), None)
+        """The knobs a recipe sets (its first stage of each kind), best effort."""
+        first = {kind: next((s for s in spec.stages if s.kind == kind), None) for kind in
+                 ("prune", "finetune", "quantize", "structured", "distill", "lowrank", "cluster", "qat", "transfer")}
         values: dict = {}
-        if prune:
-            values.update(sparsity=prune.sparsity, method=prune.method, scope=prune.scope,
-                          schedule=prune.schedule, per_round=prune.per_round)
-            tune = prune.finetune if prune.schedule == "iterative" else tune
+        tune = first["finetune"]
+        if first["structured"]:
+            s = first["structured"]
+            values.update(technique="structured", ratio=s.ratio, round_to=s.round_to, exclude=s.exclude)
+        elif first["distill"]:
+            d = first["distill"]
+            values.update(technique="distill", width=d.width, distill_epochs=min(d.epochs, MAX_DISTILL_EPOCHS),
+                          init=d.init)
+        elif first["lowrank"]:
+            values.update(technique="lowrank", energy=first["lowrank"].energy)
+            tune = first["lowrank"].finetune or tune
+        elif first["prune"]:
+            p = first["prune"]
+            values.update(method=p.method, exclude=p.exclude)
+            if p.nm is not None:
+                values["technique"] = "nm"
+            else:
+                values.update(sparsity=p.sparsity, scope=p.scope, schedule=p.schedule, per_round=p.per_round,
+                              steps=p.steps, rewind=p.rewind, overrides=tuple(p.overrides.items()))
+                tune = p.finetune if p.schedule != "oneshot" else tune
         if tune:
             values["epochs"] = min(tune.epochs, MAX_RECOVERY_EPOCHS)
-        if quant:
-            bits = quant.weight_bits
-            values.update(bits=bits if bits in BITWIDTHS else 8, calibration=quant.calibration)
-            values["int8"] = quant.method if quant.method in INT8_KINDS else "static"
+        values.update(_cluster_values(first["cluster"]))
+        values.update(_quant_values(first["quantize"], first["qat"]))
+        if first["transfer"] and spec.data.classes:
+            values["classes"] = tuple(spec.data.classes)
         return cls(**values)
 
     def describe(self) -> str:
         """A short label, e.g. '90% magnitude/global + 30 ep recovery + int8 static'."""
-        parts = []
-        if self.sparsity > 0:
-            rounds = f" iterative {self.per_round:.0%}/round" if self.schedule == "iterative" else ""
-            parts.append(f"{self.sparsity:.0%} {self.method}/{self.scope}{rounds}")
-        if self.epochs:
-            parts.append(f"{self.epochs} ep recovery" + (" per round" if self.schedule == "iterative" else ""))
-        quant = quant_spec_for_bits(self.bits, QuantSpec(method=self.int8))
-        if quant:
-            parts.append(f"int8 {quant.method}" if self.bits == 8 else f"{self.bits}-bit {quant.method}")
+        parts = [self._describe_method() + self._describe_layers()] if self._describe_method() else []
+        if self.epochs and self.technique != "distill" and parts:
+            parts.append(f"{self.epochs} ep recovery" + (" per round" if self.iterative else ""))
+        if self.clusters:
+            parts.append(f"k={self.clusters} clustering" + (f" + {self.cluster_epochs} ep centroid FT"
+                                                           if self.cluster_epochs else ""))
+        if self.uses_qat:
+            parts.append(f"QAT {self.bits}-bit{' + int8 activations' if self.qat_act8 else ''} "
+                         f"({self.qat_epochs} ep)")
+        else:
+            quant = quant_spec_for_bits(self.bits, QuantSpec(method=self.int8))
+            if quant:
+                parts.append(f"int8 {quant.method}" if self.bits == 8 else f"{self.bits}-bit {quant.method}")
+        if len(self.classes) >= 2:
+            parts.insert(0, f"transfer to classes {','.join(map(str, self.classes))}")
         return " + ".join(parts) or "baseline only"
 
-    def problems(self, model_kind: str, has_train_data: bool) -> list[str]:
-        """Reasons this setting cannot run on the current model and data (empty when it can)."""
+    def _describe_method(self) -> str:
+        t = self.technique
+        if t == "nm":
+            return f"{NM} {self.method}"
+        if t == "structured":
+            return f"structured {self.ratio:.0%} channels" + (f" (round to {self.round_to})" if self.round_to else "")
+        if t == "distill":
+            return f"distilled student {self.width:g}x ({self.distill_epochs} ep, {self.init} init)"
+        if t == "lowrank":
+            return f"low-rank {self.energy:.0%} energy"
+        if self.sparsity <= 0:
+            return ""
+        rounds = {"iterative": f" iterative {self.per_round:.0%}/round", "gradual": f" gradual {self.steps} steps"}
+        rewind = {"lr": ", LR rewinding", "none": ", fine-tuning", "weight": ", weight rewinding"}
+        return (f"{self.sparsity:.0%} {self.method}/{self.scope}{rounds.get(self.schedule, '')}"
+                + (rewind[self.rewind] if self.iterative and self.epochs else ""))
+
+    def _describe_layers(self) -> str:
+        overrides = self.overrides and self.technique == "unstructured"
+        per_layer = [f"{len(self.exclude)} layer(s) excluded" if self.exclude else "",
+                     f"{len(self.overrides)} per-layer sparsities" if overrides else ""]
+        return "".join(f" ({p})" for p in per_layer if p)
+
+    def problems(self, model_kind: str, has_train_data: bool, has_rewind_checkpoint: bool = True) -> list[str]:
+        """Reasons this setting cannot run on the current model and data (empty when it can).
+        `has_rewind_checkpoint`: the model has an early-training checkpoint (samples ship one)."""
         out = []
-        if self.epochs and self.sparsity > 0 and model_kind != "torch":
-            out.append("recovery fine-tuning needs a torch model; this model is ONNX (set recovery epochs to 0)")
-        elif self.epochs and self.sparsity > 0 and not has_train_data:
-            out.append("recovery fine-tuning needs training data; the chosen data has none (use the built-in data)")
+        trains = self._training_steps()
+        if self.technique in TORCH_ONLY and model_kind != "torch":
+            out.append(f"{TORCH_ONLY[self.technique]} needs a torch model; this model is ONNX")
+        elif trains and model_kind != "torch":
+            out.append(f"{trains[0]} needs a torch model; this model is ONNX")
+        elif trains and not has_train_data:
+            out.append(f"{trains[0]} needs training data; the chosen data has none (use the built-in data)")
+        if self.clusters and self.bits != 32:
+            out.append("clustering already stores each weight as a short index into shared values, and a "
+                       "quantize stage after it would drop the packed weights: set the bitwidth to 32")
+        if self.iterative and self.rewind == "weight" and self.epochs and not has_rewind_checkpoint:
+            out.append("weight rewinding needs an early-training checkpoint (prune.rewind_weights), and this "
+                       "model has none: use LR rewinding, or set rewind_weights in a recipe")
+        if len(self.classes) == 1:
+            out.append("transfer: pick at least two classes (or none)")
         return out
+
+    def _training_steps(self) -> list[str]:
+        """What this setting trains, in recipe order (each needs a torch model and training data)."""
+        steps = ["transfer"] if len(self.classes) >= 2 else []
+        if self.technique == "distill":
+            steps.append("distillation")
+        elif self.epochs and (self.technique != "unstructured" or self.sparsity > 0):
+            steps.append("recovery fine-tuning")
+        if self.clusters and self.cluster_epochs:
+            steps.append("centroid fine-tuning")
+        if self.uses_qat:
+            steps.append("quantization-aware training")
+        return steps
 
 
 def _one_of(value, allowed: tuple, name: str) -> None:
     if value not in allowed:
-        raise SpecError(f"{name}: unknown {value!r} (known: {', '.join(map(str, allowed))})")
+        shown = ", ".join(map(str, allowed)) if len(allowed) <= 12 else f"{allowed[0]}, {allowed[1]}..{allowed[-1]}"
+        raise SpecError(f"{name}: unknown {value!r} (known: {shown})")
+
+
+def _cluster_values(cluster: ClusterSpec | None) -> dict:
+    if cluster is None:
+        return {}
+    tune = cluster.finetune.epochs if cluster.finetune else 0
+    return {"clusters": cluster.clusters, "cluster_epochs": min(tune, MAX_RECOVERY_EPOCHS)}
+
+
+def _quant_values(quant: QuantSpec | None, qat: QATSpec | None) -> dict:
+    if qat is not None:
+        return {"qat": True, "bits": qat.weight_bits, "qat_epochs": min(qat.epochs, MAX_RECOVERY_EPOCHS),
+                "qat_act8": qat.activation_bits == 8}
+    if quant is None:
+        return {}
+    bits = quant.weight_bits
+    return {"bits": bits if bits in BITWIDTHS else 8, "calibration": quant.calibration,
+            "int8": quant.method if quant.method in INT8_KINDS else "static"}
 
 
 def recovery_finetune(model: ModelRef, epochs: int) -> FinetuneSpec:
     """Masked recovery fine-tuning with the lr that suits the model (see `RECOVERY_LR`)."""
     lr = RECOVERY_LR.get(model.sample or model.arch or "", DEFAULT_RECOVERY_LR)
     return FinetuneSpec(epochs=epochs, lr=lr, label_smoothing=RECOVERY_LABEL_SMOOTHING)
+
+
+def centroid_finetune(model: ModelRef, epochs: int) -> FinetuneSpec:
+    """Fine-tuning of clustered weights' shared values (see `CENTROID_LR_FACTOR`)."""
+    recovery = recovery_finetune(model, epochs)
+    return dataclasses.replace(recovery, lr=recovery.lr * CENTROID_LR_FACTOR)
 
 
 @dataclass(frozen=True)
@@ -145,9 +347,26 @@ PRESETS: dict[str, Preset] = {
     "Deep compression look": Preset(
         CompressSettings(sparsity=0.9, bits=8, epochs=30),
         "90% pruning, 30 epochs of masked recovery fine-tuning, static int8"),
-    "Seed recipe: iterative 20% per round + fine-tuning": Preset(
-        CompressSettings(sparsity=0.9, bits=8, epochs=2, schedule="iterative", per_round=0.2),
-        "prune 20% of the survivors per round (11 rounds to 90%), 2 epochs of fine-tuning between rounds, int8"),
+    "Seed recipe: iterative 20% + LR rewinding": Preset(
+        CompressSettings(sparsity=0.9, bits=8, epochs=2, schedule="iterative", per_round=0.2, rewind="lr"),
+        "prune 20% of the survivors per round (11 rounds to 90%), 2 epochs between rounds with the learning "
+        "rate rewound to its start each round (LR rewinding), then static int8. The zeros are stored densely: "
+        "smaller gzip, same raw file and speed until int8"),
+    "Real speed: structured 50%": Preset(
+        CompressSettings(technique="structured", ratio=0.5, epochs=30),
+        "remove half the channels/neurons of every layer (Torch-Pruning) + 30 epochs of recovery: a smaller "
+        "dense model whose file size and multiply-adds really drop; the speedup is measured in the run "
+        "(tiny layers can stay overhead-bound). Torch models only"),
+    "Deep Compression: 90% + k=16 + packed": Preset(
+        CompressSettings(sparsity=0.9, epochs=2, schedule="iterative", per_round=0.2, clusters=16,
+                         cluster_epochs=10),
+        "iterative pruning to 90% (2 epochs per round), 16 shared values per layer (4-bit indices) with 10 "
+        "epochs of centroid fine-tuning, entropy-coded into weights.packed: that file's size is real; the "
+        "ONNX file stays float32 and runs at float speed"),
+    "Distilled student 0.5×": Preset(
+        CompressSettings(technique="distill", width=0.5, distill_epochs=30),
+        "a student with half the channels of every layer, trained 30 epochs on the original model's softened "
+        "outputs: a really smaller, dense model; its accuracy is only known after training. Torch models only"),
 }
 
 

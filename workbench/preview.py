@@ -1,27 +1,40 @@
-"""Instant preview of a setting (sparsity, bitwidth) without launching a run.
+"""Instant preview of a compress setting without launching a run.
 
-Cheap enough to recompute on every slider move for the sample models (well under 250 ms): masks by
-the same code the pipeline uses, counts computed exactly, sizes estimated from the actual masked
-(and rounded) weight values, and, for small models, one-shot accuracy measured with torch on the
-test split. Every number says whether it is `computed`, `estimate` or `measured`, and every gain
-whether it would be real or simulated. A run is still needed for ONNX Runtime latency and export.
+Cheap enough to recompute on every slider move for the sample models (well under 250 ms). Every number
+says whether it is `computed`, `estimate` or `measured`, and every gain whether it would be real or
+simulated, or that only a run can tell. A run is still needed for ONNX Runtime latency and export.
+
+- Unstructured and N:M pruning: masks by the same code the pipeline uses, counts computed exactly, sizes
+  estimated from the actual masked (and rounded) weight values, and, for small models, one-shot accuracy
+  measured with torch on the test split.
+- Weight clustering: the same k-means as the cluster stage on the (pruned) weights; the index bits and
+  the minimum storage are estimates, the one-shot accuracy is measured.
+- Low-rank: each layer's rank from its singular values (`svd_factors`, computed once per model) by the
+  lowrank stage's rules, the weights after factorization and the multiply-adds estimated, one-shot
+  accuracy measured on the truncated-SVD weights.
+- Structured channels and distilled students: weights and multiply-adds after the change are estimates
+  (every layer keeps the same share of its channels); accuracy needs the run's training.
 """
 
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
 from workbench.data import Dataset
+from workbench.presets import CompressSettings
 from workbench.pruning import compute_masks
 from workbench.size import tensor_min_bits
-from workbench.specs import PruneSpec
+from workbench.specs import LowRankSpec, PruneSpec
 
-ACCURACY_PARAM_LIMIT = 5_000_000  # above this, a preview does not run the model
+ACCURACY_PARAM_LIMIT = 5_000_000  # above this, a preview does not run the model (nor factorizes it)
 REAL_BITS = {32: "float32 storage", 16: "fp16 weights", 8: "int8 kernels (ORT)", 4: "MatMulNBits 4-bit (ORT)",
              2: "MatMulNBits 2-bit (ORT)"}
+Factors = tuple[np.ndarray, np.ndarray, np.ndarray]   # U, singular values, V^T of a weight as a matrix
 
 
 @dataclass(frozen=True)
@@ -36,11 +49,26 @@ class Number:
 @dataclass(frozen=True)
 class Preview:
     numbers: tuple[Number, ...]
-    layers: tuple[dict, ...]           # name, params, sparsity
-    gains: tuple[tuple[str, str, str], ...] = field(default=())   # (aspect, real|simulated|none, reason)
+    layers: tuple[dict, ...]           # name, params, and sparsity (layer_kind "sparsity") or after ("params")
+    gains: tuple[tuple[str, str, str], ...] = field(default=())   # (aspect, real|simulated|none|run, reason)
+    layer_kind: str = "sparsity"
 
     def get(self, label: str) -> Number:
         return next(n for n in self.numbers if n.label == label)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What a preview needs to know about the model (see ui.cache.subject)."""
+
+    weights: dict[str, np.ndarray]                    # prunable weights, in model order
+    other_params: int                                 # every other parameter (biases, norms, embeddings)
+    module: Any = None                                # the torch module, for one-shot accuracy
+    test: Dataset | None = None
+    file_bytes: int | None = None
+    macs: dict[str, int] | None = None                # per weight name: multiply-adds per sample
+    in_axes: dict[str, int | None] | None = None      # ONNX: the input axis of each weight (N:M groups)
+    factors: dict[str, Factors] | None = None         # low-rank only: svd_factors(weights)
 
 
 def model_weights(loaded) -> tuple[dict[str, np.ndarray], int]:
@@ -59,6 +87,23 @@ def model_weights(loaded) -> tuple[dict[str, np.ndarray], int]:
         total = sum(numpy_helper.to_array(t).size for t in loaded.onnx_model.graph.initializer
                     if t.data_type in (1, 10, 11))  # float, float16, double
     return weights, max(0, total - sum(w.size for w in weights.values()))
+
+
+def make_subject(loaded, test: Dataset | None = None, summary=None) -> Subject:
+    """The `Subject` of a `models.LoadedModel`: its weights, MACs per layer (from `summary`, a
+    workbench.summary.ModelSummary, computed when not given) and, for ONNX graphs, the weights' input axes."""
+    from workbench.summary import summarize
+
+    weights, other = model_weights(loaded)
+    rows = {row.name: row.macs for row in (summary or summarize(loaded)).layers}
+    macs = {n: rows.get(n.removesuffix(".weight")) for n in weights}
+    in_axes = None
+    if loaded.module is None:
+        from workbench.pruning import onnx_input_axes
+
+        in_axes = onnx_input_axes(loaded.onnx_model)
+    return Subject(weights, other, loaded.module, test, loaded.file_bytes,
+                   macs if all(m is not None for m in macs.values()) else None, in_axes)
 
 
 def fake_quantize(w: np.ndarray, bits: int) -> np.ndarray:
@@ -84,52 +129,260 @@ def _codes(w: np.ndarray, bits: int) -> bytes:
 
 def preview(weights: dict[str, np.ndarray], other_params: int, sparsity: float, bits: int,
             spec: PruneSpec | None = None, module=None, test: Dataset | None = None,
-            baseline_file_bytes: int | None = None) -> Preview:
-    """Preview pruning `weights` to `sparsity` and storing them at `bits`."""
+            baseline_file_bytes: int | None = None, clusters: int = 0,
+            in_axes: dict[str, int | None] | None = None, file_bits: int | None = None) -> Preview:
+    """Preview pruning `weights` to `sparsity` (or `spec.nm`), sharing `clusters` values per layer (0: no
+    clustering) and rounding them to `bits`, stored at `file_bits` per value (default: `bits` where ONNX
+    Runtime has a kernel for it, else float32)."""
     spec = spec or PruneSpec(sparsity=sparsity)
-    masks = compute_masks(weights, spec, sparsity) if sparsity > 0 else {n: np.ones(w.shape, bool)
-                                                                        for n, w in weights.items()}
+    if sparsity > 0 or spec.nm:
+        masks = compute_masks(weights, spec, sparsity, in_axes=in_axes)
+    else:
+        masks = {n: np.ones(w.shape, bool) for n, w in weights.items()}
     params = sum(w.size for w in weights.values())
     nonzero = sum(int(m.sum()) for m in masks.values())
-    pruned = {n: fake_quantize(w * masks[n], bits) for n, w in weights.items()}
-    file_bits = bits if bits in REAL_BITS else 32  # simulated bitwidths are still stored as float32
-    overhead = max(0, (baseline_file_bytes or 0) - (params + other_params) * 4)
-    raw = (params * file_bits + other_params * 32) / 8 + overhead
-    stored = b"".join(_codes(w, file_bits) for w in pruned.values())
-    gz = len(gzip.compress(stored, compresslevel=6)) + other_params * 4
-    min_bytes = sum(tensor_min_bits(w.size, int(masks[n].sum()), bits) for n, w in weights.items()) / 8
+    values = {n: w * masks[n] for n, w in weights.items()}
+    if clusters:
+        from workbench.clustering import cluster_weights
+
+        values, _ = cluster_weights(values, clusters)
+    values = {n: fake_quantize(w, bits) for n, w in values.items()}
+    value_bits = index_bits(clusters) if clusters else bits
+    min_bits = sum(tensor_min_bits(w.size, int(masks[n].sum()), value_bits) for n, w in weights.items())
     numbers = [
         Number("parameters", params, "", "computed", "weights of Linear/Conv layers"),
         Number("nonzero", nonzero, "", "computed"),
-        Number("sparsity", 1 - nonzero / params, "", "computed", f"achieved; requested {sparsity:.0%}"),
+        Number("sparsity", 1 - nonzero / params, "", "computed",
+               f"achieved; {'2:4 fixes 50%' if spec.nm else f'requested {sparsity:.0%}'}"),
         Number("bits per weight", bits, "bits", "computed"),
-        Number("raw size", raw, "bytes", "estimate",
-               f"dense tensors at {file_bits} bits, if every layer is stored so: zeros still take space"),
-        Number("compressed size", gz + overhead, "bytes", "estimate", "gzip of the stored weight values"),
-        Number("minimum storage", min_bytes + other_params * 4, "bytes", "estimate",
-               "nonzeros x bits + index, in a purpose-built sparse format"),
+        *([_index_bits_number(clusters)] if clusters else []),
+        *_sizes(values, other_params, file_bits or _file_bits(bits), baseline_file_bytes),
+        Number("minimum storage", (min_bits + 16 * clusters * len(weights)) / 8 + other_params * 4, "bytes",
+               "estimate", "nonzeros x bits + index, in a purpose-built sparse format"
+               + (f"; {value_bits}-bit cluster indices + {clusters} float16 values per layer" if clusters else "")),
+        *_accuracy_number(module, values, test, params, bits, "no fine-tuning"),
     ]
-    if module is not None and test is not None and test.labels is not None and params <= ACCURACY_PARAM_LIMIT:
-        numbers.append(Number("one-shot accuracy", _accuracy(module, pruned, test), "", "measured",
-                              "torch, test split, no fine-tuning" + ("; quantization simulated" if bits < 32 else "")))
     layers = tuple({"layer": n.removesuffix(".weight"), "params": int(w.size), "sparsity": float(1 - masks[n].mean())}
                    for n, w in weights.items())
-    return Preview(tuple(numbers), layers, _gains(sparsity, bits))
+    method = (_nm_gain(spec.nm),) if spec.nm else (SPARSITY_GAIN,) if sparsity > 0 else ()
+    return Preview(tuple(numbers), layers, method + _bits_gains(bits))
 
 
-def _gains(sparsity: float, bits: int) -> tuple[tuple[str, str, str], ...]:
-    gains = []
-    if sparsity > 0:
-        gains.append(("sparsity", "simulated", "zeros are stored densely: the raw file and latency do not change; "
-                      "only compression (gzip) or a sparse format shrinks it"))
-    if bits < 32:
-        if bits in REAL_BITS:
-            gains.append(("bitwidth", "real", f"{REAL_BITS[bits]}: a smaller file; speed depends on kernels, "
-                          "measured in a run"))
+def index_bits(clusters: int) -> int:
+    """Bits of a cluster index: ceil(log2 k)."""
+    return max(1, math.ceil(math.log2(clusters)))
+
+
+def _index_bits_number(clusters: int) -> Number:
+    return Number("index bits", index_bits(clusters), "bits", "estimate",
+                  f"ceil(log2 {clusters}) bits per nonzero weight before entropy coding; weights.packed codes "
+                  "them smaller, the ONNX file stays float32")
+
+
+def _file_bits(bits: int) -> int:
+    """Bits per weight value in the exported file: simulated bitwidths are still stored as float32."""
+    return bits if bits in REAL_BITS else 32
+
+
+def _sizes(stored: dict[str, np.ndarray], other_params: int, file_bits: int, baseline_file_bytes: int | None,
+           overhead: float | None = None) -> list[Number]:
+    """Raw and gzip size estimates of storing the dense tensors `stored` at `file_bits` plus float32
+    `other_params` and the file's `overhead` (default: what the baseline file holds beyond parameters)."""
+    params = sum(w.size for w in stored.values())
+    if overhead is None:
+        overhead = max(0, (baseline_file_bytes or 0) - (params + other_params) * 4)
+    raw = (params * file_bits + other_params * 32) / 8 + overhead
+    gz = len(gzip.compress(b"".join(_codes(w, file_bits) for w in stored.values()), compresslevel=6))
+    return [Number("raw size", raw, "bytes", "estimate",
+                   f"dense tensors at {file_bits} bits, if every layer is stored so: zeros still take space"),
+            Number("compressed size", gz + other_params * 4 + overhead, "bytes", "estimate",
+                   "gzip of the stored weight values")]
+
+
+def _accuracy_number(module, weights: dict[str, np.ndarray], test: Dataset | None, params: int, bits: int,
+                     what: str) -> list[Number]:
+    if module is None or test is None or test.labels is None or params > ACCURACY_PARAM_LIMIT:
+        return []
+    return [Number("one-shot accuracy", _accuracy(module, weights, test), "", "measured",
+                   f"torch, test split, {what}" + ("; quantization simulated" if bits < 32 else ""))]
+
+
+def preview_settings(settings: CompressSettings, subject: Subject) -> Preview:
+    """The preview of a whole Compress setting: its method, clustering, bitwidth (or QAT) and transfer."""
+    s, t = settings, settings.technique
+    if t in ("structured", "distill"):
+        base = _narrower(s, subject)
+    elif t == "lowrank":
+        base = _lowrank(s, subject)
+    else:
+        spec = PruneSpec(method=s.method, sparsity=0.5, nm="2:4", exclude=s.exclude) if t == "nm" else \
+            PruneSpec(method=s.method, scope=s.scope, sparsity=s.sparsity, exclude=s.exclude,
+                      overrides=dict(s.overrides))
+        base = preview(subject.weights, subject.other_params, spec.sparsity, s.bits, spec=spec,
+                       module=subject.module, test=subject.test, baseline_file_bytes=subject.file_bytes,
+                       clusters=s.clusters, in_axes=subject.in_axes, file_bits=_qat_file_bits(s))
+        if subject.macs:
+            base = replace(base, numbers=(base.numbers[0], _macs_number(
+                subject.macs, "computed", "multiply-adds per sample of the dense kernels: zeros are multiplied "
+                "too"), *base.numbers[1:]))
+    numbers = list(base.numbers)
+    gains = [g for g in base.gains if g[0] != "bitwidth" or not s.uses_qat]
+    if s.clusters and t in ("unstructured", "nm"):
+        gains.append(("clustering", "real", f"weights.packed stores each nonzero as an entropy-coded index into "
+                      f"{s.clusters} shared values per layer: a real, smaller artifact that the workbench "
+                      "decodes; the ONNX file stays float32 and runs at float speed"))
+    elif s.clusters:
+        numbers.append(_index_bits_number(s.clusters))
+        gains.append(("clustering", "run", "the shared values are found in the run, after the method has changed "
+                      "the weights; weights.packed (a real size) then stores each weight as an entropy-coded index"))
+    if s.uses_qat:
+        gains.append(("bitwidth", "real", f"quantization-aware training at {s.bits} bits: the run trains with "
+                      f"rounded weights and exports them as {_qat_file_bits(s)}-bit integers (QDQ), so the file "
+                      "shrinks; speed is measured in the run. The accuracy here is one-shot rounding, before that "
+                      "training"))
+    if len(s.classes) >= 2:
+        gains.append(("transfer", "run", f"the run first re-trains the head for classes "
+                      f"{', '.join(map(str, s.classes))} and compares every stage with that model; this preview "
+                      "shows the model before the transfer"))
+    return replace(base, numbers=tuple(numbers), gains=tuple(gains))
+
+
+def _qat_file_bits(s: CompressSettings) -> int | None:
+    """The integer container the qat stage exports weights in: INT4 up to 4 bits with float activations,
+    else int8 (workbench.qat); None without QAT."""
+    if not s.uses_qat:
+        return None
+    return 4 if s.bits <= 4 and not s.qat_act8 else 8
+
+
+def _macs_number(macs: dict[str, int], kind: str, note: str, scale: dict[str, float] | None = None) -> Number:
+    total = sum(m * (scale or {}).get(n, 1.0) for n, m in macs.items())
+    return Number("MACs", total, "", kind, note)
+
+
+SPARSITY_GAIN = ("sparsity", "simulated", "zeros are stored densely: the raw file and latency do not change; "
+                 "only compression (gzip) or a sparse format shrinks it")
+
+
+def _nm_gain(nm: str) -> tuple[str, str, str]:
+    return (f"{nm} sparsity", "simulated", f"accuracy experiment; no CPU kernel: {nm} runs faster only on GPUs "
+            "with sparse tensor cores (NVIDIA Ampere and later); ONNX Runtime's CPU provider stores and "
+            "multiplies the zeros densely, so file size and latency do not change")
+
+
+def _bits_gains(bits: int) -> tuple[tuple[str, str, str], ...]:
+    if bits >= 32:
+        return ()
+    if bits in REAL_BITS:
+        return (("bitwidth", "real", f"{REAL_BITS[bits]}: a smaller file; speed depends on kernels, measured in "
+                 "a run"),)
+    return (("bitwidth", "simulated", f"no ONNX Runtime kernel for {bits}-bit: accuracy is simulated (fake-quant), "
+             "storage computed"),)
+
+
+# --- methods that change shapes ----------------------------------------------------------------
+
+def _keep_shares(weights: dict[str, np.ndarray], keep: float) -> dict[str, float]:
+    """Share of each layer's weights left when every layer keeps `keep` of its channels: outputs and inputs
+    both shrink, except the model's input (first layer) and the classifier's outputs (last layer)."""
+    names = list(weights)
+    return {n: (keep if i else 1.0) * (keep if i < len(names) - 1 else 1.0) for i, n in enumerate(names)}
+
+
+def _narrower(s: CompressSettings, subject: Subject) -> Preview:
+    """Structured channels or a distilled student: counts after the change, estimated."""
+    keep = s.width if s.technique == "distill" else 1 - s.ratio
+    shares = _keep_shares(subject.weights, keep)
+    after = {n: int(round(w.size * shares[n])) for n, w in subject.weights.items()}
+    total, other = sum(after.values()), int(round(subject.other_params * keep))
+    how = (f"every layer keeps {keep:.0%} of its channels (inputs and outputs), except the model's input and the "
+           "classifier's outputs" + ("; round_to moves the counts a little" if s.round_to else ""))
+    file_bits = _file_bits(s.bits)
+    numbers = [Number("parameters", total, "", "estimate", f"weights of Linear/Conv layers after: {how}")]
+    if subject.macs:
+        numbers.append(_macs_number(subject.macs, "estimate", f"multiply-adds per sample after: {how}", shares))
+    numbers += [
+        Number("bits per weight", s.bits, "bits", "computed"),
+        Number("raw size", (total * file_bits + other * 32) / 8 + _overhead(subject), "bytes", "estimate",
+               f"the smaller dense tensors at {file_bits} bits; other parameters scaled alike"),
+        Number("minimum storage", (total * s.bits + other * 32) / 8, "bytes", "estimate",
+               "weights x bits (dense: no index needed)"),
+    ]
+    layers = tuple({"layer": n.removesuffix(".weight"), "params": int(w.size), "after": after[n]}
+                   for n, w in subject.weights.items())
+    what = ("channels/neurons/heads physically removed (Torch-Pruning)" if s.technique == "structured"
+            else f"a student {keep:g}x as wide, trained on the model's softened outputs")
+    training = "recovery fine-tuning" if s.technique == "structured" else "distillation"
+    gains = (("size and MACs", "real", f"{what}: a smaller dense model, so fewer weights and multiply-adds in the "
+              "exported file; the numbers here are estimates, the run measures them and the speed"),
+             ("accuracy", "run", f"not previewed: it depends on the training ({training}) the run does"))
+    return Preview(tuple(numbers), layers, gains + _bits_gains(s.bits), "params")
+
+
+def _overhead(subject: Subject) -> float:
+    """Bytes of the model file beyond its parameters (graph structure, names)."""
+    stored = sum(w.size for w in subject.weights.values()) + subject.other_params
+    return max(0, (subject.file_bytes or 0) - stored * 4)
+
+
+def svd_factors(weights: dict[str, np.ndarray], vectors: bool = True) -> dict[str, Factors]:
+    """Each weight as a matrix (first axis by the rest) and its SVD; without `vectors`, the singular values
+    only (U and V^T empty), which is all the rank choice needs."""
+    out = {}
+    for name, w in weights.items():
+        matrix = w.reshape(w.shape[0], -1).astype(np.float64)
+        if vectors:
+            out[name] = np.linalg.svd(matrix, full_matrices=False)
         else:
-            gains.append(("bitwidth", "simulated", f"no ONNX Runtime kernel for {bits}-bit: accuracy is simulated "
-                          "(fake-quant), storage computed"))
-    return tuple(gains)
+            out[name] = (np.empty(0), np.linalg.svd(matrix, compute_uv=False), np.empty(0))
+    return out
+
+
+def _lowrank(s: CompressSettings, subject: Subject) -> Preview:
+    """Low-rank factorization, with the lowrank stage's rules (workbench.lowrank): each layer's rank from its
+    singular values, factorized only when that saves weights; the classifier (the last layer) and, in ONNX
+    graphs, convolutions stay whole. With singular vectors in `subject.factors`, the gzip size of the factors
+    and the one-shot accuracy of the truncated weights too."""
+    from workbench.lowrank import choose_rank, saves_weights
+
+    factors = subject.factors or svd_factors(subject.weights, vectors=False)
+    vectors = all(u.size for u, _, _ in factors.values())
+    values, stored, layers, last = {}, {}, [], list(subject.weights)[-1:]
+    for name, w in subject.weights.items():
+        u, sv, vt = factors[name]
+        m, n = w.shape[0], w.size // w.shape[0]
+        r = choose_rank(sv, LowRankSpec(energy=s.energy))
+        whole = [name] == last or (subject.module is None and w.ndim > 2)
+        factorized = not whole and saves_weights(r, m, n)
+        layers.append({"layer": name.removesuffix(".weight"), "params": int(w.size),
+                       "after": r * (m + n) if factorized else int(w.size), "rank": r if factorized else None})
+        if factorized and vectors:
+            left, right = (u[:, :r] * sv[:r]).astype(np.float32), vt[:r].astype(np.float32)
+            values[name] = (left @ right).reshape(w.shape)
+            stored[name + "/left"], stored[name + "/right"] = left, right
+        else:
+            values[name] = stored[name] = w
+    total, params = sum(row["after"] for row in layers), sum(w.size for w in subject.weights.values())
+    scale = {row["layer"]: row["after"] / row["params"] for row in layers}
+    how = (f"rank per layer keeping {s.energy:.0%} of its squared singular values, where that saves weights; "
+           "the classifier kept whole")
+    numbers = [Number("parameters", total, "", "estimate", f"weights of Linear/Conv layers after: {how}")]
+    if subject.macs:
+        numbers.append(_macs_number(subject.macs, "estimate", "multiply-adds per sample of the factorized layers",
+                                    {n: scale.get(n.removesuffix(".weight"), 1.0) for n in subject.macs}))
+    numbers.append(Number("bits per weight", s.bits, "bits", "computed"))
+    if vectors:
+        numbers += _sizes(stored, subject.other_params, _file_bits(s.bits), None, overhead=_overhead(subject))
+    numbers.append(Number("minimum storage", (total * s.bits + subject.other_params * 32) / 8, "bytes", "estimate",
+                          "the factors' weights x bits (dense: no index needed)"))
+    if vectors:
+        numbers += _accuracy_number(subject.module, {n: fake_quantize(v, s.bits) for n, v in values.items()},
+                                    subject.test, params, s.bits, "truncated SVD, no fine-tuning")
+    done = sum(row["rank"] is not None for row in layers)
+    gain = (("size and MACs", "real", f"{done} of {len(layers)} layers become two smaller layers: fewer weights and "
+             "multiply-adds in the exported file (estimated here; the run measures them and the speed)") if done
+            else ("size and MACs", "none", "no layer saves weights at this energy: nothing would be factorized"))
+    return Preview(tuple(numbers), tuple(layers), (gain, *_bits_gains(s.bits)), "params")
 
 
 def _accuracy(module, weights: dict[str, np.ndarray], test: Dataset) -> float:

@@ -1,0 +1,119 @@
+"""workbench.presets: each method's knobs give the expected recipe stages, recipes read back, sweeps, problems."""
+
+import pytest
+
+from workbench.jobs import expand_grid
+from workbench.presets import CompressSettings
+from workbench.specs import (
+    ClusterSpec,
+    DataRef,
+    FinetuneSpec,
+    ModelRef,
+    PruneSpec,
+    QATSpec,
+    RunSpec,
+    SpecError,
+    StructuredSpec,
+)
+
+MLP = ModelRef(sample="digits-mlp")
+
+
+def kinds(settings: CompressSettings) -> list[str]:
+    return [s.kind for s in settings.stages(MLP)]
+
+
+def test_each_method_gives_its_stages():
+    assert kinds(CompressSettings()) == []
+    assert kinds(CompressSettings(sparsity=0.5, epochs=3, bits=8)) == ["prune", "finetune", "quantize"]
+    assert kinds(CompressSettings(technique="nm", epochs=3)) == ["prune", "finetune"]
+    assert kinds(CompressSettings(technique="structured", epochs=3)) == ["structured", "finetune"]
+    assert kinds(CompressSettings(technique="distill", epochs=3)) == ["distill"]   # trains by itself
+    assert kinds(CompressSettings(technique="lowrank", epochs=3)) == ["lowrank"]   # fine-tunes inside
+    assert kinds(CompressSettings(sparsity=0.9, clusters=8, bits=32)) == ["prune", "cluster"]
+    assert kinds(CompressSettings(bits=4, qat=True)) == ["qat"]
+    assert kinds(CompressSettings(bits=16, qat=True)) == ["quantize"]        # QAT covers 2..8 bits only
+    assert kinds(CompressSettings(classes=(5, 9), bits=8)) == ["transfer", "quantize"]
+
+
+def test_stage_fields_follow_the_knobs():
+    gradual = CompressSettings(sparsity=0.8, schedule="gradual", steps=5, rewind="weight", epochs=2).stages(MLP)[0]
+    assert (gradual.schedule, gradual.steps, gradual.rewind, gradual.finetune.epochs) == ("gradual", 5, "weight", 2)
+    untrained = CompressSettings(sparsity=0.8, schedule="iterative", rewind="weight").stages(MLP)[0]
+    assert untrained.rewind == "lr" and untrained.finetune is None   # rewinding without training means nothing
+    nm, tune = CompressSettings(technique="nm", method="random", epochs=2).stages(MLP)
+    assert (nm.nm, nm.sparsity, nm.method, nm.schedule) == ("2:4", 0.5, "random", "oneshot") and tune.epochs == 2
+    (structured,) = CompressSettings(technique="structured", ratio=0.3, round_to=8).stages(MLP)
+    assert (structured.ratio, structured.round_to) == (0.3, 8)
+    (distill,) = CompressSettings(technique="distill", width=0.25, distill_epochs=12, init="random").stages(MLP)
+    assert (distill.width, distill.epochs, distill.init) == (0.25, 12, "random")
+    (lowrank,) = CompressSettings(technique="lowrank", energy=0.8, epochs=4).stages(MLP)
+    assert lowrank.energy == 0.8 and lowrank.rank is None and lowrank.finetune.epochs == 4
+    cluster = CompressSettings(sparsity=0.9, clusters=16, cluster_epochs=5).stages(MLP)[1]
+    assert cluster.clusters == 16 and cluster.finetune.epochs == 5 and cluster.finetune.lr == pytest.approx(0.001)
+    (qat,) = CompressSettings(bits=3, qat=True, qat_epochs=7, qat_act8=True).stages(MLP)
+    assert (qat.weight_bits, qat.activation_bits, qat.epochs) == (3, 8, 7)
+    spec = CompressSettings(classes=(5, 9)).to_spec(MLP, DataRef())
+    assert spec.data.classes == (5, 9) and spec.stages[0].kind == "transfer"
+
+
+def test_bad_knobs_name_the_field():
+    for bad, field in (({"technique": "prune"}, "technique"), ({"ratio": 1.0}, "ratio"), ({"width": 0.0}, "width"),
+                       ({"energy": 1.5}, "energy"), ({"distill_epochs": 0}, "distill_epochs"),
+                       ({"clusters": 1}, "clusters"), ({"rewind": "lottery"}, "rewind"), ({"steps": 0}, "steps"),
+                       ({"classes": (1, 1)}, "classes")):
+        with pytest.raises(SpecError, match=f"^{field}"):
+            CompressSettings(**bad)
+
+
+def test_from_spec_reads_every_method_back():
+    spec = RunSpec(model=MLP, data=DataRef(classes=(1, 2, 3)), stages=(
+        StructuredSpec(ratio=0.4, round_to=8), FinetuneSpec(epochs=6), ClusterSpec(clusters=8),
+        QATSpec(weight_bits=8, epochs=3, activation_bits=8)))
+    back = CompressSettings.from_spec(spec)
+    assert (back.technique, back.ratio, back.round_to, back.epochs) == ("structured", 0.4, 8, 6)
+    assert (back.clusters, back.qat, back.bits, back.qat_epochs, back.qat_act8) == (8, True, 8, 3, True)
+    assert back.classes == ()     # a class subset without a transfer stage is not a transfer
+    nm = CompressSettings.from_spec(RunSpec(model=MLP, stages=(PruneSpec(sparsity=0.5, nm="2:4"),)))
+    assert nm.technique == "nm" and nm.sparsity == 0.0
+    for settings in (CompressSettings(technique="lowrank", energy=0.7, epochs=2, bits=8),
+                     CompressSettings(technique="distill", width=0.75, distill_epochs=40, bits=4, qat=True),
+                     CompressSettings(sparsity=0.9, schedule="gradual", steps=7, rewind="none", epochs=1,
+                                      clusters=32, cluster_epochs=2),
+                     CompressSettings(classes=(0, 7), sparsity=0.5, bits=16)):
+        assert CompressSettings.from_spec(settings.to_spec(MLP)) == settings
+
+
+def test_sweeps_vary_the_method_knob_and_the_bits():
+    base, grid = CompressSettings(technique="lowrank").sweep(MLP, [0.95, 0.8], [32, 8])
+    assert grid == {"lowrank.energy": [0.8, 0.95], "bits": [32, 8]}
+    specs = expand_grid(base, grid)
+    assert sorted((s.stages[0].energy, len(s.stages)) for s in specs) == [(0.8, 1), (0.8, 2), (0.95, 1), (0.95, 2)]
+    base, grid = CompressSettings(bits=4, qat=True).sweep(MLP, [0.5], [4, 2])
+    assert grid == {"sparsity": [0.5], "qat.weight_bits": [4, 2]}
+    assert sorted(s.stages[-1].weight_bits for s in expand_grid(base, grid)) == [2, 4]
+    base, grid = CompressSettings(technique="nm").sweep(MLP, [0.5], [8, 32])
+    assert grid == {"bits": [32, 8]}           # 2:4 fixes the sparsity: nothing else to vary
+    base, grid = CompressSettings(sparsity=0.9, clusters=8).sweep(MLP, [0.8, 0.9], [])
+    assert [s.kind for s in base.stages] == ["prune", "cluster"] and grid == {"sparsity": [0.8, 0.9]}
+    with pytest.raises(SpecError, match="clustering replaces quantization"):
+        CompressSettings(sparsity=0.9, clusters=8).sweep(MLP, [0.9], [8])
+
+
+def test_problems_say_what_cannot_run():
+    assert "needs a torch model" in CompressSettings(technique="structured").problems("onnx", True)[0]
+    assert "distillation needs training data" in CompressSettings(technique="distill").problems("torch", False)[0]
+    assert "quantization-aware training needs" in CompressSettings(bits=4, qat=True).problems("onnx", True)[0]
+    assert "set the bitwidth to 32" in CompressSettings(clusters=8, bits=8).problems("torch", True)[0]
+    assert "at least two classes" in CompressSettings(classes=(3,)).problems("torch", True)[0]
+    rewind = CompressSettings(sparsity=0.9, schedule="iterative", rewind="weight", epochs=1)
+    assert not rewind.problems("torch", True) and "checkpoint" in rewind.problems("torch", True, False)[0]
+    assert not CompressSettings(technique="nm").problems("onnx", False)       # 2:4 masks work on ONNX graphs
+
+
+def test_describe_names_the_method():
+    assert CompressSettings(technique="structured", ratio=0.5, round_to=8, epochs=30).describe() == \
+        "structured 50% channels (round to 8) + 30 ep recovery"
+    assert CompressSettings(sparsity=0.9, schedule="iterative", epochs=2, rewind="weight", clusters=16).describe() \
+        == "90% magnitude/global iterative 20%/round, weight rewinding + 2 ep recovery per round + k=16 clustering"
+    assert CompressSettings(technique="nm", bits=4, qat=True).describe() == "2:4 magnitude + QAT 4-bit (5 ep)"

@@ -1,0 +1,158 @@
+"""The Compress page's knobs: a method picker that shows only that method's widgets, the bitwidth (or
+quantization-aware training), weight clustering and a transfer to a class subset.
+
+Every widget is keyed by its URL parameter (see ui.state) and bound to the URL; widgets of a method that
+is not shown keep their value for the session. Help texts say what is real and what simulated.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import state
+from ui.state import COMPRESS_VALUES as DEFAULT
+from workbench.presets import (
+    BITWIDTHS,
+    CLUSTER_CHOICES,
+    INT8_KINDS,
+    MAX_DISTILL_EPOCHS,
+    MAX_RECOVERY_EPOCHS,
+    QAT_BITS,
+    TECHNIQUES,
+)
+from workbench.specs import CALIBRATIONS, PRUNE_METHODS, PRUNE_SCHEDULES, PRUNE_SCOPES, REWINDS, STUDENT_INITS
+
+SHARED = {"bind": "query-params", "persist_state": "session"}   # in the URL, kept across pages
+DIGITS_CLASSES = list(range(10))
+# under each method: what it changes and whether the gain is real (options stay plain ids: they are the URL values)
+CAPTIONS = {"unstructured": "zeros · simulated", "nm": "2:4 zeros · simulated", "structured": "channels · real",
+            "distill": "student · real", "lowrank": "SVD · real"}
+METHOD_HELP = ("**unstructured**: zeros stored densely, a *simulated* gain (gzip shrinks, the file and speed do "
+               "not). **nm**: N:M 2:4, two of every four weights zero; an accuracy experiment, no CPU kernel. "
+               "**structured**: channels physically removed, a *real* smaller and faster model. "
+               "**distill**: a student, a narrower model trained on this one's outputs (*real*). **lowrank**: "
+               "layers split into two thinner ones where that saves weights (*real*).")
+REWIND_HELP = ("How each round retrains. lr: restart the learning-rate schedule every round (LR rewinding, Renda "
+               "et al. 2020); none: one schedule spread over all rounds (fine-tuning); weight: reset the surviving "
+               "weights to an early-training checkpoint (lottery-ticket rewinding; the samples ship one)")
+
+
+def method_knobs() -> str:
+    """The method picker and the chosen method's knobs; returns the method."""
+    technique = st.radio("Method", TECHNIQUES, key="technique", captions=[CAPTIONS[t] for t in TECHNIQUES],
+                         horizontal=True, help=METHOD_HELP, **SHARED)
+    {"unstructured": _unstructured, "nm": _nm, "structured": _structured, "distill": _distill,
+     "lowrank": _lowrank}[technique]()
+    if technique != "distill":
+        per_round = " per round" if technique == "unstructured" and st.session_state["schedule"] != "oneshot" else ""
+        st.slider(f"Recovery fine-tuning epochs{per_round}", 0, MAX_RECOVERY_EPOCHS, key="epochs", **SHARED,
+                  help="training after the change that keeps pruned weights zero; torch models with training data")
+    return technique
+
+
+def _unstructured() -> None:
+    st.slider("Sparsity: % of weights set to zero", 0, 99, key="sparsity", **SHARED,
+              help="simulated gain: zeros are stored densely, so the file and latency stay the same; gzip and a "
+                   "sparse format (minimum storage, an estimate) shrink")
+    with st.expander("Pruning options", expanded=st.session_state.get("schedule", "oneshot") != "oneshot"):
+        st.radio("Pruning", PRUNE_METHODS, key="method", horizontal=True, **SHARED,
+                 help="magnitude: drop the smallest |weight|; random: a baseline to compare with")
+        st.radio("Scope", PRUNE_SCOPES, key="scope", horizontal=True, **SHARED,
+                 help="global: rank all weights together; layer: prune every layer to the same sparsity")
+        schedule = st.radio("Schedule", PRUNE_SCHEDULES, key="schedule", horizontal=True, **SHARED,
+                            help="oneshot: prune once; iterative: remove a share of the surviving weights per "
+                                 "round; gradual: the cubic schedule of Zhu & Gupta over a number of rounds. "
+                                 "Rounds train in between (recovery epochs per round)")
+        if schedule == "iterative":
+            st.slider("Pruned per round (% of the survivors)", 5, 50, DEFAULT["per_round"], key="per_round", **SHARED)
+        elif schedule == "gradual":
+            st.slider("Rounds (gradual steps)", 2, 30, DEFAULT["steps"], key="steps", **SHARED)
+        if schedule != "oneshot":
+            st.radio("Between rounds: rewind", REWINDS, key="rewind", horizontal=True, help=REWIND_HELP, **SHARED)
+
+
+def _nm() -> None:
+    st.caption("2:4 keeps the 2 largest of every 4 consecutive input weights: exactly 50% zeros. Simulated here: "
+               "ONNX Runtime's CPU provider has no 2:4 kernel (sparse tensor cores on recent NVIDIA GPUs do).")
+    st.radio("Pruning", PRUNE_METHODS, key="method", horizontal=True, **SHARED,
+             help="magnitude: keep the 2 largest |weight| of each group of 4; random: a baseline")
+
+
+def _structured() -> None:
+    st.slider("Channels removed per layer (%)", 5, 90, DEFAULT["ratio"], 5, key="ratio", **SHARED,
+              help="real: channels, neurons and heads are physically removed (Torch-Pruning, coupled layers "
+                   "together; the classifier's outputs kept). The file and multiply-adds shrink; speed is measured")
+    st.toggle("Round channel counts to multiples of 8", key="round8", **SHARED,
+              help="SIMD-friendly widths: often faster at about the same size")
+
+
+def _distill() -> None:
+    st.slider("Student width (% of the channels kept)", 10, 100, DEFAULT["width"], 5, key="width", **SHARED,
+              help="real: the student is a smaller dense model with this share of every layer's channels")
+    st.slider("Training epochs", 1, MAX_DISTILL_EPOCHS, DEFAULT["distill_epochs"], key="distill_epochs", **SHARED,
+              help="the student learns from the original model's softened outputs and the labels; torch models "
+                   "with training data")
+    st.radio("Student starts from", STUDENT_INITS, key="init", horizontal=True, **SHARED,
+             help="teacher: the original's most important channels; random: fresh weights")
+
+
+def _lowrank() -> None:
+    st.slider("Energy kept per layer (%)", 50, 99, DEFAULT["energy"], key="energy", **SHARED,
+              help="real where it applies: each layer keeps the smallest rank holding this share of its squared "
+                   "singular values and becomes two thinner layers, but only when that saves weights")
+
+
+def bits_knobs() -> None:
+    bits = st.select_slider("Bitwidth of the weights", list(reversed(BITWIDTHS)), key="bits", **SHARED,
+                            help="32 float · 16 fp16 · 8 int8 (ORT) · 4 and 2 MatMulNBits (ORT): real, smaller "
+                                 "files · 7, 6, 5, 3 simulated (fake-quant, stored as float32)")
+    qat = bits in QAT_BITS and st.toggle(
+        "Quantization-aware training", key="qat", **SHARED,
+        help="train with rounded weights (straight-through estimator), then export integer weights (QDQ): "
+             "usually recovers accuracy at 4 bits and below; torch models with training data")
+    if qat:
+        st.slider("QAT epochs", 0, MAX_RECOVERY_EPOCHS, DEFAULT["qat_epochs"], key="qat_epochs", **SHARED)
+        st.toggle("int8 activations too", key="qat_act8", **SHARED,
+                  help="also round activations to 8 bits during training and in the exported graph")
+    elif bits == 8:
+        with st.expander("int8 options"):
+            st.radio("int8 kind", INT8_KINDS, key="int8", horizontal=True, **SHARED,
+                     help="static: calibrated QDQ, fast for convs; dynamic: MatMul/Gemm only (dynamic Conv is slow)")
+            st.radio("Calibration", CALIBRATIONS, key="calibration", horizontal=True, **SHARED)
+
+
+def cluster_knobs() -> None:
+    with st.expander("Weight clustering (Deep Compression)", expanded=bool(st.session_state.get("clusters"))):
+        clusters = st.select_slider(
+            "Shared values per layer", CLUSTER_CHOICES, key="clusters", format_func=lambda k: f"{k}" if k else "off",
+            **SHARED, help="k-means shares k values per layer (zeros stay zero). weights.packed stores entropy-coded "
+                           "indices: a real size, decoded back by the workbench; the ONNX file stays float32 and "
+                           "runs at float speed. Keep the bitwidth at 32")
+        if clusters:
+            st.slider("Fine-tune the shared values (epochs)", 0, MAX_RECOVERY_EPOCHS, key="cluster_epochs", **SHARED,
+                      help="train the k values per layer with each weight's index fixed; torch models")
+
+
+def transfer_knobs(builtin_data: bool) -> None:
+    with st.expander("Transfer to a subset of the classes first", expanded=bool(st.session_state.get("classes"))):
+        if not builtin_data:
+            st.caption("With your own data, set `data.classes` and a `transfer` stage in a recipe.")
+            return
+        st.multiselect("Digits to keep (in this order)", DIGITS_CLASSES, key="classes", **SHARED,
+                       help="re-train the classification head on these digits (relabelled 0..k-1) before "
+                            "compressing; the run's baseline is then the transferred model")
+
+
+def layer_knobs(layers: list[str]) -> None:
+    """Layers to leave dense (`exclude`, any pruning method); the choices are the model's layer names.
+    A choice (or per-layer sparsity) naming a layer of another model is dropped first."""
+    chosen = st.session_state.get("exclude", [])
+    if any(k not in layers for k in chosen):
+        st.session_state["exclude"] = [k for k in chosen if k in layers]
+    current = state.overrides()
+    if any(k not in layers for k in current):
+        state.set_overrides({k: v for k, v in current.items() if k in layers})
+    with st.expander("Leave layers dense", expanded=bool(st.session_state.get("exclude"))):
+        st.multiselect("Excluded from pruning", layers, key="exclude", **SHARED,
+                       help="these layers keep every weight (unstructured, 2:4 and structured pruning); the "
+                            "per-layer sensitivity below shows which layers hurt most")

@@ -53,6 +53,7 @@ def test_submit_runs_show_cancel_retry_execute_delete(home, recipe, capsys):
     assert "not claimed" in _fails(capsys, "execute", "1", "--home", str(home))
     assert _cli(capsys, "retry", "1", "--home", str(home)).strip() == "run 1: queued again"
     assert "cannot retry a queued run" in _fails(capsys, "retry", "1", "--home", str(home))
+    assert "no report to diagnose (status queued)" in _fails(capsys, "why", "1", "--home", str(home))
 
     Store(home).claim("test-worker")
     assert "is running; cancel it first" in _fails(capsys, "delete", "1", "--home", str(home))
@@ -67,6 +68,8 @@ def test_submit_runs_show_cancel_retry_execute_delete(home, recipe, capsys):
     assert "100%" in listing and str(accuracy) in listing
 
     assert "already succeeded" in _fails(capsys, "cancel", "1", "--home", str(home))
+    why = _cli(capsys, "why", "1", "--home", str(home))
+    assert why.startswith("run 1: first") and "zero" in why.lower()   # pruned only: zeros stored densely
     assert _cli(capsys, "delete", "1", "--home", str(home)).strip() == "run 1: deleted"
     assert not Store(home).run_dir(1).exists()
     assert _cli(capsys, "runs", "--home", str(home)).strip() == "no runs"

@@ -357,6 +357,22 @@ def _show(args: argparse.Namespace) -> None:
     print("\nartifacts:" + "".join(f"\n  {p}" for p in files) if files else "\nartifacts: none")
 
 
+def _why(args: argparse.Namespace) -> None:
+    from workbench.compare import artifact_path, load_report
+    from workbench.diagnosis import diagnose, render_text
+
+    store = _store(args)
+    run = store.get(_run_id(args.id))
+    report = load_report(store, run.id)
+    if report is None:
+        raise WorkbenchError(f"run {run.id}: no report to diagnose (status {run.status})")
+    try:
+        model = artifact_path(store, run.id, "model")
+    except WorkbenchError:
+        model = None     # the report alone still explains most of it
+    print(render_text(diagnose(report, -1, model), title=f"run {run.id}: {run.name}"))
+
+
 def _cancel(args: argparse.Namespace) -> None:
     store = _store(args)
     run = store.get(_run_id(args.id))
@@ -504,7 +520,8 @@ def _add_queue_commands(sub: argparse._SubParsersAction) -> None:
                                  ("cancel", "cancel a queued or running run", _cancel),
                                  ("retry", "queue a failed, cancelled or interrupted run again", _retry),
                                  ("delete", "delete a finished run and its artifacts", _delete),
-                                 ("sweep-summary", "one row per run of a sweep", _sweep_summary)):
+                                 ("sweep-summary", "one row per run of a sweep", _sweep_summary),
+                                 ("why", "why isn't it faster? a finished run's diagnosis", _why)):
         cmd = sub.add_parser(name, parents=[home], help=helptext)
         cmd.add_argument("id", help="sweep id" if name == "sweep-summary" else "run id")
         cmd.set_defaults(func=func)

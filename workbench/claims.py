@@ -16,11 +16,11 @@ class Facts:
     """What a variant is, as opposed to what it measured."""
 
     sparsity: float = 0.0              # fraction of weight values that are zero
-    quant_method: str | None = None    # static | dynamic | weight_only | fp16 | fake
+    quant_method: str | None = None    # static | dynamic | weight_only | fp16 | fake | qat
     simulated_quant: bool = False
     storage_bits: int | None = None
     same_kernels: bool = False         # same ops and tensor shapes as the baseline: only values differ
-    structured: bool = False           # channels/neurons/heads physically removed
+    structured: bool = False           # layers physically smaller (channels/heads removed, low-rank factors)
     packed_bytes: int | None = None    # size of the weights in a purpose-built encoding that decodes back
 
 
@@ -47,10 +47,16 @@ def size_claims(base: Measurement, var: Measurement, facts: Facts) -> list[Claim
         raw_claim = Claim("file size", "simulated", raw,
                           f"weights rounded to {facts.storage_bits} bits but stored as float32: the file does not "
                           f"shrink; a real {facts.storage_bits}-bit format would (see minimum storage)")
+    elif raw >= 1.05 and facts.structured and round(v.bits_per_weight) == round(b.bits_per_weight):
+        raw_claim = Claim("file size", "real", raw,
+                          f"the ONNX file is {raw:.1f}x smaller: {b.params:,} -> {v.params:,} weights, the layers "
+                          "themselves got smaller (channels removed or factorized)")
     elif raw >= 1.05:
+        narrower = (f"; the values need only {facts.storage_bits} bits (see minimum storage)"
+                    if facts.storage_bits and facts.storage_bits < round(v.bits_per_weight) else "")
         raw_claim = Claim("file size", "real", raw,
                           f"the ONNX file is {raw:.1f}x smaller: weights stored at {v.bits_per_weight:.0f} bits "
-                          f"instead of {b.bits_per_weight:.0f}")
+                          f"instead of {b.bits_per_weight:.0f}{narrower}")
     elif facts.sparsity >= 0.05:
         raw_claim = Claim("file size", "none", raw,
                           f"{pct}% of weights are zero but stored densely: the raw file is the same size")
@@ -109,17 +115,22 @@ def _spread(median: float, p90: float) -> float:
     return (p90 - median) / median if median > 0 else 0.0
 
 
+def _integer_kernels(var: Measurement, facts: Facts) -> bool:
+    """Quantized to run integer arithmetic: int8 methods, and QAT when its activations are quantized too."""
+    return facts.quant_method in ("static", "dynamic") or (facts.quant_method == "qat" and var.coverage.quantized > 0)
+
+
 def _speed_reason(var: Measurement, facts: Facts) -> str:
     if facts.structured:
-        return "channels/neurons were physically removed: smaller dense layers, fewer multiply-adds"
-    if facts.quant_method in ("static", "dynamic", "weight_only"):
+        return "layers were physically made smaller (channels removed or factorized): fewer multiply-adds"
+    if _integer_kernels(var, facts) or facts.quant_method == "weight_only":
         c = var.coverage
         return f"integer kernels: {c.quantized} of {c.quantized + c.float_ops} compute ops quantized"
     return "fewer bytes to move or cheaper kernels"
 
 
 def _slow_reason(var: Measurement, facts: Facts, batch: int) -> str:
-    if facts.quant_method in ("static", "dynamic"):
+    if _integer_kernels(var, facts):
         if var.coverage.histogram.get("ConvInteger"):
             return "dynamic int8 Conv (ConvInteger) has slow CPU kernels; use static quantization for convs"
         if batch <= 8:
@@ -129,6 +140,11 @@ def _slow_reason(var: Measurement, facts: Facts, batch: int) -> str:
         return "MatMulNBits unpacks low-bit weights per call; it pays off only for large layers at batch 1"
     if facts.quant_method == "fp16":
         return "ONNX Runtime's CPU provider has few fp16 kernels; it inserts casts back to float32"
+    if facts.quant_method == "qat":
+        conv = (" (and ONNX Runtime's faster NCHWc convolutions need constant weights)"
+                if var.coverage.histogram.get("Conv") else "")
+        return (f"the integer weights are dequantized (DequantizeLinear) on every call before float Gemm/Conv run"
+                f"{conv}; int8 activations (activation_bits: 8) let it fuse integer kernels instead")
     if facts.simulated_quant:
         return "fake-quant nodes add float work; a simulation is never faster"
     return "variance or extra ops; check the op histogram"
@@ -136,7 +152,7 @@ def _slow_reason(var: Measurement, facts: Facts, batch: int) -> str:
 
 def _flat_reason(var: Measurement, facts: Facts) -> str:
     if facts.structured:
-        return "layers got narrower, but at this size call overhead, not arithmetic, dominates"
+        return "layers got smaller, but at this size call overhead, not arithmetic, dominates"
     if facts.sparsity >= 0.05 and facts.quant_method is None:
         return (f"{round(100 * facts.sparsity)}% zeros stored densely: ONNX Runtime has no sparse kernel, "
                 "so no speedup is expected")

@@ -129,7 +129,7 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
         report_progress((i + 0.85) / (steps + 1), label, "measuring")
         model = to_onnx(variant, ctx)
         m, _ = measure(model, splits.test, spec.measure, module=variant.module, reference=reference,
-                       storage_bits=variant.storage_bits if variant.simulated_quant or variant.packed else None)
+                       storage_bits=variant.storage_bits if _computed_bits(variant) else None)
         facts = Facts(m.size.sparsity, variant.quant_method, variant.simulated_quant, variant.storage_bits,
                       same_kernels=kernel_signature(model) == base_signature, structured=variant.structured,
                       packed_bytes=len(variant.packed) if variant.packed else None)
@@ -154,6 +154,12 @@ def _run_stage(variant: Variant, i: int, stage: StageSpec, ctx: Context, report_
     if stage.kind not in STAGE_RUNNERS:
         raise WorkbenchError(f"stages[{i - 1}]: the '{stage.kind}' stage is not available in this installation")
     return STAGE_RUNNERS[stage.kind](variant, stage, ctx)
+
+
+def _computed_bits(variant: Variant) -> bool:
+    """Whether the variant's values need fewer bits than the file stores them in (fake-quant floats,
+    clustered indices, QAT's sub-byte codes in int4/int8 containers): the minimum-storage estimate uses them."""
+    return bool(variant.simulated_quant or variant.packed or variant.quant_method == "qat")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

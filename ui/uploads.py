@@ -1,6 +1,9 @@
 """Uploads: copied to disk at once as HOME/uploads/<sha256>.<ext> (Streamlit holds them in RAM), then
 validated by loading them. Any failure becomes one line naming the file the user chose; never a traceback.
 
+Only the content hash and an allowed suffix make up a stored name, so an upload's own name (`../x`, an
+absolute path) can never place a file anywhere else. Uploads over `server.maxUploadSize` (the limit
+Streamlit enforces in the browser, .streamlit/config.toml) are refused here too, before anything is written.
 The functions take bytes and a name, so they work (and are tested) without a browser.
 """
 
@@ -20,6 +23,13 @@ DATA_SUFFIXES = (".npz", ".csv")
 NAME_SUFFIX = ".name"   # sidecar holding the file name the user uploaded
 
 
+def max_upload_bytes() -> int:
+    """The upload limit: Streamlit's `server.maxUploadSize` (megabytes)."""
+    import streamlit as st
+
+    return int(st.get_option("server.maxUploadSize")) * 1024**2
+
+
 def save_upload(data: bytes, name: str, folder: Path, allowed: tuple[str, ...]) -> Path:
     """Write `data` to folder/<sha256><ext> (once; the same content reuses the file) and remember `name`."""
     suffix = Path(name).suffix.lower()
@@ -27,14 +37,24 @@ def save_upload(data: bytes, name: str, folder: Path, allowed: tuple[str, ...]) 
         raise WorkbenchError(f"{name}: unsupported file type '{suffix or '(none)'}' (use {', '.join(allowed)})")
     if not data:
         raise WorkbenchError(f"{name}: the file is empty")
-    folder.mkdir(parents=True, exist_ok=True)
+    limit = max_upload_bytes()
+    if len(data) > limit:
+        raise WorkbenchError(f"{name}: {len(data) / 1024**2:.1f} MB is over the upload limit of "
+                             f"{limit / 1024**2:g} MB (server.maxUploadSize)")
     path = folder / f"{hashlib.sha256(data).hexdigest()}{suffix}"
-    if not path.is_file():
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)  # readers never see a half-written upload
-    path.with_name(path.name + NAME_SUFFIX).write_text(Path(name).name[:200])
+    tmp = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not path.is_file():
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)  # readers never see a half-written upload
+        path.with_name(path.name + NAME_SUFFIX).write_text(Path(name).name[:200])
+    except OSError as exc:  # disk full, read-only data dir: nothing half-written stays behind
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise WorkbenchError(f"{name}: could not be saved in {folder} ({exc.strerror or exc})") from None
     return path
 
 

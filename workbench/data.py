@@ -3,11 +3,16 @@
 A `Dataset` holds positional model inputs (one array per model input, samples on axis 0) and optional
 integer labels. Without labels, callers measure *fidelity* against the original model instead of
 accuracy. This module knows nothing about models beyond reshaping inputs to a declared shape.
+
+User files are never unpickled (`allow_pickle=False`). A bad file is one `WorkbenchError` line naming the
+file and the array, row or column at fault: missing `x`, text or non-finite values, ragged rows, sample
+counts that disagree, labels that are not non-negative integers.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,61 +97,85 @@ def _load_npz(path: Path, input_names: list[str]) -> Dataset:
     except Exception as exc:  # zipfile/ValueError: any unreadable file is a user error
         raise WorkbenchError(f"{path.name}: not a readable .npz file ({exc})") from None
     if input_names and all(n in arrays for n in input_names):
-        inputs = [arrays[n] for n in input_names]
+        keys = list(input_names)
     elif "x" in arrays:
-        inputs = [arrays["x"]]
+        keys = ["x"]
     elif "x0" in arrays:
-        inputs = [arrays[f"x{i}"] for i in range(len(arrays)) if f"x{i}" in arrays]
+        keys = [f"x{i}" for i in range(len(arrays)) if f"x{i}" in arrays]
     else:
         raise WorkbenchError(f"{path.name}: no 'x' array (found: {', '.join(sorted(arrays)) or 'none'})")
-    labels = arrays.get("y")
-    return _checked(path.name, inputs, labels)
+    return _checked(path.name, {k: arrays[k] for k in keys}, arrays.get("y"))
 
 
 def _load_csv(path: Path, label_column: str | None) -> Dataset:
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            rows = [(reader.line_num, row) for row in reader if row]   # blank lines skipped, line numbers kept
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise WorkbenchError(f"{path.name}: not a readable UTF-8 CSV file ({_first_line(exc)})") from None
     if len(rows) < 2:
         raise WorkbenchError(f"{path.name}: needs a header row and at least one data row")
-    header, body = [h.strip() for h in rows[0]], rows[1:]
+    header, body = [h.strip() for h in rows[0][1]], [row for _, row in rows[1:]]
     label_col = label_column or next((h for h in header if h.lower() in LABEL_COLUMNS), None)
     if label_column and label_column not in header:
         raise WorkbenchError(f"{path.name}: label column '{label_column}' not in header")
+    for line, row in rows[1:]:
+        if len(row) != len(header):
+            raise WorkbenchError(f"{path.name}: row {line} has {len(row)} columns, the header has {len(header)}")
     try:
         table = np.array([[float(v) for v in row] for row in body], dtype=np.float64)
     except ValueError as exc:
         raise WorkbenchError(f"{path.name}: all columns must be numeric ({exc})") from None
-    if table.ndim != 2 or table.shape[1] != len(header):
-        raise WorkbenchError(f"{path.name}: rows do not all have {len(header)} columns")
     features = [i for i, h in enumerate(header) if h != label_col]
     labels = table[:, header.index(label_col)] if label_col else None
-    return _checked(path.name, [table[:, features].astype(np.float32)], labels)
+    return _checked(path.name, {"features": table[:, features].astype(np.float32)}, labels)
 
 
-def _checked(name: str, inputs: list[np.ndarray], labels: np.ndarray | None) -> Dataset:
-    n = len(inputs[0])
-    if n == 0 or any(len(x) != n for x in inputs):
-        raise WorkbenchError(f"{name}: inputs are empty or have different sample counts")
+def _checked(name: str, inputs: dict[str, np.ndarray], labels: np.ndarray | None) -> Dataset:
+    counts = {key: len(x) if x.ndim else 0 for key, x in inputs.items()}
+    for key, x in inputs.items():
+        if x.dtype.kind not in "biuf":
+            raise WorkbenchError(f"{name}: {key} holds {x.dtype} values; inputs must be numbers")
+        if counts[key] == 0:
+            raise WorkbenchError(f"{name}: {key} has no samples")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise WorkbenchError(f"{name}: NaN or infinite values in {key}")
+    if len(set(counts.values())) > 1:
+        raise WorkbenchError(f"{name}: inputs have different sample counts "
+                             f"({', '.join(f'{k}: {c}' for k, c in counts.items())})")
+    n = next(iter(counts.values()))
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (n,):
             raise WorkbenchError(f"{name}: labels have shape {labels.shape}, expected ({n},)")
-        if not np.all(np.isfinite(labels.astype(np.float64))) or np.any(labels < 0) or np.any(
-            labels != np.round(labels)
-        ):
+        if not _class_ids(labels):
             raise WorkbenchError(f"{name}: labels must be non-negative integers")
         labels = labels.astype(np.int64)
-    return Dataset(name, tuple(inputs), labels)
+    return Dataset(name, tuple(inputs.values()), labels)
+
+
+def _class_ids(labels: np.ndarray) -> bool:
+    if labels.dtype.kind in "iu":
+        return bool((labels >= 0).all())
+    if labels.dtype.kind == "f":
+        return bool(np.isfinite(labels).all() and (labels >= 0).all() and (labels == np.round(labels)).all())
+    return False
 
 
 def adapt_to_shape(x: np.ndarray, shape: list[int | str | None], dtype: np.dtype, source: str) -> np.ndarray:
     """Reshape/cast samples to a model input (`shape` includes the batch axis; names mean dynamic)."""
     per_sample = shape[1:]
     if all(isinstance(d, int) and d > 0 for d in per_sample):
-        want = int(np.prod(per_sample))
-        if int(np.prod(x.shape[1:])) != want:
+        want = math.prod(per_sample)   # exact for any declared size (numpy's product would overflow)
+        if math.prod(x.shape[1:]) != want:
             raise WorkbenchError(
                 f"{source}: samples have shape {tuple(x.shape[1:])}, the model expects {tuple(per_sample)}"
             )
         x = x.reshape((len(x), *per_sample))
     return x.astype(dtype, copy=False)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]

@@ -56,8 +56,10 @@ ORT_TYPES: dict[str, np.dtype] = {
 
 
 def ort_message(exc: BaseException) -> str:
-    """First line of an ONNX Runtime error, without the '[ONNXRuntimeError] : 7 : CODE :' prefix."""
+    """First line of an ONNX Runtime error, without the '[ONNXRuntimeError] : 7 : CODE :' prefix and the
+    C++ source location and signature some messages carry."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"\s*/onnxruntime_src/\S+:\d+ .*?\)(?= )", "", text)
     return re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", text)
 
 
@@ -69,7 +71,7 @@ def make_session(model: ModelSource, threads: int = 1) -> ort.InferenceSession:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors reach the user as one WorkbenchError line, not also as a log line
     if isinstance(model, onnx.ModelProto):
         source: bytes | str = model.SerializeToString()
         label = model.graph.name or "model"
@@ -122,9 +124,15 @@ def _padded(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
 
 def run_first_output(session: ort.InferenceSession, batch: dict[str, np.ndarray]) -> np.ndarray:
     try:
-        return np.asarray(session.run(None, batch)[0])
+        out = np.asarray(session.run(None, batch)[0])
     except ORT_ERRORS as exc:
         raise WorkbenchError(f"ONNX Runtime failed to run the model ({ort_message(exc)})") from None
+    rows = len(next(iter(batch.values())))
+    if out.ndim == 0 or len(out) != rows:
+        name = session.get_outputs()[0].name
+        raise WorkbenchError(f"model output '{name}' has shape {out.shape} for {rows} samples; expected one row "
+                             f"per sample, e.g. (N, classes) scores")
+    return out
 
 
 def predict(session: ort.InferenceSession, dataset: Dataset, batch_size: int = 256) -> np.ndarray:

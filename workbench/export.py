@@ -2,6 +2,8 @@
 
 Uses the torch.export-based exporter (`dynamo=True`, needs onnxscript); TorchScript modules, which
 it cannot trace, go through the legacy TorchScript exporter. Export never changes the module.
+When both fail, the error says whether the module itself rejects the example inputs (a model made for
+other data) or only the export failed.
 """
 
 from __future__ import annotations
@@ -53,8 +55,23 @@ def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> o
         try:
             return _export_legacy(module, example, names)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise WorkbenchError(f"export to ONNX failed: {first}") from None
+            export_error = _reason(exc)
+        try:
+            module(*example)
+        except Exception as exc:  # the model cannot run on this data at all: say that, not "export failed"
+            shapes = " and ".join(str(tuple(x.shape[1:])) for x in example)
+            raise WorkbenchError(f"the model does not accept samples of shape {shapes} ({_reason(exc)})") from None
+        raise WorkbenchError(f"export to ONNX failed: {export_error}")
+
+
+def _reason(exc: BaseException) -> str:
+    """The line that says what went wrong. TorchScript errors open with a generic line and a
+    traceback of the scripted code, and put the actual error last."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = lines[-1] if lines[0].startswith("The following operation failed") else lines[0]
+    return line[:200]
 
 
 def _export_dynamo(module: torch.nn.Module, example: tuple, names: list[str]) -> onnx.ModelProto:

@@ -3,25 +3,54 @@
 Sources: a sample by name; user files: ONNX (any number of inputs, any dtype), `torch.export`
 programs (.pt2), TorchScript (.pt/.ts) and safetensors weights for a built-in architecture.
 Nothing is ever unpickled: .pt2 archives are checked for pickled objects first and loaded with
-`TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`; ONNX external data must stay inside the model's folder.
+`TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`; ONNX external data must stay inside the model's folder, and an
+ONNX model must open in ONNX Runtime. A user model must have parameters, all of them finite.
+Any failure to read a user file is one `WorkbenchError` line naming it, never a traceback.
+
+`secure_process()` is what every entry point (app, CLI, worker) calls first: it switches ONNX Runtime's
+telemetry off before ONNX Runtime is imported, and refuses to run in an environment that switches
+torch's weights-only loading off. This module imports onnx and torch only when a model is loaded, so
+that call stays cheap.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import sys
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import onnx
+from typing import TYPE_CHECKING, Any
 
 from workbench.errors import WorkbenchError
-from workbench.specs import ModelRef
+from workbench.specs import MODEL_SUFFIXES, ModelRef
 
+if TYPE_CHECKING:
+    import onnx
+
+log = logging.getLogger(__name__)
 ONNX_MAX_BYTES = 2 * 1024**3
+UNSAFE_LOAD_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"   # torch then unpickles arbitrary objects
+# ONNX Runtime's official Linux/macOS builds (1DS SDK) collect and upload usage events unless this is "1"
+# when it is imported; it keeps an event cache in ~/.cache/Microsoft/DeveloperTools and a file in $TMPDIR.
+ORT_TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
+_ENV_LOCK = threading.Lock()   # os.environ is process-wide: one forced-weights-only load at a time
+
+
+def secure_process() -> None:
+    """Switch ONNX Runtime's telemetry off (child processes inherit it) and refuse to run when the
+    environment turns torch's weights-only loading off for every torch.load."""
+    if os.environ.get(ORT_TELEMETRY_ENV) != "1" and "onnxruntime" in sys.modules:  # too late: it has decided
+        log.warning("onnxruntime was imported before %s=1 was set; its telemetry may be on", ORT_TELEMETRY_ENV)
+    os.environ[ORT_TELEMETRY_ENV] = "1"
+    value = os.environ.get(UNSAFE_LOAD_ENV, "")
+    if value.strip().lower() not in ("", "0", "n", "no", "false", "off"):
+        raise WorkbenchError(f"{UNSAFE_LOAD_ENV}={value} is set: it lets torch unpickle arbitrary code from model "
+                             f"files, so the workbench refuses to start; unset it")
 
 
 @dataclass
@@ -54,21 +83,34 @@ def load_model(ref: ModelRef) -> LoadedModel:
         raise WorkbenchError(f"{path.name}: the file is empty")
     loaders = {".onnx": _load_onnx, ".pt2": _load_pt2, ".pt": _load_torchscript, ".ts": _load_torchscript}
     suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        loaded = _load_safetensors(path, ref.arch or "")
-    elif suffix in loaders:
-        loaded = loaders[suffix](path)
-    else:
-        raise WorkbenchError(f"{path.name}: unsupported model format '{suffix}'")
+    try:
+        if suffix == ".safetensors":
+            loaded = _load_safetensors(path, ref.arch or "")
+        elif suffix in loaders:
+            loaded = loaders[suffix](path)
+        else:
+            raise WorkbenchError(f"{path.name}: unsupported model format '{suffix}'")
+        if loaded.module is not None:
+            _check_module(loaded.module, path.name)
+    except WorkbenchError:
+        raise
+    except Exception as exc:  # an odd file no check above foresaw: still one line naming it
+        log.debug("loading %s failed", path, exc_info=True)
+        raise WorkbenchError(f"{path.name}: could not be loaded ({type(exc).__name__}: {_first_line(exc)})") from None
     if ref.input_shape:
         loaded.input_shape = tuple(ref.input_shape)
     return loaded
 
 
 def _load_sample(name: str) -> LoadedModel:
+    if Path(name).suffix:  # a file name that is not a model format, e.g. a pickle named .pth
+        raise WorkbenchError(f"{name}: unsupported model file type '{Path(name).suffix}' "
+                             f"(supported: {', '.join(MODEL_SUFFIXES)})")
     from workbench import zoo
     from workbench.settings import get_settings
 
+    if name not in zoo.ARCHITECTURES:
+        raise WorkbenchError(f"{name}: no such sample model (samples: {', '.join(zoo.sample_names())})")
     module = zoo.load_sample(name)
     weights = get_settings().samples_dir / f"{name}.safetensors"
     return LoadedModel(name, "torch", module=module, source=weights, file_bytes=weights.stat().st_size,
@@ -84,6 +126,10 @@ def _load_safetensors(path: Path, arch: str) -> LoadedModel:
 
 
 def _load_onnx(path: Path) -> LoadedModel:
+    import onnx
+
+    from workbench.evaluate import make_session
+
     if path.stat().st_size > ONNX_MAX_BYTES:
         raise WorkbenchError(f"{path.name}: larger than 2 GB; only single-file models up to 2 GB are supported")
     try:
@@ -98,11 +144,40 @@ def _load_onnx(path: Path) -> LoadedModel:
         onnx.checker.check_model(model)
     except Exception as exc:
         raise WorkbenchError(f"{path.name}: invalid ONNX model ({_first_line(exc)})") from None
+    _check_onnx_weights(model, path.name)
+    make_session(path)  # ops ONNX Runtime has no kernel for fail here, naming the file, not at the first run
     return LoadedModel(path.name, "onnx", onnx_model=model, source=path, file_bytes=path.stat().st_size)
+
+
+def _check_onnx_weights(model: onnx.ModelProto, name: str) -> None:
+    """A model to compress has parameters, and every float one is finite."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    if not model.graph.initializer:
+        raise WorkbenchError(f"{name}: the model has no parameters (no initializers): nothing to compress")
+    for tensor in model.graph.initializer:
+        values = numpy_helper.to_array(tensor)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise WorkbenchError(f"{name}: NaN or infinite values in {tensor.name}")
+
+
+def _check_module(module: Any, name: str) -> None:
+    """The torch counterpart of `_check_onnx_weights`, over parameters and buffers."""
+    import torch
+
+    tensors = dict(module.named_parameters())
+    if not tensors:
+        raise WorkbenchError(f"{name}: the model has no parameters: nothing to compress")
+    for key, value in [*tensors.items(), *module.named_buffers()]:
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise WorkbenchError(f"{name}: NaN or infinite values in {key}")
 
 
 def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
     """External tensor data must be a relative path inside the model's own folder."""
+    import onnx
+
     folder = path.parent.resolve()
     for tensor in onnx.external_data_helper._get_all_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
@@ -117,20 +192,23 @@ def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
 
 @contextlib.contextmanager
 def _weights_only_loads():
-    """Force every torch.load inside (including torch.export's own) to refuse pickled code."""
-    old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
-        else:
-            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
+    """Force every torch.load inside (including torch.export's own) to refuse pickled code. Held under a
+    lock: with two loads at once (app sessions), the first to finish would otherwise unset it for both."""
+    with _ENV_LOCK:
+        old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+        os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+            else:
+                os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
 
 
 def _check_pt2_archive(path: Path) -> None:
-    """Reject archives holding pickled custom/opaque objects, which torch.export unpickles."""
+    """Reject archives holding pickled objects: custom/opaque constants, and weights or constants stored
+    with `use_pickle`, which torch.export would hand to torch.load."""
     if not zipfile.is_zipfile(path):
         raise WorkbenchError(f"{path.name}: not a torch.export archive (.pt2 files are zip archives)")
     with zipfile.ZipFile(path) as archive:
@@ -138,16 +216,22 @@ def _check_pt2_archive(path: Path) -> None:
         if not any("/models/" in n and n.endswith(".json") for n in names):
             raise WorkbenchError(f"{path.name}: not a torch.export archive (no exported program inside)")
         for name in names:
-            if name.endswith("_constants_config.json"):
+            if not name.endswith(("_constants_config.json", "_weights_config.json")):
+                continue
+            try:
                 config = json.loads(archive.read(name)).get("config", {})
-                if any(not str(c.get("path_name", "")).startswith("tensor_") for c in config.values()):
-                    raise WorkbenchError(f"{path.name}: holds pickled Python objects; refusing to load them")
+                entries = [(str(c.get("path_name", "")), bool(c.get("use_pickle"))) for c in config.values()]
+            except (ValueError, AttributeError) as exc:
+                raise WorkbenchError(f"{path.name}: unreadable archive member {name} ({_first_line(exc)})") from None
+            constants = name.endswith("_constants_config.json")
+            if any(pickled or (constants and not path_name.startswith("tensor_")) for path_name, pickled in entries):
+                raise WorkbenchError(f"{path.name}: holds pickled Python objects; refusing to load them")
 
 
 def _load_pt2(path: Path) -> LoadedModel:
-    import torch
-
     _check_pt2_archive(path)
+    import torch  # after the check: a refused file costs no torch import
+
     try:
         with _weights_only_loads():
             program = torch.export.load(str(path))
@@ -163,13 +247,13 @@ def _load_pt2(path: Path) -> LoadedModel:
 
 
 def _load_torchscript(path: Path) -> LoadedModel:
-    import torch
-
     if not zipfile.is_zipfile(path):
         raise WorkbenchError(
             f"{path.name}: not a TorchScript archive; pickled checkpoints are never loaded "
             "(export with torch.jit.save, torch.export.save or as ONNX)"
         )
+    import torch
+
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:

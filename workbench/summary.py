@@ -1,7 +1,8 @@
 """Per-layer model summaries (name, op, weight shape, params, share, MACs) for torch and ONNX alike.
 
 MACs are multiply-accumulates of weight layers for one sample: output elements x inputs per output.
-Activation-only products (e.g. attention scores) are not counted; unknown shapes give None.
+Activation-only products (e.g. attention scores) are not counted; unknown shapes give None, and so do
+the layers of TorchScript modules (they take no Python forward hooks).
 """
 
 from __future__ import annotations
@@ -69,9 +70,11 @@ def _summarize_torch(model: LoadedModel) -> ModelSummary:
             per_sample_out.setdefault(key, int(output[0].numel()))
         return hook
 
+    modules = dict(module.named_modules())  # get_submodule is not supported on TorchScript modules
     for name in weights:
-        owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
-        hooks.append(owner.register_forward_hook(record(name)))
+        owner = modules[name.rsplit(".", 1)[0]] if "." in name else module
+        if not isinstance(owner, torch.jit.ScriptModule):  # scripted modules take no Python hooks: MACs unknown
+            hooks.append(owner.register_forward_hook(record(name)))
     try:
         if model.input_shape:
             with torch.no_grad():
@@ -84,7 +87,8 @@ def _summarize_torch(model: LoadedModel) -> ModelSummary:
     raw = []
     for name, p in weights.items():
         owner_name = name.rsplit(".", 1)[0] if "." in name else ""
-        op = type(module.get_submodule(owner_name)).__name__ if owner_name else type(module).__name__
+        owner = modules[owner_name] if owner_name else module
+        op = owner.original_name if isinstance(owner, torch.jit.ScriptModule) else type(owner).__name__
         out = per_sample_out.get(name)
         macs = out * (p.numel() // p.shape[0]) if out is not None else None
         sparsity = float((p == 0).sum()) / p.numel()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")   # before any test imports onnxruntime
 
 FAST_MEASURE = {"batch_sizes": [1, 32], "warmup": 1, "repeats": 5, "threads": 1, "min_time_s": 0}
 

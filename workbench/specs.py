@@ -501,8 +501,22 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if origin is tuple:
         _check(isinstance(value, list | tuple), where, f"expected a list, got {value!r}")
         return tuple(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+    return _scalar(hint, value, where)
+
+
+def _scalar(hint: Any, value: Any, where: str) -> Any:
+    """Numbers, booleans and strings of the right type, so `lr: fast` fails naming its field."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is float:
+        _check(number, where, f"expected a number, got {value!r}")
         return float(value)
+    if hint is int:
+        _check(number and float(value).is_integer(), where, f"expected an integer, got {value!r}")
+        return int(value)
+    if hint is bool:
+        _check(isinstance(value, bool), where, f"expected true or false, got {value!r}")
+    if hint is str:
+        _check(isinstance(value, str), where, f"expected text, got {value!r}")
     return value
 
 

@@ -427,7 +427,9 @@ RECIPE_CASES = [
     Case("recipe-unknown-field", "recipe", _recipe("field", {"model": "digits-mlp", "epochs": 3}),
          "recipe.epochs: unknown field", level="spec", entries=RECIPE_ENTRIES),
     Case("recipe-sparsity-text", "recipe", _stage_recipe("text", [{"prune": {"sparsity": "most"}}]),
-         "stages[0].prune.sparsity: must be a number", level="spec", entries=RECIPE_ENTRIES),
+         "stages[0].prune.sparsity: expected a number, got 'most'", level="spec", entries=RECIPE_ENTRIES),
+    Case("recipe-lr-text", "recipe", _stage_recipe("lr", [{"finetune": {"lr": "fast"}}]),
+         "stages[0].finetune.lr: expected a number, got 'fast'", level="spec", entries=RECIPE_ENTRIES),
     Case("recipe-zero-batch", "recipe", _recipe("batch", {"model": "digits-mlp", "measure": {"batch_sizes": [0]}}),
          "measure.batch_sizes: must be a non-empty list of positive integers", level="spec", entries=RECIPE_ENTRIES),
 ]

@@ -20,12 +20,12 @@ except WorkbenchError as exc:
 from ui import state, view  # noqa: E402  (after secure_process: these import onnxruntime)
 
 page = st.navigation([
-    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-    st.Page("pages/model.py", title="Model", icon="🧠"),
-    st.Page("pages/compress.py", title="Compress", icon="🗜️"),
-    st.Page("pages/runs.py", title="Runs", icon="🏃"),
-    st.Page("pages/compare.py", title="Compare", icon="📊"),
-    st.Page("pages/learn.py", title="Learn", icon="🎓"),
+    st.Page("views/home.py", title="Home", icon="🏠", default=True),
+    st.Page("views/model.py", title="Model", icon="🧠"),
+    st.Page("views/compress.py", title="Compress", icon="🗜️"),
+    st.Page("views/runs.py", title="Runs", icon="🏃"),
+    st.Page("views/compare.py", title="Compare", icon="📊"),
+    st.Page("views/learn.py", title="Learn", icon="🎓"),
 ])
 state.sync_url()  # keeps ?model=...&data=... in the URL on every page, so any link can be shared
 view.sidebar()

@@ -130,7 +130,7 @@ def load_time(page: str, query: dict | None = None) -> float:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     if page != "home":
         at.run()
-        at.switch_page(f"pages/{page}.py")
+        at.switch_page(f"views/{page}.py")
     at.query_params.update(query or {})
     start = time.perf_counter()
     at.run()

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from tests.app_fixtures import chart_frames, fresh_app_env
 from tests.test_compare import finished_home
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "compare.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "views" / "compare.py")
 
 
 @pytest.fixture(autouse=True)

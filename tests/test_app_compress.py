@@ -8,7 +8,7 @@ from workbench.presets import PRESETS, CompressSettings, preset_spec
 from workbench.specs import ModelRef, PruneSpec, QuantSpec, RunSpec
 from workbench.store import Store
 
-PAGE = "pages/compress.py"
+PAGE = "views/compress.py"
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +53,7 @@ def test_url_restores_the_knobs_and_they_survive_page_switches():
     at = open_app(PAGE)
     at.slider(key="sparsity").set_value(40).run()
     at.radio(key="scope").set_value("layer").run()
-    at.switch_page("pages/home.py").run()
+    at.switch_page("views/home.py").run()
     at.switch_page(PAGE).run()
     assert at.slider(key="sparsity").value == 40 and at.radio(key="scope").value == "layer"
 

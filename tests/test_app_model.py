@@ -8,7 +8,7 @@ from tests.app_fixtures import chart_specs, fresh_app_env, metric, open_app, tex
 from ui import uploads
 from workbench.errors import WorkbenchError
 
-PAGE = "pages/model.py"
+PAGE = "views/model.py"
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +51,7 @@ def test_onnx_upload_becomes_the_current_model(tiny_onnx):
     assert at.session_state["model_ref"]["path"].endswith(".onnx")
     assert any("tiny.onnx" in t for t in texts(at))  # the sidebar names the user's file, not the hash
     assert list(at.dataframe[0].value["name"]) == ["conv", "fc"]
-    at.switch_page("pages/compress.py").run()
+    at.switch_page("views/compress.py").run()
     at.slider(key="sparsity").set_value(80).run()
     assert not at.exception and not at.error and metric(at, "sparsity") == "80.0%"
 

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from workbench.settings import get_settings
 from workbench.store import Store
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "runs.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "views" / "runs.py")
 SPEC = {"model": {"sample": "digits-mlp"}, "stages": [{"prune": {"sparsity": 0.5}}]}
 
 
@@ -131,7 +131,7 @@ def test_state_comes_from_the_store_only(store):
 
 def test_inside_the_app_a_finished_run_links_to_compare(store):
     at = AppTest.from_file(str(Path(PAGE).parent.parent / "app.py"), default_timeout=30).run()
-    at.switch_page("pages/runs.py")
+    at.switch_page("views/runs.py")
     at.query_params["run"] = "1"
     at.run()
     assert not at.exception

@@ -132,3 +132,21 @@ def test_pick_slide_launch_wait_compare(app, tmp_path):
             shutil.copyfile(shot, docs)
         browser.close()
     assert shot.stat().st_size > 10_000
+
+
+def test_a_shared_link_opens_the_page_inside_the_app(app):
+    """A deep link (?sparsity=80 on /compress) opens Compress with the app's own sidebar and the knob set.
+    A folder named `pages/` would make Streamlit serve the bare script with an auto-generated sidebar."""
+    url, _ = app
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(f"{url}/compress?model=digits-mlp&sparsity=80")
+        page.get_by_role("heading", name="Compress", exact=True).first.wait_for()
+        sidebar = page.get_by_test_id("stSidebarNav")
+        for name in ("Home", "Model", "Compress", "Runs", "Compare", "Learn"):
+            assert sidebar.get_by_text(name, exact=True).count() == 1, name
+        assert sidebar.get_by_text("app", exact=True).count() == 0
+        page.get_by_test_id("stSliderThumbValue").filter(has_text="80").first.wait_for()
+        browser.close()

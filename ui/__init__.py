@@ -1,4 +1,4 @@
-"""Streamlit glue for the app: the only code besides `app.py` and `pages/` that imports streamlit.
+"""Streamlit glue for the app: the only code besides `app.py` and `views/` that imports streamlit.
 
 state    session + URL state (current model/data, compress knobs, measure settings)
 cache    cached loaders (st.cache_resource / st.cache_data) and `clear()` for tests

@@ -20,7 +20,7 @@ from workbench.store import Run, Store
 
 STATUS_ICONS = {"queued": "⏳", "running": "▶️", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️",
                 "interrupted": "⚠️"}
-COMPARE_PAGE = "pages/compare.py"
+COMPARE_PAGE = "views/compare.py"
 RUNS_PARAM = "runs"
 LOG_FILES = ("log.txt", "worker-output.txt")   # the pipeline's log, then the worker child's stdout/stderr
 

@@ -133,7 +133,7 @@ def model_or_stop(ref: ModelRef) -> cache.Held:
         return cache.model(ref)
     except Exception as exc:
         st.error(str(uploads.one_line(exc, name=uploads.model_label(ref))))
-        st.page_link("pages/model.py", label="Pick another model", icon="🧠")
+        st.page_link("views/model.py", label="Pick another model", icon="🧠")
         st.stop()
 
 

@@ -17,7 +17,7 @@ from tests.reliability.corpus import ALL_CASES, UPLOAD_LIMIT_MB, Case, digits_on
 from tests.reliability.entries import Sandbox
 
 pytestmark = pytest.mark.reliability
-PAGE = "pages/model.py"
+PAGE = "views/model.py"
 CASES = [case for case in ALL_CASES if "app" in case.entries]
 UPLOADER = {"model": ("model_source", "Upload a model file", "model_upload"),
             "data": ("data_source", "Upload .npz / .csv", "data_upload")}

@@ -172,7 +172,7 @@ app, model, role, sync = sys.argv[1], sys.argv[2], sys.argv[3], pathlib.Path(sys
 at = AppTest.from_file(app, default_timeout=180)
 at.session_state["model_ref"] = {"path": model}
 at.run()
-at.switch_page("pages/compress.py").run()
+at.switch_page("views/compress.py").run()
 (sync / f"ready-{role}-{id(at)}").touch()
 while not (sync / "go").exists():   # every session acts at the same moment
     time.sleep(0.01)
@@ -184,7 +184,7 @@ else:
     at.button(key="launch_run").click().run()
 launched, cancelled = list(at.session_state["last_runs"]), []
 if role == "cancel":   # cancel what it launched, from the Runs page
-    at.switch_page("pages/runs.py").run()
+    at.switch_page("views/runs.py").run()
     at.selectbox(key="runs_selected").set_value(launched[-1]).run()
     at.button(key=f"cancel_{launched[-1]}").click().run()
     cancelled.append(launched[-1])

@@ -106,4 +106,4 @@ with view.guard():
     st.altair_chart(charts.weight_histogram(weights), width="stretch")
     st.caption("Magnitude pruning removes the values nearest zero first; quantization maps this range to "
                "2^bits levels. Try both on the Compress page.")
-st.page_link("pages/compress.py", label="Next: compress it", icon="🗜️")
+st.page_link("views/compress.py", label="Next: compress it", icon="🗜️")

@@ -122,7 +122,7 @@ if launched:
     @st.fragment(run_every=2 if active else None)
     def launched_runs() -> None:
         view.run_lines(launched[-10:])
-        st.page_link("pages/runs.py", label="Open Runs (progress, logs, cancel)", icon="🏃")
-        st.page_link("pages/compare.py", label="Compare the results", icon="📊")
+        st.page_link("views/runs.py", label="Open Runs (progress, logs, cancel)", icon="🏃")
+        st.page_link("views/compare.py", label="Compare the results", icon="📊")
 
     launched_runs()

@@ -17,15 +17,15 @@ one, two, three = st.columns(3)
 with one:
     st.markdown("**1 · Pick a model**  \nA sample digits model, or your own ONNX, torch.export, TorchScript or "
                 "safetensors file. See its layers and its measured baseline.")
-    st.page_link("pages/model.py", label="Pick a model", icon="🧠")
+    st.page_link("views/model.py", label="Pick a model", icon="🧠")
 with two:
     st.markdown("**2 · Drag the sliders**  \nSparsity and bitwidth. The preview updates at once: sizes, nonzeros, "
                 "one-shot accuracy, and which gains would be real.")
-    st.page_link("pages/compress.py", label="Compress", icon="🗜️")
+    st.page_link("views/compress.py", label="Compress", icon="🗜️")
 with three:
     st.markdown("**3 · Launch and compare**  \nLaunch a run or a sweep; it runs in the background. Compare the "
                 "variants side by side, with the Pareto frontier.")
-    st.page_link("pages/compare.py", label="Compare", icon="📊")
+    st.page_link("views/compare.py", label="Compare", icon="📊")
 st.caption(f"Current model: **{uploads.model_label(state.current_model())}** (the sidebar always shows it)")
 
 st.subheader("Recent runs")
@@ -36,7 +36,7 @@ with view.guard():
             "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0),
             "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm"),
         })
-        st.page_link("pages/runs.py", label="All runs", icon="🏃")
+        st.page_link("views/runs.py", label="All runs", icon="🏃")
     else:
         st.info("No runs yet. Pick a model, move a slider, press **Launch run**.")
 

@@ -95,6 +95,7 @@ def test_table_downloads_and_claims(finished):
     assert list(table["id"]) == [1, 3] and {"accuracy", "gzip_x", "speedup@1", "ort_ms@32"} <= set(table.columns)
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels.count("Compressed model (model.onnx)") == 2 and labels.count("Recipe (recipe.yaml)") == 2
+    assert labels.count("Script (reproduce.py)") == 2 and "Packed weights (weights.packed)" not in labels
     assert "Download table (CSV)" in labels
     text = " ".join(m.value for m in at.markdown)
     assert "SIMULATED accuracy" in text and "REAL file size" in text     # run 1 fake-quant, run 3 int8
@@ -143,6 +144,8 @@ def test_clustered_structured_and_rewinding_runs_show_their_results(methods_home
     assert len(packed) == 1 and "vs baseline file" in packed[0].proto.delta    # only the clustered run
     text = " ".join(m.value for m in at.markdown)
     assert "REAL packed size" in text and "weights.packed" in text
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels.count("Packed weights (weights.packed)") == 1 and labels.count("Script (reproduce.py)") == 2
     methods = [c.value for c in at.caption]     # each card names its method
     assert any("LR rewinding" in m and "cluster k=16" in m for m in methods)
     assert any("weight rewinding" in m and "structured 50% channels" in m for m in methods)

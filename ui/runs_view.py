@@ -196,6 +196,29 @@ def download(where, store: Store, run_id: int, name: str, label: str, file_name:
                           key=f"dl_{name}_{run_id}")
 
 
+def has_artifact(store: Store, run_id: int, name: str) -> bool:
+    try:
+        compare.artifact_path(store, run_id, name)
+    except WorkbenchError:
+        return False
+    return True
+
+
+def script_download(where, store: Store, run_id: int) -> None:
+    """A Python script that reproduces the run through the workbench API (workbench.codegen)."""
+    from workbench.codegen import python_script
+    from workbench.specs import RunSpec
+
+    name = f"run-{run_id}.py"
+    try:
+        script = python_script(RunSpec.from_dict(store.get(run_id).spec), filename=name)
+    except WorkbenchError as exc:
+        where.button("Script (reproduce.py)", disabled=True, help=str(exc), key=f"dl_script_{run_id}")
+        return
+    where.download_button("Script (reproduce.py)", script, name, "text/x-python", on_click="ignore",
+                          key=f"dl_script_{run_id}")
+
+
 def retry(run_id: int) -> None:
     """Queue a finished run again and make sure a worker will pick it up."""
     get_store().retry(run_id)

@@ -95,6 +95,10 @@ for row in df.to_dict("records"):
         st.markdown(rv.badges(claims.get(row["id"], [])))
         for claim in claims.get(row["id"], []):
             st.markdown(f"- **{claim['aspect']}** ({claim['kind']}): {claim['reason']}")
-        model_col, recipe_col = st.columns(2)
+        model_col, recipe_col, script_col, packed_col = st.columns(4)
         rv.download(model_col, store, row["id"], "model", "Compressed model (model.onnx)", f"run-{row['id']}.onnx")
         rv.download(recipe_col, store, row["id"], "recipe", "Recipe (recipe.yaml)", f"run-{row['id']}.yaml")
+        rv.script_download(script_col, store, row["id"])
+        if rv.has_artifact(store, row["id"], "packed"):
+            rv.download(packed_col, store, row["id"], "packed", "Packed weights (weights.packed)",
+                        f"run-{row['id']}.packed")

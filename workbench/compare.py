@@ -34,7 +34,8 @@ from workbench.specs import RunSpec
 from workbench.store import Run, Store
 
 log = logging.getLogger(__name__)
-ARTIFACTS = {"model": "model.onnx", "recipe": "recipe.yaml", "report": "report.json", "log": "log.txt"}
+ARTIFACTS = {"model": "model.onnx", "recipe": "recipe.yaml", "report": "report.json", "log": "log.txt",
+             "packed": "weights.packed"}
 CLAIM_ASPECTS = ("file size", "compressed size", "minimum storage", "latency @ batch 1", "accuracy")
 LAYER_SUFFIXES = ("_quantized", "_fp16", "_DequantizeLinear", ".weight")
 

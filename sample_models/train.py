@@ -3,7 +3,9 @@
 Contract: seeded and deterministic (single CPU thread, deterministic algorithms), offline, trains every
 registered architecture on `digits_splits().train` only, measures accuracy on `.test`, and writes
 `<name>.safetensors` (the state_dict; floating tensors as contiguous float32) plus a `<name>.json` card
-next to this file, then regenerates `README.md` from all cards present. About 2 minutes on 2 CPU cores.
+next to this file, then regenerates `README.md` from all cards present. It also saves the weights after
+`rewind_epoch` epochs (about 5% of training) as `<name>.rewind.safetensors`: the early checkpoint that
+lottery-ticket weight rewinding resets to (Frankle et al. 2019). About 2 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,15 +47,16 @@ class Recipe:
     schedule: str
     label_smoothing: float
     augmentation: str
+    rewind_epoch: int           # the early checkpoint for weight rewinding: weights after this many epochs
     seed: int = SEED
 
 
 SHIFT = "random shift of up to 1 pixel in x and y (zero fill), per sample"
 COSINE = "linear warmup 5% then cosine to 0, per step"
 RECIPES: dict[str, Recipe] = {
-    "digits-mlp": Recipe("AdamW", 2e-3, 1e-4, 200, 64, COSINE, 0.1, SHIFT),
-    "digits-cnn": Recipe("AdamW", 2e-3, 1e-4, 40, 64, COSINE, 0.0, SHIFT),
-    "digits-vit": Recipe("AdamW", 1e-3, 5e-2, 250, 64, COSINE, 0.1, SHIFT),
+    "digits-mlp": Recipe("AdamW", 2e-3, 1e-4, 200, 64, COSINE, 0.1, SHIFT, rewind_epoch=10),
+    "digits-cnn": Recipe("AdamW", 2e-3, 1e-4, 40, 64, COSINE, 0.0, SHIFT, rewind_epoch=2),
+    "digits-vit": Recipe("AdamW", 1e-3, 5e-2, 250, 64, COSINE, 0.1, SHIFT, rewind_epoch=12),
 }
 
 DESCRIPTIONS: dict[str, tuple[str, list[str]]] = {
@@ -116,8 +120,9 @@ def accuracy(model: nn.Module, data: Dataset) -> float:
     return float((logits.argmax(dim=1).numpy() == data.labels).mean())
 
 
-def train(model: nn.Module, data: Dataset, recipe: Recipe) -> None:
-    """Mini-batch training with AdamW, warmup+cosine per step and per-sample shift augmentation."""
+def train(model: nn.Module, data: Dataset, recipe: Recipe, after_epoch: Callable[[int], None] | None = None) -> None:
+    """Mini-batch training with AdamW, warmup+cosine per step and per-sample shift augmentation;
+    `after_epoch(n)` runs after epoch n (from 1) and must not touch the random state."""
     generator = torch.Generator().manual_seed(recipe.seed)
     x_all, y_all = torch.from_numpy(data.inputs[0]), torch.from_numpy(data.labels)
     steps_per_epoch = math.ceil(len(data) / recipe.batch_size)
@@ -126,7 +131,7 @@ def train(model: nn.Module, data: Dataset, recipe: Recipe) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     model.train()
-    for _ in range(recipe.epochs):
+    for epoch in range(1, recipe.epochs + 1):
         order = torch.randperm(len(data), generator=generator)
         for start in range(0, len(data), recipe.batch_size):
             batch = order[start:start + recipe.batch_size]
@@ -136,6 +141,8 @@ def train(model: nn.Module, data: Dataset, recipe: Recipe) -> None:
             loss.backward()
             optimizer.step()
             scheduler.step()
+        if after_epoch:
+            after_epoch(epoch)
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
@@ -172,13 +179,19 @@ def train_one(name: str, out_dir: Path) -> dict:
     splits = digits_splits()
     model = build(name)
     started = time.perf_counter()
-    train(model, splits.train, recipe)
+
+    def save_rewind(epoch: int) -> None:
+        if epoch == recipe.rewind_epoch:
+            save_weights(model, out_dir / f"{name}.rewind.safetensors")
+
+    train(model, splits.train, recipe, save_rewind)
     seconds = time.perf_counter() - started
     test_accuracy = accuracy(model, splits.test)
     card = make_card(name, model, recipe, splits, test_accuracy, seconds)
     save_weights(model, out_dir / f"{name}.safetensors")
     (out_dir / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
-    print(f"{name}: test accuracy {test_accuracy:.4f}, {card['parameters']} parameters, {seconds:.1f} s")
+    print(f"{name}: test accuracy {test_accuracy:.4f}, {card['parameters']} parameters, {seconds:.1f} s "
+          f"(rewind checkpoint: epoch {recipe.rewind_epoch})")
     return card
 
 
@@ -194,6 +207,8 @@ def write_readme(out_dir: Path) -> None:
         "Small classifiers for scikit-learn's 8x8 digits, shipped so every workbench feature can be tried offline.",
         "Each has its weights (`<name>.safetensors`) and a card (`<name>.json`: architecture, layers, parameter",
         "count, data split, training recipe, test accuracy). Load one with `workbench.zoo.load_sample(name)`.",
+        "`<name>.rewind.safetensors` holds the weights after `training.rewind_epoch` epochs (about 5% of",
+        "training): the early checkpoint that `prune` with `rewind: weight` resets survivors to (lottery ticket).",
         "",
         "| name | parameters | test accuracy | architecture |",
         "|---|---:|---:|---|",

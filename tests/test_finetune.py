@@ -5,7 +5,7 @@ import torch
 from workbench.data import digits_splits
 from workbench.errors import WorkbenchError
 from workbench.evaluate import score, torch_predict
-from workbench.finetune import _schedule, finetune
+from workbench.finetune import _schedule, finetune, finetune_steps, schedule_window
 from workbench.pruning import prune_torch, torch_weights
 from workbench.specs import FinetuneSpec, PruneSpec
 from workbench.zoo import load_sample
@@ -55,3 +55,32 @@ def test_cancel_stops_training():
     moved = sum(float((p.detach() - start[n]).abs().sum()) for n, p in model.named_parameters())
     assert moved > 0  # one step ran
     assert np.isfinite(moved)
+
+
+def _lr_trace(monkeypatch) -> list[float]:
+    """The learning rate of every optimizer step that finetune takes from now on."""
+    trace, step = [], torch.optim.Adam.step
+
+    def recording(self, *args, **kwargs):
+        trace.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    return trace
+
+
+def test_a_window_trains_that_slice_of_a_longer_schedule(monkeypatch):
+    train = digits_splits().train.take(128)           # 2 steps per epoch at batch 64
+    spec = FinetuneSpec(epochs=2, lr=0.01)
+    assert finetune_steps(spec, len(train)) == 4
+    trace = _lr_trace(monkeypatch)
+    finetune(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), spec, train, offset=4, total=12)
+    assert trace == pytest.approx([0.01 * _schedule("cosine", 12)(s) for s in range(4, 8)])
+    with pytest.raises(WorkbenchError, match="outside the schedule"):
+        finetune(torch.nn.Linear(64, 10), spec, train, offset=10, total=12)
+
+
+def test_schedule_windows_restart_or_continue():
+    assert [schedule_window("lr", r, 3, 10) for r in range(3)] == [(0, 10)] * 3
+    assert [schedule_window("weight", r, 3, 10) for r in range(3)] == [(0, 10)] * 3
+    assert [schedule_window("none", r, 3, 10) for r in range(3)] == [(0, 30), (10, 30), (20, 30)]

@@ -3,6 +3,7 @@ import onnx
 import pytest
 import torch
 
+from workbench import pruning
 from workbench.evaluate import make_session
 from workbench.pruning import PRUNERS, compute_masks, prune_onnx, prune_torch, sparsity_of, torch_weights
 from workbench.specs import PRUNE_METHODS, PruneSpec
@@ -80,3 +81,107 @@ def test_prune_onnx_without_torch_keeps_the_model_runnable(tiny_onnx):
     assert sparsity_of(masks) == pytest.approx(0.9, abs=1e-3)
     out = make_session(model).run(None, {"input": np.ones((2, 1, 8, 8), np.float32)})[0]
     assert out.shape == (2, 10)
+
+
+# --- N:M (semi-structured) masks -----------------------------------------------------------------
+
+def _groups(mask: np.ndarray, axis: int, m: int = 4) -> np.ndarray:
+    """Kept count per group of `m` consecutive entries along `axis` (the input dimension)."""
+    moved = np.moveaxis(mask, axis, -1)
+    return moved.reshape(*moved.shape[:-1], -1, m).sum(-1)
+
+
+@pytest.mark.parametrize("method", PRUNE_METHODS)
+def test_nm_keeps_exactly_n_of_every_m_along_the_input_dimension(method):
+    rng = np.random.default_rng(1)
+    weights = {"fc.weight": rng.normal(size=(6, 16)), "conv.weight": rng.normal(size=(5, 8, 3, 3))}
+    masks = compute_masks(weights, PruneSpec(nm="2:4", sparsity=0.5, method=method))
+    assert (_groups(masks["fc.weight"], 1) == 2).all()
+    assert (_groups(masks["conv.weight"], 1) == 2).all()   # grouped along in-channels per (out, kh, kw)
+    assert sparsity_of(masks) == 0.5
+
+
+def test_nm_magnitude_keeps_the_largest_of_each_group():
+    w = np.array([[0.1, -3.0, 2.0, 0.5, 9.0, -8.0, 0.0, 7.0]])
+    mask = compute_masks({"w": w}, PruneSpec(nm="2:4", sparsity=0.5))["w"]
+    assert mask.tolist() == [[False, True, True, False, True, True, False, False]]
+    mask = compute_masks({"w": w}, PruneSpec(nm="1:4", sparsity=0.75))["w"]
+    assert mask.sum() == 2 and mask[0, 1] and mask[0, 4]
+
+
+def test_nm_remainder_stays_dense_and_is_named():
+    weights = {"fc.weight": np.arange(1.0, 31.0).reshape(3, 10), "stem.weight": np.ones((4, 1, 3, 3)),
+               "head.weight": np.ones((2, 8))}
+    spec = PruneSpec(nm="2:4", sparsity=0.5)
+    masks = compute_masks(weights, spec)
+    assert (_groups(masks["fc.weight"][:, :8], 1) == 2).all()
+    assert masks["fc.weight"][:, 8:].all()             # the last 2 inputs of every row: no full group
+    assert masks["stem.weight"].all()                  # input dimension 1: nothing to group
+    notes = pruning.nm_notes(weights, spec)
+    assert "no CPU kernel" in notes[0] and "no speedup expected" in notes[0]
+    assert any("fc.weight" in n and "input dimension 10" in n for n in notes)
+    assert any("stem.weight" in n for n in notes) and not any("head.weight" in n for n in notes)
+
+
+def test_nm_respects_exclusions_and_earlier_masks():
+    rng = np.random.default_rng(2)
+    weights = {"a.weight": rng.normal(size=(4, 8)), "b.weight": rng.normal(size=(4, 8))}
+    earlier = {"a.weight": np.ones((4, 8), bool), "b.weight": np.ones((4, 8), bool)}
+    earlier["a.weight"][:, :3] = False
+    masks = compute_masks(weights, PruneSpec(nm="2:4", sparsity=0.5, exclude=("b",)), keep=earlier)
+    assert masks["b.weight"].all()
+    assert not masks["a.weight"][:, :3].any() and (_groups(masks["a.weight"], 1) <= 2).all()
+
+
+def test_nm_on_torch_zeroes_two_of_four_per_group():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 4, 3), torch.nn.Flatten(), torch.nn.Linear(16, 12))
+    prune_torch(model, PruneSpec(nm="2:4", sparsity=0.5))
+    conv, fc = (m.weight.detach().numpy() != 0 for m in (model[0], model[2]))
+    assert (_groups(conv, 1) == 2).all() and (_groups(fc, 1) == 2).all()
+    up = torch.nn.ConvTranspose2d(8, 3, 2)             # weight (in=8, out=3, 2, 2): inputs on axis 0
+    prune_torch(up, PruneSpec(nm="2:4", sparsity=0.5))
+    assert (_groups(up.weight.detach().numpy() != 0, 0) == 2).all()
+
+
+def _matmul_onnx(weights: dict[str, np.ndarray], transpose: bool = False) -> onnx.ModelProto:
+    """x (N, 16) -> MatMul (16, 8) -> Gemm (8, 12) with transB -> Gemm (12, 4) without, optionally with
+    the first weight stored (8, 16) behind a Transpose."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    first = "w1t" if transpose else "w1"
+    nodes = [helper.make_node("Transpose", ["w1"], ["w1t"], perm=[1, 0])] if transpose else []
+    nodes += [helper.make_node("MatMul", ["x", first], ["h1"], name="mm"),
+              helper.make_node("Gemm", ["h1", "w2"], ["h2"], name="gemm_t", transB=1),
+              helper.make_node("Gemm", ["h2", "w3"], ["y"], name="gemm")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+                              [numpy_helper.from_array(w.astype(np.float32), k) for k, w in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_nm_on_onnx_groups_along_each_ops_input_axis():
+    rng = np.random.default_rng(3)
+    weights = {"w1": rng.normal(size=(16, 8)), "w2": rng.normal(size=(12, 8)), "w3": rng.normal(size=(12, 4))}
+    model = _matmul_onnx(weights)
+    assert pruning.onnx_input_axes(model) == {"w1": 0, "w2": 1, "w3": 0}
+    prune_onnx(model, PruneSpec(nm="2:4", sparsity=0.5))
+    pruned = {t.name: onnx.numpy_helper.to_array(t) != 0 for t in model.graph.initializer}
+    assert (_groups(pruned["w1"], 0) == 2).all()   # MatMul (in, out)
+    assert (_groups(pruned["w2"], 1) == 2).all()   # Gemm transB (out, in)
+    assert (_groups(pruned["w3"], 0) == 2).all()   # Gemm (in, out)
+    out = make_session(model).run(None, {"x": np.ones((2, 16), np.float32)})[0]
+    assert out.shape == (2, 4)
+
+
+def test_nm_on_onnx_follows_a_transpose_and_prunes_conv_like_torch(tiny_onnx):
+    rng = np.random.default_rng(4)
+    model = _matmul_onnx({"w1": rng.normal(size=(8, 16)), "w2": rng.normal(size=(12, 8)),
+                          "w3": rng.normal(size=(12, 4))}, transpose=True)
+    assert pruning.onnx_input_axes(model)["w1"] == 1   # stored (out, in), transposed before the MatMul
+    conv = onnx.load(str(tiny_onnx))
+    masks = prune_onnx(conv, PruneSpec(nm="2:4", sparsity=0.5))
+    assert masks["conv.weight"].all()                  # Conv 1 -> 8: one input channel, left dense
+    assert (_groups(masks["fc.weight"], 1) == 2).all()  # Gemm transB=1: (out, in)

@@ -2,7 +2,9 @@
 
 Cross-entropy training (optional label smoothing) with Adam and a cosine or constant learning rate on
 the training split; masks are re-applied after every optimizer step, so Adam's momentum cannot revive
-a pruned weight. Knows nothing about ONNX or measurement.
+a pruned weight. A call can train one window of a longer schedule (`offset`, `total` in optimizer steps):
+that is how pruning rounds share one learning-rate decay instead of restarting it (see `schedule_window`).
+Knows nothing about ONNX or measurement.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ log = logging.getLogger(__name__)
 
 
 def finetune(module: nn.Module, spec: FinetuneSpec, train: Dataset, masks: dict[str, np.ndarray] | None = None,
-             progress: Callable[[float], None] | None = None, cancelled: Callable[[], bool] | None = None) -> float:
-    """Train `module` in place for `spec.epochs`; returns the last epoch's mean loss."""
+             progress: Callable[[float], None] | None = None, cancelled: Callable[[], bool] | None = None,
+             offset: int = 0, total: int | None = None) -> float:
+    """Train `module` in place for `spec.epochs`; returns the last epoch's mean loss. The learning rate
+    follows steps offset.. of a `spec.schedule` spanning `total` steps (default: just this call's steps)."""
     if train.labels is None:
         raise WorkbenchError("finetune: the training data has no labels")
     if spec.epochs == 0:
@@ -39,8 +43,12 @@ def finetune(module: nn.Module, spec: FinetuneSpec, train: Dataset, masks: dict[
     y = torch.from_numpy(train.labels)
     generator = torch.Generator().manual_seed(spec.seed)
     optimizer = torch.optim.Adam(params, lr=spec.lr)
-    steps = spec.epochs * -(-len(y) // spec.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(spec.schedule, steps))
+    steps = finetune_steps(spec, len(y))
+    total = steps if total is None else total
+    if offset < 0 or offset + steps > total:
+        raise WorkbenchError(f"finetune: steps {offset}..{offset + steps} lie outside the schedule of {total} steps")
+    factor = _schedule(spec.schedule, total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(offset + step))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
     module.train()
     last = float("nan")
@@ -66,6 +74,21 @@ def finetune(module: nn.Module, spec: FinetuneSpec, train: Dataset, masks: dict[
     finally:
         module.eval()
     return last
+
+
+def finetune_steps(spec: FinetuneSpec, samples: int) -> int:
+    """Optimizer steps of one `finetune` call on `samples` training samples."""
+    return spec.epochs * -(-samples // spec.batch_size)
+
+
+def schedule_window(rewind: str, round_index: int, rounds: int, steps: int) -> tuple[int, int]:
+    """(offset, total) of pruning round `round_index` (from 0) of `rounds`, each training `steps` steps:
+    rewind "none" spreads one schedule over all rounds (fine-tuning); "lr" and "weight" restart it at its
+    peak every round (learning-rate rewinding, Renda et al. 2020). Adam's moments restart each round in
+    every mode: only the learning rate is continued."""
+    if rewind == "none":
+        return round_index * steps, rounds * steps
+    return 0, steps
 
 
 def _schedule(kind: str, steps: int) -> Callable[[int], float]:

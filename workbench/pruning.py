@@ -1,9 +1,11 @@
-"""Unstructured pruning: decide which weights to zero, on torch modules or directly on ONNX graphs.
+"""Unstructured and N:M pruning: decide which weights to zero, on torch modules or directly on ONNX graphs.
 
 Mask computation works on plain numpy arrays, so the same code prunes a torch model and the
 initializers of an uploaded ONNX model. A method is a scoring function registered in `PRUNERS`
-(higher score = keep); scope, overrides, exclusions and already-pruned weights are handled here once.
-Zeros are written into dense tensors: this module never claims a speedup (see workbench.claims).
+(higher score = keep); scope, overrides, exclusions, already-pruned weights, N:M groups (along each
+weight's input axis: 1 for torch Linear/Conv, read from the graph for ONNX) and the per-round targets of
+the iterative and gradual schedules are handled here once. Zeros are written into dense tensors: this
+module never claims a speedup (see workbench.claims).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import onnx
 from onnx import numpy_helper
 
 from workbench.errors import WorkbenchError
-from workbench.onnx_graph import initializers, weight_tensors
-from workbench.specs import PruneSpec
+from workbench.onnx_graph import COMPUTE_OPS, PASS_THROUGH, initializers, weight_tensors
+from workbench.specs import PruneSpec, nm_pattern
 
 Scorer = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 PRUNERS: dict[str, Scorer] = {}
@@ -60,10 +62,21 @@ def layer_targets(names: list[str], spec: PruneSpec, sparsity: float) -> dict[st
     return targets
 
 
+def round_targets(spec: PruneSpec) -> list[float]:
+    """The sparsity each round prunes to: `per_round` of the survivors per round (iterative, the last
+    round lands on `sparsity`), the cubic s_r = sparsity * (1 - (1 - r/steps)^3) (gradual), or one round."""
+    rounds = spec.rounds
+    if spec.schedule == "gradual":
+        return [spec.sparsity * (1 - (1 - r / rounds) ** 3) for r in range(1, rounds + 1)]
+    return [spec.sparsity if r == rounds else 1 - (1 - spec.per_round) ** r for r in range(1, rounds + 1)]
+
+
 def compute_masks(weights: dict[str, np.ndarray], spec: PruneSpec, sparsity: float | None = None,
-                  keep: dict[str, np.ndarray] | None = None, seed: int | None = None) -> dict[str, np.ndarray]:
+                  keep: dict[str, np.ndarray] | None = None, seed: int | None = None,
+                  in_axes: dict[str, int | None] | None = None) -> dict[str, np.ndarray]:
     """Boolean keep-masks reaching `sparsity` (default: spec.sparsity). Weights already masked out
-    in `keep` stay pruned, so iterative rounds only remove survivors."""
+    in `keep` stay pruned, so iterative rounds only remove survivors. With `spec.nm`, N:M groups run
+    along `in_axes[name]` (default 1; None = unknown layout, left dense)."""
     if not weights:
         raise WorkbenchError("prune: the model has no Linear/Conv (MatMul/Gemm/Conv) weights to prune")
     sparsity = spec.sparsity if sparsity is None else sparsity
@@ -74,6 +87,8 @@ def compute_masks(weights: dict[str, np.ndarray], spec: PruneSpec, sparsity: flo
         if keep is not None and name in keep:
             s = np.where(keep[name], s, -np.inf)
         scores[name] = s
+    if spec.nm is not None:
+        return _nm_masks(scores, spec, keep or {}, in_axes or {})
     targets = layer_targets(list(weights), spec, sparsity)
     masks = {n: _top_k_mask(scores[n], t) for n, t in targets.items() if t is not None}
     pooled = [n for n, t in targets.items() if t is None]
@@ -100,6 +115,51 @@ def _top_k_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
     return mask.reshape(scores.shape)
 
 
+def _nm_masks(scores: dict[str, np.ndarray], spec: PruneSpec, keep: dict[str, np.ndarray],
+              in_axes: dict[str, int | None]) -> dict[str, np.ndarray]:
+    n, m = nm_pattern(spec.nm)
+    masks = {}
+    for name, s in scores.items():
+        axis = in_axes.get(name, 1)
+        dense = _matches(name, spec.exclude) or axis is None
+        mask = np.ones(s.shape, dtype=bool) if dense else nm_mask(s, n, m, axis)
+        masks[name] = mask & keep[name] if name in keep else mask
+    return masks
+
+
+def nm_mask(scores: np.ndarray, n: int, m: int, axis: int = 1) -> np.ndarray:
+    """Keep the `n` highest scores of every `m` consecutive entries along `axis` (the input dimension),
+    for each position of the other axes; a remainder shorter than `m` at the end stays dense."""
+    moved = np.moveaxis(scores, axis, -1)
+    full = moved.shape[-1] - moved.shape[-1] % m
+    groups = moved[..., :full].reshape(*moved.shape[:-1], full // m, m)
+    drop = np.zeros(groups.shape, dtype=bool)
+    np.put_along_axis(drop, np.argsort(groups, axis=-1, kind="stable")[..., :m - n], True, axis=-1)
+    keep = np.ones(moved.shape, dtype=bool)
+    keep[..., :full] = ~drop.reshape(*moved.shape[:-1], full)
+    return np.moveaxis(keep, -1, axis)
+
+
+def nm_notes(weights: dict[str, np.ndarray], spec: PruneSpec,
+             in_axes: dict[str, int | None] | None = None) -> list[str]:
+    """What an N:M mask means here, and which layers it could not cover fully (named)."""
+    _, m = nm_pattern(spec.nm)
+    notes = [f"N:M {spec.nm}: accuracy experiment; no CPU kernel in ONNX Runtime — same dense kernels, "
+             "no speedup expected"]
+    for name, w in weights.items():
+        axis = (in_axes or {}).get(name, 1)
+        if _matches(name, spec.exclude):
+            continue
+        if axis is None:
+            notes.append(f"N:M {spec.nm}: {name}: input axis unknown (weight reshaped in the graph), left dense")
+        elif w.shape[axis] < m:
+            notes.append(f"N:M {spec.nm}: {name}: input dimension {w.shape[axis]} < {m}, no full group: left dense")
+        elif w.shape[axis] % m:
+            notes.append(f"N:M {spec.nm}: {name}: input dimension {w.shape[axis]} is not a multiple of {m}: "
+                         f"the last {w.shape[axis] % m} inputs per output left dense")
+    return notes
+
+
 def sparsity_of(masks: dict[str, np.ndarray]) -> float:
     total = sum(m.size for m in masks.values())
     return 1.0 - sum(int(m.sum()) for m in masks.values()) / total if total else 0.0
@@ -112,6 +172,14 @@ def torch_weights(module) -> dict:
     return {n: p for n, p in module.named_parameters() if n.endswith("weight") and p.dim() >= 2}
 
 
+def torch_input_axes(module) -> dict[str, int]:
+    """Weights whose input features are not on axis 1: ConvTranspose stores (in, out, *kernel)."""
+    from torch import nn
+
+    transposed = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    return {f"{n}.weight" if n else "weight": 0 for n, m in module.named_modules() if isinstance(m, transposed)}
+
+
 def prune_torch(module, spec: PruneSpec, sparsity: float | None = None,
                 keep: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Zero the pruned weights of `module` in place; returns the keep-masks."""
@@ -119,7 +187,7 @@ def prune_torch(module, spec: PruneSpec, sparsity: float | None = None,
 
     params = torch_weights(module)
     arrays = {n: p.detach().cpu().numpy() for n, p in params.items()}
-    masks = compute_masks(arrays, spec, sparsity, keep)
+    masks = compute_masks(arrays, spec, sparsity, keep, in_axes=torch_input_axes(module) if spec.nm else None)
     with torch.no_grad():
         for name, mask in masks.items():
             params[name].mul_(torch.from_numpy(mask).to(params[name].dtype))
@@ -139,10 +207,46 @@ def onnx_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return out
 
 
+def onnx_input_axes(model: onnx.ModelProto) -> dict[str, int | None]:
+    """Per weight initializer, the axis indexing its op's input features: 1 for Conv (out, in, kh, kw) and
+    Gemm with transB, the second-to-last for MatMul (in, out), 0 for Gemm without transB and ConvTranspose;
+    followed back through Transpose/Cast/DequantizeLinear; None where a Reshape hides the layout."""
+    inits = initializers(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    axes: dict[str, int | None] = {}
+    for node in model.graph.node:
+        if node.op_type not in COMPUTE_OPS or len(node.input) < 2:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        axis: int | None = {"Gemm": 1 if attrs.get("transB", 0) else 0, "MatMul": -2, "ConvTranspose": 0}.get(
+            node.op_type, 1)
+        name, perms = node.input[1], []
+        while name not in inits and name in producers and producers[name].op_type in PASS_THROUGH:
+            source = producers[name]
+            if source.op_type == "Reshape":
+                axis = None
+            elif source.op_type == "Transpose":
+                perms.append(next((list(a.ints) for a in source.attribute if a.name == "perm"), None))
+            name = source.input[0]
+        if name in inits and name not in axes:
+            axes[name] = _through_transposes(axis, perms, len(inits[name].dims))
+    return axes
+
+
+def _through_transposes(axis: int | None, perms: list[list[int] | None], rank: int) -> int | None:
+    """The source tensor's axis that a consumer sees at `axis` after the Transposes (consumer first)."""
+    if axis is None or rank < 2:
+        return None
+    axis %= rank
+    for perm in perms:
+        axis = perm[axis] if perm else rank - 1 - axis  # no perm attribute: Transpose reverses the axes
+    return axis
+
+
 def prune_onnx(model: onnx.ModelProto, spec: PruneSpec, sparsity: float | None = None) -> dict[str, np.ndarray]:
     """Zero pruned weights in the initializers of `model` (in place); returns the keep-masks."""
     weights = onnx_weights(model)
-    masks = compute_masks(weights, spec, sparsity)
+    masks = compute_masks(weights, spec, sparsity, in_axes=onnx_input_axes(model) if spec.nm else None)
     inits = initializers(model)
     for name, mask in masks.items():
         pruned = (weights[name] * mask).astype(weights[name].dtype)

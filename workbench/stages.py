@@ -38,7 +38,7 @@ class Variant:
     notes: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     packed: bytes | None = None          # the weights in a purpose-built encoding (clustering), if any
-    structured: bool = False             # channels/neurons/heads were physically removed
+    structured: bool = False             # layers physically smaller (channels removed, or low-rank factors)
 
     def copy_meta(self, **changes: Any) -> Variant:
         """The next stage's variant: per-stage notes/history start empty, and a packed encoding of the
@@ -81,50 +81,110 @@ def to_onnx(variant: Variant, ctx: Context) -> onnx.ModelProto:
 
 @runner("prune")
 def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
+    """Prune round by round (one-shot, iterative or gradual targets), retraining between rounds as
+    `spec.rewind` says; each round's sparsity and test accuracy go to the variant's history."""
     if variant.module is None:
         return _prune_onnx(variant, spec)
     import copy
 
     from workbench.evaluate import score, torch_predict
-    from workbench.finetune import finetune
-    from workbench.pruning import prune_torch, sparsity_of
+    from workbench.pruning import nm_notes, prune_torch, round_targets, sparsity_of, torch_input_axes, torch_weights
 
+    training = spec.finetune is not None and spec.finetune.epochs > 0
+    if training and ctx.splits.train is None:
+        raise WorkbenchError("prune.finetune: no training data (set data.train_path for user data)")
     module = copy.deepcopy(variant.module)
     out = variant.copy_meta(module=module)
+    checkpoint = _rewind_state(module, spec, ctx) if spec.rewind == "weight" else None
     masks = dict(variant.masks) or None
-    rounds = spec.rounds
-    for r in range(1, rounds + 1):
+    targets = round_targets(spec)
+    for r, target in enumerate(targets, start=1):
         ctx.check()
-        target = spec.sparsity if r == rounds else 1 - (1 - spec.per_round) ** r
         masks = prune_torch(module, spec, target, masks)
-        record: dict[str, Any] = {"round": r, "target": round(target, 4), "sparsity": round(sparsity_of(masks), 4)}
-        if spec.finetune is not None and spec.finetune.epochs > 0:
-            if ctx.splits.train is None:
-                raise WorkbenchError("prune.finetune: no training data (set data.train_path for user data)")
-            record["loss"] = finetune(module, spec.finetune, ctx.splits.train, masks, cancelled=ctx.cancelled)
+        if checkpoint is not None:
+            _rewind_weights(module, checkpoint, masks)
+        record: dict[str, Any] = {"round": r, "target": round(target, 4), "sparsity": round(sparsity_of(masks), 4),
+                                  "rewind": spec.rewind}
+        if training:
+            record["loss"] = _retrain(module, spec, ctx, masks, r - 1, len(targets))
         test = ctx.splits.test
         record.update(score(torch_predict(module, test), test.labels) if test.labels is not None else {})
         out.history.append(record)
-        ctx.progress(r / rounds, f"round {r}/{rounds}: sparsity {record['sparsity']:.1%}")
+        ctx.progress(r / len(targets), f"round {r}/{len(targets)}: sparsity {record['sparsity']:.1%}")
     out.masks = masks or {}
+    if spec.nm is not None:
+        weights = {n: p.detach().numpy() for n, p in torch_weights(module).items()}
+        out.notes.extend(nm_notes(weights, spec, torch_input_axes(module)))
     return out
 
 
+def _retrain(module: Any, spec: PruneSpec, ctx: Context, masks: dict[str, np.ndarray], index: int,
+             rounds: int) -> float:
+    """Round `index`'s fine-tuning: its window of the learning-rate schedule depends on `spec.rewind`."""
+    from workbench.finetune import finetune, finetune_steps, schedule_window
+
+    steps = finetune_steps(spec.finetune, len(ctx.splits.train))
+    offset, total = schedule_window(spec.rewind, index, rounds, steps)
+    return finetune(module, spec.finetune, ctx.splits.train, masks, cancelled=ctx.cancelled,
+                    offset=offset, total=total)
+
+
+def _rewind_state(module: Any, spec: PruneSpec, ctx: Context) -> dict[str, Any]:
+    """The early-training checkpoint weight rewinding resets to, checked against `module`'s layout."""
+    import copy
+    from pathlib import Path
+
+    from workbench.zoo import load_weights, rewind_checkpoint
+
+    sample = ctx.spec.model.sample
+    how = "set rewind_weights to a .safetensors state dict of this model saved early in training"
+    if spec.rewind_weights:
+        path = Path(spec.rewind_weights)
+        if not path.is_file():
+            raise WorkbenchError(f"prune.rewind_weights: {path} not found ({how})")
+    elif sample and (path := rewind_checkpoint(sample)) is None:
+        raise WorkbenchError(f"prune.rewind_weights: sample '{sample}' has no rewind checkpoint "
+                             f"(run python sample_models/train.py --only {sample}, or {how})")
+    elif not sample:
+        raise WorkbenchError(f"prune.rewind_weights: rewind: weight needs an early-training checkpoint; {how}")
+    template = load_weights(copy.deepcopy(module), path, f"prune.rewind_weights ({path.name})")
+    return {k: v.detach().clone() for k, v in template.state_dict().items()}
+
+
+def _rewind_weights(module: Any, checkpoint: dict[str, Any], masks: dict[str, np.ndarray]) -> None:
+    """Reset every parameter and buffer to the checkpoint, then zero the pruned weights again."""
+    import torch
+
+    from workbench.pruning import torch_weights
+
+    module.load_state_dict(checkpoint)
+    weights = torch_weights(module)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            weights[name].mul_(torch.from_numpy(mask).to(weights[name].dtype))
+
+
 def _prune_onnx(variant: Variant, spec: PruneSpec) -> Variant:
-    from workbench.pruning import onnx_weights, prune_onnx, sparsity_of
+    from workbench.pruning import nm_notes, onnx_input_axes, onnx_weights, prune_onnx, sparsity_of
 
     if spec.finetune is not None and spec.finetune.epochs > 0:
         raise WorkbenchError("prune.finetune: fine-tuning needs a torch model; this variant is ONNX "
                              "(prune and fine-tune before quantize, or load a torch model)")
-    if not onnx_weights(variant.onnx_model):
+    if spec.rewind == "weight":
+        raise WorkbenchError("prune.rewind: weight rewinding needs a torch model; this variant is ONNX "
+                             "(prune before quantize, or load a torch model)")
+    weights = onnx_weights(variant.onnx_model)
+    if not weights:
         raise WorkbenchError("prune: no float Linear/Conv weights to prune (prune before quantizing)")
     model = onnx.ModelProto()
     model.CopyFrom(variant.onnx_model)
     out = variant.copy_meta(onnx_model=model)
     masks = prune_onnx(model, spec)
     out.history.append({"round": 1, "target": spec.sparsity, "sparsity": round(sparsity_of(masks), 4)})
-    if spec.schedule == "iterative":
-        out.notes.append("iterative schedule without fine-tuning equals one-shot pruning on ONNX")
+    if spec.schedule != "oneshot":
+        out.notes.append(f"{spec.schedule} schedule without fine-tuning equals one-shot pruning on ONNX")
+    if spec.nm is not None:
+        out.notes.extend(nm_notes(weights, spec, onnx_input_axes(model)))
     return out
 
 

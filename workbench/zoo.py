@@ -1,7 +1,8 @@
 """Sample models: architectures, their registry, and loading of their shipped weights.
 
 Every sample takes digits shaped (N, 1, 8, 8) in [0, 1] and returns 10 class scores. Weights ship as
-safetensors next to a JSON card in `sample_models/`; `sample_models/train.py` reproduces both.
+safetensors next to a JSON card in `sample_models/`, with an early-training checkpoint
+(`<name>.rewind.safetensors`) for weight rewinding; `sample_models/train.py` reproduces all three.
 """
 
 from __future__ import annotations
@@ -159,3 +160,9 @@ def load_sample(name: str) -> nn.Module:
     if not path.is_file():
         raise WorkbenchError(f"sample model '{name}': weights missing at {path} (run sample_models/train.py)")
     return load_weights(build(name), path, name)
+
+
+def rewind_checkpoint(name: str) -> Path | None:
+    """The sample's early-training weights (`<name>.rewind.safetensors`, written by train.py), if present."""
+    path = get_settings().samples_dir / f"{name}.rewind.safetensors"
+    return path if path.is_file() else None

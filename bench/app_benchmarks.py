@@ -1,4 +1,4 @@
-"""App benchmarks: preview latency per sample model, and page load times with 50 runs in the store.
+"""App benchmarks: preview latency per sample model and per method, and page load times with 50 runs in the store.
 
 1. Preview (slider change -> numbers ready): `workbench.preview.preview` exactly as the Compress page calls
    it (cached weights and test split; one-shot accuracy measured with torch), over a sweep of slider
@@ -64,6 +64,46 @@ def preview_latency(model: str) -> dict:
     params = sum(w.size for w in weights.values())
     return {"model": model, "weights": params, "calls": len(times), "p50": float(np.percentile(times, 50)),
             "p95": float(np.percentile(times, 95)), "max": max(times)}
+
+
+def method_settings() -> list[tuple[str, dict]]:
+    """One Compress setting per method (what a user drags), each previewed after a slider move."""
+    return [("2:4 N:M", {"technique": "nm"}), ("structured 50%", {"technique": "structured", "ratio": 0.5}),
+            ("student 0.5x", {"technique": "distill", "width": 0.5}),
+            ("low-rank 80%", {"technique": "lowrank", "energy": 0.8}),
+            ("90% + k=16", {"technique": "unstructured", "sparsity": 0.9, "clusters": 16}),
+            ("90% + QAT 4-bit", {"technique": "unstructured", "sparsity": 0.9, "bits": 4, "qat": True})]
+
+
+def method_preview_latency(model: str, repeats: int = 10) -> list[dict]:
+    """`preview_settings` per method as ui.cache.preview_for calls it (subject and singular values cached)."""
+    import dataclasses
+
+    from workbench.models import load_model
+    from workbench.pipeline import load_splits
+    from workbench.presets import CompressSettings
+    from workbench.preview import ACCURACY_PARAM_LIMIT, make_subject, preview_settings, svd_factors
+    from workbench.specs import ModelRef, RunSpec
+
+    ref = ModelRef(sample=model)
+    loaded = load_model(ref)
+    subject = make_subject(loaded, load_splits(RunSpec(model=ref), loaded).test)
+    params = sum(w.size for w in subject.weights.values())
+    factors = svd_factors(subject.weights, vectors=params <= ACCURACY_PARAM_LIMIT)
+    factored = dataclasses.replace(subject, factors=factors)
+    rows = []
+    for name, knobs in method_settings():
+        settings = CompressSettings(**knobs)
+        target = factored if settings.technique == "lowrank" else subject
+        preview_settings(settings, target)   # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            preview_settings(settings, target)
+            times.append((time.perf_counter() - start) * 1000)
+        rows.append({"model": model, "method": name, "p50": float(np.percentile(times, 50)),
+                     "p95": float(np.percentile(times, 95))})
+    return rows
 
 
 # --- 50 runs in a store ------------------------------------------------------------------------
@@ -160,7 +200,7 @@ def page_loads(home: Path, repeats: int) -> list[dict]:
 
 # --- report ------------------------------------------------------------------------------------
 
-def markdown(previews: list[dict], pages: list[dict]) -> str:
+def markdown(previews: list[dict], methods: list[dict], pages: list[dict]) -> str:
     from workbench.environment import environment
 
     env = environment(1)
@@ -172,6 +212,11 @@ def markdown(previews: list[dict], pages: list[dict]) -> str:
              "| model | weights | p50 ms | p95 ms | max ms | goal |", "|---|---:|---:|---:|---:|---|"]
     lines += [f"| {p['model']} | {p['weights']:,} | {p['p50']:.1f} | {p['p95']:.1f} | {p['max']:.1f} | "
               f"{'met' if p['p95'] <= 250 else 'MISSED'} |" for p in previews]
+    lines += ["", "**Preview per method** (`workbench.preview.preview_settings`, as the Compress page calls it; "
+              "singular values cached per model as in the app; 10 calls after a warm-up):", "",
+              "| model | method | p50 ms | p95 ms | goal |", "|---|---|---:|---:|---|"]
+    lines += [f"| {m['model']} | {m['method']} | {m['p50']:.1f} | {m['p95']:.1f} | "
+              f"{'met' if m['p95'] <= 250 else 'MISSED'} |" for m in methods]
     lines += ["", "**Page load** with 50 finished runs in the store (AppTest, one script run; imports primed). "
               "first: a new session with empty caches; repeat: median of new sessions with warm caches.", "",
               "| page | first (s) | repeat (s) |", "|---|---:|---:|"]
@@ -188,13 +233,14 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     previews = [preview_latency(m) for m in args.models]
+    methods = [row for m in args.models for row in method_preview_latency(m)]
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         os.environ["WORKBENCH_HOME"] = str(home)
         os.environ.setdefault("WORKBENCH_AUTO_WORKER", "0")
         clone_runs(home, seed_run(home))
         pages = page_loads(home, args.repeats)
-    text = markdown(previews, pages)
+    text = markdown(previews, methods, pages)
     print(text)
     write_section("app", text)
 

@@ -198,3 +198,29 @@ def test_a_search_shows_the_bar_the_recommendation_and_the_pareto_set(searched, 
     assert len(table) == 3 and table["pareto"].any()
     titles = [json.loads(c.proto.spec)["title"] for c in at.get("vega_lite_chart")]
     assert [t["text"] for t in titles if isinstance(t, dict)].count("accuracy vs gzip size (KB)") == 2  # + search
+
+
+def test_seed_repeats_and_the_random_baseline_get_their_tables(tmp_path, monkeypatch):
+    from tests.conftest import FAST_MEASURE
+    from tests.test_compare import mlp_onnx
+    from workbench import jobs
+    from workbench.specs import RunSpec
+    from workbench.store import Store
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("WORKBENCH_HOME", str(home))
+    store = Store(home)
+    base = RunSpec.from_dict({"model": {"path": str(mlp_onnx(tmp_path / "mlp.onnx"))}, "measure": FAST_MEASURE,
+                              "stages": [{"prune": {"sparsity": 0.6}}]})
+    _, runs = jobs.submit_sweep(store, base, {"prune.method": ["magnitude", "random"], "seed": [0, 1]})
+    while (run := store.claim("test")) is not None:
+        jobs.execute(store, run.id)
+    at = page(runs=",".join(str(r.id) for r in runs))
+    assert not at.exception
+    headers = [h.value for h in at.subheader]
+    assert "Over seeds: mean ± std" in headers and "Magnitude vs random pruning" in headers
+    frames = {len(d.value): d.value for d in at.dataframe}
+    over_seeds = next(f for f in frames.values() if "seeds" in f)
+    assert sorted(over_seeds["n"]) == [2, 2] and set(over_seeds["prune_method"]) == {"magnitude", "random"}
+    pairs = next(f for f in frames.values() if "advantage_mean" in f)
+    assert list(pairs["n"]) == [2] and pairs["advantage_mean"].iloc[0] > 0   # magnitude beats chance at 60%

@@ -170,6 +170,20 @@ def test_sweep_queues_the_grid_and_recipe_and_code_match(isolated_home):
     assert "RunSpec.from_dict" in at.code[0].value
 
 
+def test_sweep_repeats_over_seeds_with_a_random_baseline(isolated_home):
+    at = open_app(PAGE)
+    at.multiselect(key="sweep_sparsity").set_value([50, 90]).run()
+    at.multiselect(key="sweep_bits").set_value([32]).run()
+    at.number_input(key="sweep_seeds").set_value(2).run()
+    at.checkbox(key="sweep_random").check().run()
+    assert at.button(key="launch_sweep").label == "Launch sweep (8 runs)"
+    at.button(key="launch_sweep").click().run()
+    assert not at.exception
+    specs = [RunSpec.from_dict(r.spec) for r in Store(isolated_home).list()]
+    combos = sorted((s.stages[0].sparsity, s.stages[0].method, s.seed, s.stages[0].seed) for s in specs)
+    assert combos == sorted((p, m, seed, seed) for p in (0.5, 0.9) for m in ("magnitude", "random") for seed in (0, 1))
+
+
 def test_structured_sweep_varies_the_ratio(isolated_home):
     at = open_app(PAGE, query={"technique": "structured"})
     at.multiselect(key="sweep_ratio").set_value([25, 50]).run()

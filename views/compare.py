@@ -80,6 +80,19 @@ st.dataframe(shown, column_config=config, hide_index=True, width="stretch")
 st.download_button("Download table (CSV)", df.to_csv(index=False), "comparison.csv", "text/csv",
                    on_click="ignore", key="compare_csv")
 
+repeats, pairs = compare.seed_summary(df), compare.random_baseline_frame(df)
+repeats = repeats[repeats["n"] > 1] if "n" in repeats else repeats
+if not repeats.empty:
+    st.subheader("Over seeds: mean ± std")
+    st.dataframe(repeats.drop(columns="config"), hide_index=True, width="stretch")
+    st.caption("Runs whose recipes differ only by their seed, folded together: n runs, sample std. A gap smaller "
+               "than the std is not a difference (one test sample of the digits split is 0.28 points).")
+if not pairs.empty:
+    st.subheader("Magnitude vs random pruning")
+    st.dataframe(pairs.drop(columns="pair", errors="ignore"), hide_index=True, width="stretch")
+    st.caption("The same recipe with random instead of magnitude pruning: `advantage` is what choosing the "
+               "weights by magnitude buys over chance at that sparsity (ShrinkBench's sanity check).")
+
 st.subheader("Why isn't it faster?")
 st.caption("Plain-words findings per run from its report and its model: the measured verdict, then the causes, "
            "what works and what to try. Open one to read it (the first time takes a moment).")

@@ -81,11 +81,19 @@ with sweep:
         widths = st.multiselect("Sweep QAT bitwidths" if settings.uses_qat else "Sweep bitwidths", bit_options,
                                 default=[8], key="sweep_qat_bits" if settings.uses_qat else "sweep_bits",
                                 persist_state="session")
+    seeds = st.number_input("Seeds per setting", 1, 5, 1, key="sweep_seeds", persist_state="session",
+                            help="repeat every setting with seeds 0, 1, …: Compare shows mean ± std over them")
+    with_random = technique in ("unstructured", "nm") and st.checkbox(
+        "Add the random-pruning baseline", key="sweep_random", persist_state="session",
+        help="each setting again with random instead of magnitude pruning: Compare shows what magnitude buys")
     count = max(len(chosen), 1) * max(len(widths), 1) if chosen or widths else 0
+    count *= int(seeds) * (2 if with_random else 1)
     if st.button(f"Launch sweep ({count} runs)", key="launch_sweep", disabled=not count or bool(problems)):
         with view.guard():
             base, grid = settings.sweep(ref, [v / 100 for v in chosen], widths, data, state.measure_spec(),
                                         name=f"{label} sweep")
+            grid |= {"prune.method": ["magnitude", "random"]} if with_random else {}
+            grid |= {"seed": list(range(int(seeds)))} if seeds > 1 else {}
             sweep_id, runs = launch.launch_sweep(base, grid)
             st.success(f"Sweep {sweep_id}: {len(runs)} runs queued.")
 search = st.expander("Search under an accuracy bar", key="search_open", on_change="rerun")

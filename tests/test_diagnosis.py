@@ -10,9 +10,10 @@ import pytest
 
 from tests.conftest import FAST_MEASURE
 from tests.test_compare import mlp_onnx
-from workbench.diagnosis import Finding, diagnose, model_macs, per_call_cost, render_text
+from workbench.diagnosis import Finding, diagnose, per_call_cost, render_text
 from workbench.environment import int8_note
 from workbench.errors import WorkbenchError
+from workbench.summary import model_macs
 
 # ONNX sources skip the torch export (seconds per run); structured pruning needs the torch sample
 RUNS = {

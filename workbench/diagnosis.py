@@ -32,6 +32,7 @@ import onnx
 from workbench.environment import int8_note
 from workbench.errors import WorkbenchError
 from workbench.onnx_graph import QUANTIZED_KERNEL_OPS
+from workbench.summary import model_macs
 
 log = logging.getLogger(__name__)
 KINDS = ("cause", "ok", "hint")
@@ -139,16 +140,6 @@ def _half(model: onnx.ModelProto) -> int:
     return sum(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
 
 
-def model_macs(model: onnx.ModelProto) -> tuple[int, int] | None:
-    """(MACs, MACs with a nonzero weight) per sample of the Conv/Gemm/MatMul layers; None if unknown."""
-    from workbench.summary import summarize_onnx
-
-    layers = summarize_onnx(model, "model").layers
-    if not layers or any(r.macs is None for r in layers):
-        return None
-    return sum(r.macs for r in layers), round(sum(r.macs * (1 - r.sparsity) for r in layers))
-
-
 def baseline_model(spec: dict[str, Any]) -> onnx.ModelProto:
     """The recipe's model as ONNX, exported like the pipeline exports it (torch sources need a known shape)."""
     from workbench.models import load_model
@@ -170,6 +161,8 @@ def _macs(report: dict[str, Any], base: dict, var: dict, facts: dict, model: onn
     counted = model_macs(model)
     if counted is None:
         return None
+    if base.get("macs"):     # measured with the baseline (reports since MACs were recorded): no re-export
+        return Macs(base["macs"], *counted)
     if facts.get("same_kernels"):
         return Macs(counted[0], *counted)    # same ops and weight shapes: the baseline does the same dense MACs
     if base["size"]["params"] == var["size"]["params"]:

@@ -19,6 +19,7 @@ from workbench.evaluate import make_session, predict, score
 from workbench.onnx_graph import OpCoverage, op_coverage, weight_tensors
 from workbench.size import SizeStats, size_stats
 from workbench.specs import MeasureSpec
+from workbench.summary import model_macs
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class Measurement:
     size: SizeStats
     coverage: OpCoverage
     eval_samples: int
+    macs: int | None = None                   # multiply-adds per sample of Conv/Gemm/MatMul, dense (None: unknown)
 
     def latency_at(self, batch_size: int, engine: str = "onnxruntime") -> LatencyStats | None:
         pool = self.latency if engine == "onnxruntime" else self.torch_latency
@@ -54,5 +56,7 @@ def measure(model: onnx.ModelProto, eval_set: Dataset, spec: MeasureSpec, module
         eager = torch_latency(module, eval_set, spec.batch_sizes, spec.threads, spec.warmup, spec.repeats,
                               min_time_s=spec.min_time_s)
     size = size_stats(data, weight_tensors(model), storage_bits)
-    result = Measurement(metrics, tuple(latency), tuple(eager), size, op_coverage(model), len(eval_set))
+    counted = model_macs(model)
+    result = Measurement(metrics, tuple(latency), tuple(eager), size, op_coverage(model), len(eval_set),
+                         counted[0] if counted else None)
     return result, outputs

@@ -97,6 +97,14 @@ def _summarize_torch(model: LoadedModel) -> ModelSummary:
     return _finish(model.label, "torch", raw, total, model.file_bytes, ("input",))
 
 
+def model_macs(model: onnx.ModelProto) -> tuple[int, int] | None:
+    """(MACs, MACs with a nonzero weight) per sample of the Conv/Gemm/MatMul layers; None if unknown."""
+    layers = summarize_onnx(model, "model").layers
+    if not layers or any(r.macs is None for r in layers):
+        return None
+    return sum(r.macs for r in layers), round(sum(r.macs * (1 - r.sparsity) for r in layers))
+
+
 def summarize_onnx(model: onnx.ModelProto, label: str, file_bytes: int | None = None) -> ModelSummary:
     out_elems = _per_sample_output_elems(model)
     producers = {n.name or n.output[0]: n for n in model.graph.node}

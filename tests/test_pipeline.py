@@ -42,6 +42,7 @@ def test_pruned_fp32_says_file_and_latency_did_not_improve_and_why(mlp_report):
         assert claim.kind == "none" and "no sparse kernel" in claim.reason
     assert _claim(pruned, "compressed size").kind == "real"
     assert _claim(pruned, "minimum storage").kind == "estimate"
+    assert report.baseline.measurement.macs == pruned.measurement.macs == 64 * 300 + 300 * 100 + 100 * 10  # dense
 
 
 def test_int8_variant_is_really_smaller_and_quantized(mlp_report):

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from sections import write_section
+from sections import cell, write_section
 
 from workbench.pipeline import run_pipeline
 from workbench.report import Report
@@ -108,27 +108,13 @@ def transfer_demo() -> dict:
             "report": report, "samples": report.baseline.measurement.eval_samples}
 
 
-def fmt(key: str, value) -> str:
-    if key in ("accuracy",):
-        return f"{value:.4f}"
-    if key.startswith("Δ"):
-        return f"{value:+.2f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if key.startswith(("ms", "base ms")):
-            return f"{value:.3f}" if value < 1 else f"{value:.2f}"
-        return f"{value:g}" if key == "width" else f"{value:.2f}"
-    return str(value)
-
-
 COLUMNS = ("model", "candidate", "width", "weights", "nonzero", "accuracy", "Δ acc (pt)", "file ×", "gzip ×",
            "ms @1", "base ms @1", "speedup @1", "ms @256", "base ms @256", "speedup @256")
 
 
 def table(rows: list[dict]) -> list[str]:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    return lines + ["| " + " | ".join(fmt(k, r[k]) for k in COLUMNS) + " |" for r in rows]
+    return lines + ["| " + " | ".join(cell(k, r[k]) for k in COLUMNS) + " |" for r in rows]
 
 
 def noise(rows: list[dict]) -> list[str]:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import onnx
 import torch
-from sections import write_section
+from sections import cell, write_section
 
 from workbench.environment import environment
 from workbench.errors import WorkbenchError
@@ -114,24 +114,10 @@ def lowrank_row(model: str, setting: dict, report: Report, final: onnx.ModelProt
     return out
 
 
-def fmt(key: str, value) -> str:
-    if value is None or value == "":
-        return ""
-    if key == "accuracy":
-        return f"{value:.4f}"
-    if key.startswith("Δ"):
-        return f"{value:+.2f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.3f}" if key.startswith("ms") and value < 1 else f"{value:.2f}"
-    return str(value)
-
-
 def table(rows: list[dict]) -> list[str]:
     keys = list(max(rows, key=len))
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    return lines + ["| " + " | ".join(fmt(k, r.get(k, "")) for k in keys) + " |" for r in rows]
+    return lines + ["| " + " | ".join(cell(k, r.get(k, "")) for k in keys) + " |" for r in rows]
 
 
 def header(script_minutes: float, env: dict, load: tuple[float, float]) -> str:

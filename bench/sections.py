@@ -17,3 +17,20 @@ def write_section(name: str, text: str, path: Path = BENCHMARKS) -> None:
     pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->", re.S)
     updated = pattern.sub(lambda _: block, current) if pattern.search(current) else f"{current.rstrip()}\n\n{block}\n"
     path.write_text(updated if updated.endswith("\n") else updated + "\n")
+
+
+def cell(key: str, value) -> str:
+    """A table cell: accuracy to 4 places, deltas signed, counts with separators, sub-ms latencies to 3 places."""
+    if value is None or value == "":
+        return ""
+    if key == "accuracy":
+        return f"{value:.4f}"
+    if key.startswith("Δ"):
+        return f"{value:+.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if key == "width":
+            return f"{value:g}"
+        return f"{value:.3f}" if key.startswith(("ms", "base ms")) and value < 1 else f"{value:.2f}"
+    return str(value)

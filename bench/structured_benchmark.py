@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import onnx
-from sections import write_section
+from sections import cell, write_section
 
 import workbench.structured  # noqa: F401  registers the "structured" stage
 from workbench.pipeline import run_pipeline
@@ -83,22 +83,10 @@ def row(name: str, report: Report, macs: int, base_macs: int) -> dict:
     return out
 
 
-def fmt(key: str, value) -> str:
-    if key == "accuracy":
-        return f"{value:.4f}"
-    if key.startswith("Δ"):
-        return f"{value:+.2f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.3f}" if key.startswith(("ms", "base ms")) and value < 1 else f"{value:.2f}"
-    return str(value)
-
-
 def table(rows: list[dict]) -> list[str]:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    return lines + ["| " + " | ".join(fmt(k, r[k]) for k in keys) + " |" for r in rows]
+    return lines + ["| " + " | ".join(cell(k, r[k]) for k in keys) + " |" for r in rows]
 
 
 def render(rows: list[dict], main: Report, base_macs: int, env: dict, seconds: float) -> str:

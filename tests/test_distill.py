@@ -6,8 +6,9 @@ from torch import nn
 
 from tests.conftest import FAST_MEASURE
 from workbench.data import digits_splits
-from workbench.distill import hinton_loss, make_student, run_distill
+from workbench.distill import make_student, run_distill
 from workbench.errors import WorkbenchError
+from workbench.finetune import hinton_loss
 from workbench.pipeline import example_inputs, run_pipeline
 from workbench.specs import DistillSpec, RunSpec
 from workbench.stages import Cancelled, Context, Variant

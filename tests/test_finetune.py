@@ -84,3 +84,31 @@ def test_schedule_windows_restart_or_continue():
     assert [schedule_window("lr", r, 3, 10) for r in range(3)] == [(0, 10)] * 3
     assert [schedule_window("weight", r, 3, 10) for r in range(3)] == [(0, 10)] * 3
     assert [schedule_window("none", r, 3, 10) for r in range(3)] == [(0, 30), (10, 30), (20, 30)]
+
+
+def test_distillation_from_the_dense_model_pulls_the_pruned_one_towards_its_outputs():
+    import copy
+
+    splits = digits_splits()
+    teacher = load_sample("digits-mlp")
+    start = copy.deepcopy(teacher)
+    masks = prune_torch(start, PruneSpec(sparsity=0.9))
+    x = torch.from_numpy(splits.test.inputs[0])
+
+    def gap(model) -> float:     # KL(teacher || model) on the test split
+        with torch.no_grad():
+            return torch.nn.functional.kl_div(model(x).log_softmax(-1), teacher(x).log_softmax(-1),
+                                              log_target=True, reduction="batchmean").item()
+
+    runs = {}
+    for distill in (0.0, 1.0):
+        model = copy.deepcopy(start)
+        finetune(model, FinetuneSpec(epochs=3, lr=0.01, distill=distill, temperature=2.0), splits.train, masks,
+                 teacher=teacher)
+        runs[distill] = gap(model)
+        for name, param in torch_weights(model).items():
+            assert (param.detach().numpy()[~masks[name]] == 0).all(), name
+    assert runs[1.0] < runs[0.0]          # trained on the teacher's outputs, it ends closer to them
+    assert not teacher.training
+    with pytest.raises(WorkbenchError, match="finetune.distill: needs the run's original torch model"):
+        finetune(copy.deepcopy(start), FinetuneSpec(epochs=1, distill=0.5), splits.train, masks)

@@ -165,3 +165,12 @@ def test_transfer_later_in_the_run_is_measured_as_a_variant():
     transfer = report.variants[1]
     assert transfer.name == "2: transfer" and any("measured as a variant" in n for n in transfer.notes)
     assert transfer.measurement.metrics["accuracy"] >= 0.9
+
+
+def test_recovery_can_distill_from_the_runs_original_model():
+    report = run_pipeline(_spec("digits-mlp", [{"prune": {"sparsity": 0.8}},
+                                               {"finetune": {"epochs": 2, "lr": 0.01, "distill": 0.7}}]))
+    assert report.final.stage == {"finetune": {"epochs": 2, "lr": 0.01, "batch_size": 64, "schedule": "cosine",
+                                               "label_smoothing": 0.0, "seed": 0, "distill": 0.7,
+                                               "temperature": 4.0}}
+    assert report.final.measurement.metrics["accuracy"] > report.variants[0].measurement.metrics["accuracy"]

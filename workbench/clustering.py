@@ -138,7 +138,7 @@ def _shared_parametrization(centroids: np.ndarray, indices: np.ndarray):
 
 def finetune_centroids(module, books: dict[str, Codebook], spec: FinetuneSpec, train,
                        masks: dict[str, np.ndarray] | None = None, progress=None,
-                       cancelled=None) -> tuple[dict[str, Codebook], float]:
+                       cancelled=None, teacher=None) -> tuple[dict[str, Codebook], float]:
     """Train the shared values of `module` (in place) with indices fixed, plus its other trainable
     parameters (biases, norms, unclustered weights, which keep `masks`). Returns the new codebooks
     (centroids rounded to float16) and the last epoch's loss."""
@@ -157,7 +157,7 @@ def finetune_centroids(module, books: dict[str, Codebook], spec: FinetuneSpec, t
         layers[name] = (layer, attr)
     kept = {n: m for n, m in (masks or {}).items() if n not in books}
     try:
-        loss = finetune(module, spec, train, kept, progress=progress, cancelled=cancelled)
+        loss = finetune(module, spec, train, kept, progress=progress, cancelled=cancelled, teacher=teacher)
     finally:
         tuned = {}
         for name, (layer, attr) in layers.items():
@@ -230,7 +230,7 @@ def run_cluster(variant: Variant, spec: ClusterSpec, ctx: Context) -> Variant:
             raise WorkbenchError("cluster.finetune: no training data (set data.train_path for user data)")
         books, loss = finetune_centroids(module, books, tune, ctx.splits.train, variant.masks,
                                          progress=lambda f: ctx.progress(f, "fine-tuning centroids"),
-                                         cancelled=ctx.cancelled)
+                                         cancelled=ctx.cancelled, teacher=ctx.teacher)
         ctx.check()
         out.history.append({"centroid_finetune_epochs": tune.epochs, "loss": loss, **_scores(module, ctx)})
     state = {n: t.detach().cpu().numpy() for n, t in module.state_dict().items() if t.is_floating_point()}

@@ -41,19 +41,6 @@ WEIGHT_DECAY = 1e-4
 EMBEDDING_STD = 0.02   # for parameters no module re-initialises (position embeddings, class tokens)
 
 
-def hinton_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float,
-                alpha: float) -> torch.Tensor:
-    """alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, labels).
-    T^2 keeps the soft gradients' scale independent of T (Hinton et al. 2015, section 2)."""
-    from torch.nn import functional
-
-    soft = functional.kl_div(functional.log_softmax(student / temperature, dim=-1),
-                             functional.log_softmax(teacher / temperature, dim=-1),
-                             log_target=True, reduction="batchmean")
-    hard = functional.cross_entropy(student, labels)
-    return alpha * temperature**2 * soft + (1 - alpha) * hard
-
-
 def make_student(teacher: nn.Module, example: tuple, spec: DistillSpec) -> tuple[nn.Module, dict[str, Any]]:
     """The teacher's architecture keeping `spec.width` of each prunable group (a new module), initialised
     from the teacher's kept channels or at random (`spec.init`), plus the structured-pruning report
@@ -116,6 +103,7 @@ def distill(student: nn.Module, teacher: nn.Module, spec: DistillSpec, ctx: Cont
     import torch
 
     from workbench.evaluate import torch_predict
+    from workbench.finetune import hinton_loss
 
     train, test = ctx.splits.train, ctx.splits.test
     x, y = _tensors(train)

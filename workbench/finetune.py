@@ -1,9 +1,11 @@
 """Recovery fine-tuning of a torch model that keeps pruning masks (pruned weights stay exactly zero).
 
-Cross-entropy training (optional label smoothing) with Adam and a cosine or constant learning rate on
-the training split; masks are re-applied after every optimizer step, so Adam's momentum cannot revive
-a pruned weight. A call can train one window of a longer schedule (`offset`, `total` in optimizer steps):
-that is how pruning rounds share one learning-rate decay instead of restarting it (see `schedule_window`).
+Cross-entropy training (optional label smoothing), optionally mixed with knowledge distillation from a
+teacher (`FinetuneSpec.distill`: Hinton's soft-target loss against the uncompressed model's logits,
+computed once), with Adam and a cosine or constant learning rate on the training split; masks are
+re-applied after every optimizer step, so Adam's momentum cannot revive a pruned weight. A call can
+train one window of a longer schedule (`offset`, `total` in optimizer steps): that is how pruning
+rounds share one learning-rate decay instead of restarting it (see `schedule_window`).
 Knows nothing about ONNX or measurement.
 """
 
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def finetune(module: nn.Module, spec: FinetuneSpec, train: Dataset, masks: dict[str, np.ndarray] | None = None,
              progress: Callable[[float], None] | None = None, cancelled: Callable[[], bool] | None = None,
-             offset: int = 0, total: int | None = None) -> float:
+             offset: int = 0, total: int | None = None, teacher: nn.Module | None = None) -> float:
     """Train `module` in place for `spec.epochs`; returns the last epoch's mean loss. The learning rate
     follows steps offset.. of a `spec.schedule` spanning `total` steps (default: just this call's steps)."""
     if train.labels is None:
@@ -49,7 +51,7 @@ def finetune(module: nn.Module, spec: FinetuneSpec, train: Dataset, masks: dict[
         raise WorkbenchError(f"finetune: steps {offset}..{offset + steps} lie outside the schedule of {total} steps")
     factor = _schedule(spec.schedule, total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(offset + step))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
+    loss_fn = _loss(spec, teacher, x)
     module.train()
     last = float("nan")
     try:
@@ -59,7 +61,7 @@ def finetune(module: nn.Module, spec: FinetuneSpec, train: Dataset, masks: dict[
             for start in range(0, len(y), spec.batch_size):
                 idx = order[start:start + spec.batch_size]
                 optimizer.zero_grad()
-                loss = loss_fn(module(*(t[idx] for t in x)), y[idx])
+                loss = loss_fn(module(*(t[idx] for t in x)), y[idx], idx)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
@@ -74,6 +76,36 @@ def finetune(module: nn.Module, spec: FinetuneSpec, train: Dataset, masks: dict[
     finally:
         module.eval()
     return last
+
+
+def hinton_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float,
+                alpha: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, labels).
+    T^2 keeps the soft gradients' scale independent of T (Hinton et al. 2015, section 2)."""
+    from torch.nn import functional
+
+    soft = functional.kl_div(functional.log_softmax(student / temperature, dim=-1),
+                             functional.log_softmax(teacher / temperature, dim=-1),
+                             log_target=True, reduction="batchmean")
+    hard = functional.cross_entropy(student, labels, label_smoothing=label_smoothing)
+    return alpha * temperature**2 * soft + (1 - alpha) * hard
+
+
+def _loss(spec: FinetuneSpec, teacher: nn.Module | None, x: tuple[torch.Tensor, ...]):
+    """loss(outputs, labels, batch indices): cross-entropy, or mixed with the teacher's soft targets."""
+    if spec.distill == 0:
+        ce = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
+        return lambda out, labels, idx: ce(out, labels)
+    if teacher is None:
+        raise WorkbenchError("finetune.distill: needs the run's original torch model as the teacher "
+                             "(ONNX models cannot teach; set distill: 0)")
+    with torch.no_grad():
+        was_training = teacher.training
+        teacher.eval()
+        logits = torch.cat([teacher(*(t[i:i + 256] for t in x)) for i in range(0, len(x[0]), 256)])
+        teacher.train(was_training)
+    return lambda out, labels, idx: hinton_loss(out, logits[idx], labels, spec.temperature, spec.distill,
+                                                spec.label_smoothing)
 
 
 def finetune_steps(spec: FinetuneSpec, samples: int) -> int:

@@ -111,6 +111,7 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
         variant = _run_stage(variant, i, stage, ctx, report_progress, steps)
         base_name, base_stage = BASELINE_AFTER_TRANSFER, stage_dict(stage)
         base_notes, base_history = tuple(variant.notes), tuple(variant.history)
+    ctx.teacher = variant.module     # what recovery fine-tuning may distill from: the uncompressed model
 
     report_progress(0.02 if base_stage is None else 1.85 / (steps + 1), "baseline",
                     "exporting and measuring the baseline")

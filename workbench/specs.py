@@ -97,7 +97,10 @@ class DataRef:
 
 @dataclass(frozen=True)
 class FinetuneSpec:
-    """Recovery training of a torch model; pruning masks are kept (pruned weights stay zero)."""
+    """Recovery training of a torch model; pruning masks are kept (pruned weights stay zero).
+
+    `distill` > 0 mixes in knowledge distillation from the run's original (uncompressed) model: that
+    share of the loss is the Hinton soft-target loss at `temperature`, the rest cross-entropy on labels."""
 
     kind: ClassVar[str] = "finetune"
     epochs: int = 3
@@ -106,6 +109,8 @@ class FinetuneSpec:
     schedule: str = "cosine"          # cosine decay to 0 over all steps, or constant
     label_smoothing: float = 0.0
     seed: int = 0
+    distill: float = 0.0
+    temperature: float = 4.0
 
     def __post_init__(self) -> None:
         _check(self.schedule in LR_SCHEDULES, "schedule",
@@ -114,6 +119,8 @@ class FinetuneSpec:
         _check(isinstance(self.epochs, int) and self.epochs >= 0, "epochs", f"must be >= 0, got {self.epochs}")
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        _fraction(self.distill, "distill", upper_open=False)
+        _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
 
 
 @dataclass(frozen=True)

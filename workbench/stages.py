@@ -53,6 +53,7 @@ class Context:
     example: tuple                                       # torch example inputs for export
     progress: Callable[[float, str], None]               # (fraction within the stage, message)
     cancelled: Callable[[], bool]
+    teacher: Any = None      # the run's original torch model (after a leading transfer): distillation's teacher
 
     def check(self) -> None:
         if self.cancelled():
@@ -126,7 +127,7 @@ def _retrain(module: Any, spec: PruneSpec, ctx: Context, masks: dict[str, np.nda
     steps = finetune_steps(spec.finetune, len(ctx.splits.train))
     offset, total = schedule_window(spec.rewind, index, rounds, steps)
     return finetune(module, spec.finetune, ctx.splits.train, masks, cancelled=ctx.cancelled,
-                    offset=offset, total=total)
+                    offset=offset, total=total, teacher=ctx.teacher)
 
 
 def _rewind_state(module: Any, spec: PruneSpec, ctx: Context) -> dict[str, Any]:
@@ -201,7 +202,7 @@ def run_finetune(variant: Variant, spec: FinetuneSpec, ctx: Context) -> Variant:
     module = copy.deepcopy(variant.module)
     out = variant.copy_meta(module=module, masks=dict(variant.masks))
     loss = finetune(module, spec, ctx.splits.train, variant.masks,
-                    progress=lambda f: ctx.progress(f, "fine-tuning"), cancelled=ctx.cancelled)
+                    progress=lambda f: ctx.progress(f, "fine-tuning"), cancelled=ctx.cancelled, teacher=ctx.teacher)
     ctx.check()
     out.history.append({"epochs": spec.epochs, "loss": loss})
     return out

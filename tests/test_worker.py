@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FAST_MEASURE
+from tests.reliability.faults import alive, children
 from workbench.store import Store
 from workbench.worker import LocalExecutor, Worker, auto_worker_pid, ensure_worker
 
@@ -50,26 +51,6 @@ def _wait(predicate, timeout: float, what: str, every: float = 0.05):
 def _started(store: Store, run_id: int) -> bool:
     run = store.get(run_id)
     return run.status == "running" and run.progress > 0
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _worker_process(home: Path, *extra: str) -> subprocess.Popen:
@@ -148,12 +129,12 @@ def test_kill_9_of_a_worker_mid_run_leaves_nothing_running_and_retries_succeed(t
         ids.append(run.id)
         proc = _worker_process(home)
         _wait(lambda run=run: _started(store, run.id), 60, f"run {run.id} to make progress")
-        children = _children(proc.pid)
-        assert len(children) == 1
+        kids = children(proc.pid)
+        assert len(kids) == 1
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         assert store.get(run.id).status == "running"  # nobody has noticed yet
-        _wait(lambda children=children: not any(map(_alive, children)), 10, "the child to die with its worker")
+        _wait(lambda kids=kids: not any(map(alive, kids)), 10, "the child to die with its worker")
         if i < 4:  # the last one is left for the next worker to find
             assert store.reap() == [run.id]
 
@@ -202,7 +183,7 @@ def test_cancel_stops_a_running_run_within_5_s_and_a_queued_one_at_once(tmp_path
         assert max(took.values()) < 5
         assert store.get(polite.id).error == "cancelled by request"
         assert "stopped forcefully" in store.get(deaf.id).error
-        _wait(lambda: not any(map(_alive, pids)), 10, "both children to end")
+        _wait(lambda: not any(map(alive, pids)), 10, "both children to end")
     finally:
         stop.set()
         thread.join(30)
@@ -224,7 +205,7 @@ def test_restart_keeps_history_and_artifacts_and_runs_queued_runs(tmp_path, tiny
     pid = worker.executor.pid(busy.id)
     stop.set()  # a clean stop: in-flight runs are interrupted, not left running
     thread.join(30)
-    assert not thread.is_alive() and not _alive(pid)
+    assert not thread.is_alive() and not alive(pid)
     stopped = store.get(busy.id)
     assert stopped.status == "interrupted" and "worker stopped" in stopped.error
     done = store.get(first.id)
@@ -284,7 +265,7 @@ def test_ensure_worker_starts_at_most_one_and_it_stops_cleanly(tmp_path):
     assert ensure_worker(home) is True
     assert ensure_worker(home) is False  # right away: the lock went to the child with it
     pid = auto_worker_pid(home)
-    assert pid and _alive(pid)
+    assert pid and alive(pid)
     by_hand = subprocess.run([sys.executable, "-m", "workbench", "worker", "--auto", "--home", str(home)],
                              capture_output=True, text=True, timeout=60)
     assert by_hand.returncode == 0 and "already serves" in by_hand.stderr
@@ -324,7 +305,7 @@ def _stop_auto_worker(home: Path) -> None:
 def _no_stray_workers():
     """Fail loudly rather than leave worker processes behind."""
     yield
-    strays = [pid for pid in _children(os.getpid()) if _alive(pid)]
+    strays = [pid for pid in children(os.getpid()) if alive(pid)]
     for pid in strays:
         os.kill(pid, signal.SIGKILL)
     assert not strays, f"processes left running: {strays}"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FAST_MEASURE
-from tests.reliability.faults import alive, children
+from tests.reliability.faults import alive, children, wait_for
 from workbench.store import Store
 from workbench.worker import LocalExecutor, Worker, auto_worker_pid, ensure_worker
 
@@ -36,16 +36,6 @@ def _deaf(model: Path) -> dict:
     """Measuring for ~20 s without polling cancellation: the worker has to kill this one."""
     return {"model": str(model), "stages": [], "measure": {**FAST_MEASURE, "batch_sizes": [1, 2, 4, 8, 16, 32],
                                                            "warmup": 10**6, "repeats": 10**6, "min_time_s": 60}}
-
-
-def _wait(predicate, timeout: float, what: str, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _started(store: Store, run_id: int) -> bool:
@@ -128,13 +118,13 @@ def test_kill_9_of_a_worker_mid_run_leaves_nothing_running_and_retries_succeed(t
         run = store.submit(_short(tiny_onnx), f"victim-{i}")
         ids.append(run.id)
         proc = _worker_process(home)
-        _wait(lambda run=run: _started(store, run.id), 60, f"run {run.id} to make progress")
+        wait_for(lambda run=run: _started(store, run.id), 60, f"run {run.id} to make progress")
         kids = children(proc.pid)
         assert len(kids) == 1
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         assert store.get(run.id).status == "running"  # nobody has noticed yet
-        _wait(lambda kids=kids: not any(map(alive, kids)), 10, "the child to die with its worker")
+        wait_for(lambda kids=kids: not any(map(alive, kids)), 10, "the child to die with its worker")
         if i < 4:  # the last one is left for the next worker to find
             assert store.reap() == [run.id]
 
@@ -170,20 +160,20 @@ def test_cancel_stops_a_running_run_within_5_s_and_a_queued_one_at_once(tmp_path
     worker = Worker(store, concurrency=2, cancel_grace_s=1.0)
     thread = _in_thread(worker, stop)
     try:
-        _wait(lambda: store.get(polite.id).stage == "1: finetune", 60, "the fine-tune to start")
-        _wait(lambda: store.get(deaf.id).stage == "baseline", 60, "the baseline measurement to start")
+        wait_for(lambda: store.get(polite.id).stage == "1: finetune", 60, "the fine-tune to start")
+        wait_for(lambda: store.get(deaf.id).stage == "baseline", 60, "the baseline measurement to start")
         pids = [worker.executor.pid(polite.id), worker.executor.pid(deaf.id)]
         took = {}
         for run in (polite, deaf):
             asked = time.monotonic()
             store.request_cancel(run.id)
-            _wait(lambda run=run: store.get(run.id).status == "cancelled", 5, f"run {run.id} to be cancelled")
+            wait_for(lambda run=run: store.get(run.id).status == "cancelled", 5, f"run {run.id} to be cancelled")
             took[run.name] = time.monotonic() - asked
         print(f"cancel took {took['polite']:.2f} s (the run stopped itself), {took['deaf']:.2f} s (killed)")
         assert max(took.values()) < 5
         assert store.get(polite.id).error == "cancelled by request"
         assert "stopped forcefully" in store.get(deaf.id).error
-        _wait(lambda: not any(map(alive, pids)), 10, "both children to end")
+        wait_for(lambda: not any(map(alive, pids)), 10, "both children to end")
     finally:
         stop.set()
         thread.join(30)
@@ -199,9 +189,9 @@ def test_restart_keeps_history_and_artifacts_and_runs_queued_runs(tmp_path, tiny
     stop = threading.Event()
     worker = Worker(store)
     thread = _in_thread(worker, stop)
-    _wait(lambda: store.get(first.id).done, 90, "the first run")
+    wait_for(lambda: store.get(first.id).done, 90, "the first run")
     busy = store.submit(_deaf(tiny_onnx), "busy")
-    _wait(lambda: _started(store, busy.id), 60, "the long run to start")
+    wait_for(lambda: _started(store, busy.id), 60, "the long run to start")
     pid = worker.executor.pid(busy.id)
     stop.set()  # a clean stop: in-flight runs are interrupted, not left running
     thread.join(30)
@@ -232,7 +222,7 @@ def test_a_failed_run_and_a_crashed_child_do_not_stop_the_worker(tmp_path, tiny_
     fine = store.submit(_quick(tiny_onnx), "fine")
     worker = Worker(store)
     thread = _in_thread(worker, until_idle=True)
-    _wait(lambda: _started(store, crashing.id), 90, "the second run to start")
+    wait_for(lambda: _started(store, crashing.id), 90, "the second run to start")
     os.kill(worker.executor.pid(crashing.id), signal.SIGKILL)  # a hard crash: segfault, OOM killer
     thread.join(120)
     assert not thread.is_alive()
@@ -251,7 +241,7 @@ def test_local_executor_reports_exit_codes(tmp_path, tiny_onnx):
     run = store.submit(_quick(tiny_onnx))
     executor = LocalExecutor()
     executor.start(store, run)  # not claimed: the child refuses with a one-line error and exit code 2
-    _wait(lambda: executor.finished() == [run.id], 60, "the child to exit")
+    wait_for(lambda: executor.finished() == [run.id], 60, "the child to exit")
     assert executor.exit_reason(run.id) == "exit code 2" and executor.active() == 0
     assert "not claimed" in (store.run_dir(run.id) / "worker-output.txt").read_text()
 
@@ -271,7 +261,7 @@ def test_ensure_worker_starts_at_most_one_and_it_stops_cleanly(tmp_path):
     assert by_hand.returncode == 0 and "already serves" in by_hand.stderr
 
     run = store.submit(_quick(tmp_path / "nothing.onnx"))
-    _wait(lambda: store.get(run.id).done, 60, "the auto-started worker to take the run")
+    wait_for(lambda: store.get(run.id).done, 60, "the auto-started worker to take the run")
     assert store.get(run.id).status == "failed"
     assert auto_worker_pid(home) == pid
 
@@ -296,7 +286,7 @@ def _reap(pid: int, timeout: float = 30) -> int:
 
 
 def _stop_auto_worker(home: Path) -> None:
-    pid = _wait(lambda: auto_worker_pid(home), 30, "the worker's pid")
+    pid = wait_for(lambda: auto_worker_pid(home), 30, "the worker's pid")
     os.kill(pid, signal.SIGTERM)
     _reap(pid)
 

@@ -5,9 +5,10 @@ import torch
 from workbench.data import digits_splits
 from workbench.errors import WorkbenchError
 from workbench.evaluate import score, torch_predict
-from workbench.finetune import _schedule, finetune, finetune_steps, schedule_window
+from workbench.finetune import finetune, finetune_steps, schedule_window
 from workbench.pruning import prune_torch, torch_weights
 from workbench.specs import FinetuneSpec, PruneSpec
+from workbench.training import lr_schedule
 from workbench.zoo import load_sample
 
 
@@ -35,9 +36,9 @@ def test_without_masks_pruned_weights_would_grow_back():
 
 
 def test_cosine_schedule_decays_to_zero():
-    f = _schedule("cosine", 100)
+    f = lr_schedule("cosine", 100)
     assert f(0) == 1.0 and f(50) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)
-    assert _schedule("constant", 100)(99) == 1.0
+    assert lr_schedule("constant", 100)(99) == 1.0
 
 
 def test_unlabelled_data_is_an_error():
@@ -75,7 +76,7 @@ def test_a_window_trains_that_slice_of_a_longer_schedule(monkeypatch):
     assert finetune_steps(spec, len(train)) == 4
     trace = _lr_trace(monkeypatch)
     finetune(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), spec, train, offset=4, total=12)
-    assert trace == pytest.approx([0.01 * _schedule("cosine", 12)(s) for s in range(4, 8)])
+    assert trace == pytest.approx([0.01 * lr_schedule("cosine", 12)(s) for s in range(4, 8)])
     with pytest.raises(WorkbenchError, match="outside the schedule"):
         finetune(torch.nn.Linear(64, 10), spec, train, offset=10, total=12)
 

@@ -104,6 +104,7 @@ def distill(student: nn.Module, teacher: nn.Module, spec: DistillSpec, ctx: Cont
 
     from workbench.evaluate import torch_predict
     from workbench.finetune import hinton_loss
+    from workbench.training import lr_schedule, train_epochs
 
     train, test = ctx.splits.train, ctx.splits.test
     x, y = _tensors(train)
@@ -113,28 +114,17 @@ def distill(student: nn.Module, teacher: nn.Module, spec: DistillSpec, ctx: Cont
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=WEIGHT_DECAY)
-    batches = math.ceil(len(y) / spec.batch_size)
-    total = spec.epochs * batches
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
-    generator = torch.Generator().manual_seed(spec.seed)
     every = max(1, spec.epochs // 10)
     history = []
-    for epoch in range(1, spec.epochs + 1):
-        ctx.check()
-        student.train()
-        order = torch.randperm(len(y), generator=generator)
-        losses = []
-        for start in range(0, len(y), spec.batch_size):
-            idx = order[start:start + spec.batch_size]
-            optimizer.zero_grad()
-            loss = hinton_loss(student(*(t[idx] for t in x)), soft_targets[idx], y[idx], spec.temperature,
-                               spec.alpha)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-        student.eval()
-        record: dict[str, Any] = {"epoch": epoch, "loss": round(float(np.mean(losses)), 5)}
+
+    def loss_fn(out: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return hinton_loss(out, soft_targets[idx], labels, spec.temperature, spec.alpha)
+
+    ctx.check()
+    lr_factor = lr_schedule("cosine", spec.epochs * math.ceil(len(y) / spec.batch_size))
+    for epoch, loss in train_epochs(student, x, y, loss_fn, optimizer, spec.epochs, spec.batch_size, spec.seed,
+                                    lr_factor):
+        record: dict[str, Any] = {"epoch": epoch, "loss": round(loss, 5)}
         if epoch % every == 0 or epoch == spec.epochs:
             if teacher_test is None:
                 record["accuracy"] = round(_accuracy(student, test), 4)
@@ -143,6 +133,7 @@ def distill(student: nn.Module, teacher: nn.Module, spec: DistillSpec, ctx: Cont
                 record["top1_agreement"] = round(float(np.mean(agree)), 4)
             history.append(record)
         ctx.progress(0.1 + 0.9 * epoch / spec.epochs, f"epoch {epoch}/{spec.epochs}: loss {record['loss']:.4f}")
+        ctx.check()
     return history
 
 

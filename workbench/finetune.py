@@ -12,7 +12,6 @@ Knows nothing about ONNX or measurement.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -23,6 +22,7 @@ from workbench.data import Dataset
 from workbench.errors import WorkbenchError
 from workbench.pruning import torch_weights
 from workbench.specs import FinetuneSpec
+from workbench.training import lr_schedule, train_epochs
 
 log = logging.getLogger(__name__)
 
@@ -43,38 +43,19 @@ def finetune(module: nn.Module, spec: FinetuneSpec, train: Dataset, masks: dict[
     mask_tensors = {n: torch.from_numpy(m).to(weights[n].dtype) for n, m in (masks or {}).items() if n in weights}
     x = tuple(torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in train.inputs)
     y = torch.from_numpy(train.labels)
-    generator = torch.Generator().manual_seed(spec.seed)
     optimizer = torch.optim.Adam(params, lr=spec.lr)
     steps = finetune_steps(spec, len(y))
     total = steps if total is None else total
     if offset < 0 or offset + steps > total:
         raise WorkbenchError(f"finetune: steps {offset}..{offset + steps} lie outside the schedule of {total} steps")
-    factor = _schedule(spec.schedule, total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(offset + step))
-    loss_fn = _loss(spec, teacher, x)
-    module.train()
+    factor = lr_schedule(spec.schedule, total)
     last = float("nan")
-    try:
-        for epoch in range(spec.epochs):
-            order = torch.randperm(len(y), generator=generator)
-            losses = []
-            for start in range(0, len(y), spec.batch_size):
-                idx = order[start:start + spec.batch_size]
-                optimizer.zero_grad()
-                loss = loss_fn(module(*(t[idx] for t in x)), y[idx], idx)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                _reapply(weights, mask_tensors)
-                losses.append(loss.item())
-                if cancelled and cancelled():
-                    return last
-            last = float(np.mean(losses))
-            log.info("finetune epoch %d/%d loss %.4f", epoch + 1, spec.epochs, last)
-            if progress:
-                progress((epoch + 1) / spec.epochs)
-    finally:
-        module.eval()
+    for epoch, last in train_epochs(module, x, y, _loss(spec, teacher, x), optimizer, spec.epochs, spec.batch_size,
+                                    spec.seed, lambda step: factor(offset + step),
+                                    after_step=lambda: _reapply(weights, mask_tensors), cancelled=cancelled):
+        log.info("finetune epoch %d/%d loss %.4f", epoch, spec.epochs, last)
+        if progress:
+            progress(epoch / spec.epochs)
     return last
 
 
@@ -121,12 +102,6 @@ def schedule_window(rewind: str, round_index: int, rounds: int, steps: int) -> t
     if rewind == "none":
         return round_index * steps, rounds * steps
     return 0, steps
-
-
-def _schedule(kind: str, steps: int) -> Callable[[int], float]:
-    if kind == "constant":
-        return lambda step: 1.0
-    return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
 
 
 def _reapply(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> None:

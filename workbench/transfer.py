@@ -109,6 +109,8 @@ def train_head(module: nn.Module, head_name: str, spec: TransferSpec, ctx: Conte
     import torch
     from torch import nn
 
+    from workbench.training import lr_schedule, train_epochs
+
     train, test = ctx.splits.train, ctx.splits.test
     head = module.get_submodule(head_name)
     head_params = {id(p) for p in head.parameters()}
@@ -128,32 +130,21 @@ def train_head(module: nn.Module, head_name: str, spec: TransferSpec, ctx: Conte
         p.requires_grad_(spec.train_backbone or id(p) in head_params)
     y = torch.from_numpy(train.labels)
     optimizer = torch.optim.Adam(groups)
-    total = spec.epochs * math.ceil(len(y) / spec.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
-    generator = torch.Generator().manual_seed(spec.seed)
-    loss_fn = nn.CrossEntropyLoss()
+    ce = nn.CrossEntropyLoss()
     every = max(1, spec.epochs // 10)
     history = []
-    for epoch in range(1, spec.epochs + 1):
-        ctx.check()
-        trainee.train()
-        order = torch.randperm(len(y), generator=generator)
-        losses = []
-        for start in range(0, len(y), spec.batch_size):
-            idx = order[start:start + spec.batch_size]
-            optimizer.zero_grad()
-            loss = loss_fn(trainee(*(t[idx] for t in x)), y[idx])
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
+    ctx.check()
+    lr_factor = lr_schedule("cosine", spec.epochs * math.ceil(len(y) / spec.batch_size))
+    for epoch, loss in train_epochs(trainee, x, y, lambda out, labels, idx: ce(out, labels), optimizer, spec.epochs,
+                                    spec.batch_size, spec.seed, lr_factor):
         module.eval()
-        record: dict[str, Any] = {"epoch": epoch, "loss": round(float(np.mean(losses)), 5)}
+        record: dict[str, Any] = {"epoch": epoch, "loss": round(loss, 5)}
         if epoch % every == 0 or epoch == spec.epochs:
             if test.labels is not None:
                 record["accuracy"] = round(_test_accuracy(module, head, test_x, test), 4)
             history.append(record)
         ctx.progress(0.1 + 0.9 * epoch / spec.epochs, f"epoch {epoch}/{spec.epochs}: loss {record['loss']:.4f}")
+        ctx.check()
     return history
 
 

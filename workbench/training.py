@@ -1,12 +1,12 @@
 """The one mini-batch training loop behind recovery fine-tuning, distillation and head re-training.
 
-Contract: `train_epochs` shuffles the samples each epoch with its own seeded generator (not the global torch
-RNG, which only the model's own dropout draws from), steps `optimizer` once per batch with the learning rate multiplied by
-`lr_factor(step)`, calls `after_step` after every step (masks are re-applied there), and yields
-(epoch from 1, mean loss of the epoch) with `model` back in eval mode, so callers measure between
-epochs. `cancelled()` is polled after every step; when it says yes the loop stops without yielding.
-What is trained, the loss and the optimizer belong to the caller; this module knows nothing of
-pruning, teachers or heads.
+Contract: `train_epochs` shuffles the samples each epoch with its own seeded generator (not the global
+torch RNG, which only the model's own dropout draws from), steps `optimizer` once per batch with the
+learning rate multiplied by `lr_factor(step)`, calls `after_step` after every step (masks are
+re-applied there), and yields (epoch from 1, mean loss of the epoch) with `model` back in eval mode, so
+callers measure between epochs. `cancelled()` is polled after every step; when it says yes the loop
+stops without yielding. What is trained, the loss and the optimizer belong to the caller; this module
+knows nothing of pruning, teachers or heads.
 """
 
 from __future__ import annotations

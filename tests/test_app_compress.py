@@ -228,6 +228,31 @@ def test_sensitivity_excludes_and_allocates_into_the_recipe(isolated_home):
     assert at.session_state["overrides"] == {} and "overrides" not in at.query_params
 
 
+def test_allocate_bits_writes_per_layer_bits_into_the_recipe(isolated_home):
+    at = open_app(PAGE, query={"bits": "8"}, session={"sensitivity_open": True})
+    at.button(key="measure_sensitivity").click().run()
+    at.number_input(key="bits_target_kb").set_value(20.0).run()
+    at.button(key="allocate_bits").click().run()
+    assert not at.exception and any("allocated: weights need about" in t for t in texts(at))
+    method, bits = at.session_state["layer_bits"]["method"], at.session_state["layer_bits"]["bits"]
+    assert method == "weight_only" and set(bits) == {"fc1", "fc2", "fc3"} and set(bits.values()) <= {8, 4, 2}
+    assert sum(p * bits[k] / 8 for k, p in {"fc1": 19200, "fc2": 30000, "fc3": 1000}.items()) <= 20 * 1024
+    assert at.query_params["layer_bits"].startswith("{") and any("**weight_only**" in t for t in texts(at))
+    assert any("Bits are per layer" in i.value for i in at.info)
+    assert "per-layer" in next(t for t in texts(at) if t.startswith("**This setting:**"))
+    (quant,) = launched_spec(at, isolated_home).stages
+    assert quant.method == "weight_only" and quant.overrides == bits
+    at.toggle(key="bits_real").set_value(False).run()
+    at.number_input(key="bits_target_kb").set_value(19.0).run()
+    assert any("allocate again" in w.value for w in at.warning)
+    at.button(key="allocate_bits").click().run()
+    assert at.session_state["layer_bits"]["method"] == "fake" and 3 in at.session_state["layer_bits"]["bits"].values()
+    assert any("**fake**" in t for t in texts(at))
+    at.button(key="clear_layer_bits").click().run()
+    assert at.session_state["layer_bits"]["bits"] == {} and "layer_bits" not in at.query_params
+    assert "per-layer" not in next(t for t in texts(at) if t.startswith("**This setting:**"))
+
+
 def test_search_under_an_accuracy_bar_queues_candidates(isolated_home):
     at = open_app(PAGE, session={"search_open": True})
     at.number_input(key="search_trials").set_value(3).run()

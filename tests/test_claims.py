@@ -81,3 +81,10 @@ def test_smaller_dense_layers_claim_fewer_weights_not_fewer_bits():
     size = claims["file size"]
     assert size.kind == "real" and "50,000 -> 25,000 weights" in size.reason and "bits" not in size.reason
     assert claims["latency @ batch 256"].kind == "real" and "multiply-adds" in claims["latency @ batch 256"].reason
+
+
+def test_per_layer_fake_bits_are_named_per_layer_not_as_their_mean():
+    facts = Facts(quant_method="fake", simulated_quant=True, storage_bits=5, layer_bits=(8, 2))
+    claims = _by_aspect(claims_for(_m(), _m(acc=0.98), facts))
+    assert "8/2 bits per layer (mean 5)" in claims["file size"].reason
+    assert "8/2 bits per layer" in claims["minimum storage"].reason

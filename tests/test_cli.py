@@ -7,6 +7,7 @@ import yaml
 
 from tests.conftest import FAST_MEASURE
 from workbench.cli import main
+from workbench.specs import RunSpec
 
 
 def _recipe(tmp_path, stages, model="digits-mlp"):
@@ -77,3 +78,22 @@ def test_sensitivity_prints_both_tables_and_an_allocation_as_recipe_yaml(capsys)
     with pytest.raises(SystemExit):
         main(["sensitivity", "digits-mlp", "--exclude", "fc9"])
     assert capsys.readouterr().err.strip() == "error: exclude: 'fc9' matches no layer (layers: fc1, fc2, fc3)"
+
+
+def test_sensitivity_allocates_bits_as_a_quantize_stage(capsys):
+    main(["sensitivity", "digits-mlp", "--bits-kb", "20", "--bits-choices", "8", "4", "2"])
+    out = capsys.readouterr().out
+    assert "bits allocation for 20 KB" in out and "weight_only: MatMulNBits" in out
+    (stage,) = yaml.safe_load(out[out.index("\n- quantize:"):])
+    quant = RunSpec.from_dict({"model": "digits-mlp", "stages": [stage]}).stages[0]
+    assert quant.method == "weight_only" and set(quant.overrides) == {"fc1", "fc2", "fc3"}
+    assert sum(p * quant.overrides[k] / 8 for k, p in {"fc1": 19200, "fc2": 30000, "fc3": 1000}.items()) <= 20 * 1024
+    main(["sensitivity", "digits-cnn", "--bits-kb", "40", "--exclude", "features.0.0", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    quant = data["stages"][0]["quantize"]
+    assert quant["method"] == "fake" and quant["exclude"] == ["features.0.0"]
+    allocation = data["bits_allocation"]
+    assert allocation["estimated_bytes"] <= 40 * 1024 and allocation["bits"]["features.0.0"] == 32
+    with pytest.raises(SystemExit):
+        main(["sensitivity", "digits-mlp", "--bits-kb", "1"])
+    assert "out of reach" in capsys.readouterr().err

@@ -332,3 +332,95 @@ def test_unknown_method_is_a_workbench_error(mlp, digits):
     with pytest.raises(WorkbenchError, match=r"quantize\(int3\): unknown method"):
         quantize(mlp, spec, digits.calib)
 
+
+
+# ------------------------------------------------------------------------------------------- per layer
+
+
+def _bits_by_layer(model: onnx.ModelProto) -> dict[str, int]:
+    """Stored bits per layer ("0", "2": the Sequential index), whatever ORT renamed the weight to."""
+    return {w.name.split(".")[0]: w.bits for w in weight_tensors(model)}
+
+
+@pytest.mark.parametrize(("method", "bits"), [("static", 8), ("dynamic", 8), ("weight_only", 4)])
+def test_exclude_keeps_that_layer_float(mlp, digits, method, bits):
+    result = quantize(mlp, QuantSpec(method, weight_bits=bits, exclude=("0",), calib_samples=32), digits.calib)
+    assert _bits_by_layer(result.model) == {"0": 32, "2": bits}
+    inits = {t.name: t for t in result.model.graph.initializer}
+    float_weight = next(w for w in weight_tensors(result.model) if w.name.startswith("0."))
+    assert inits[float_weight.name].data_type == TensorProto.FLOAT
+    assert op_coverage(result.model).float_ops == 1 and op_coverage(result.model).quantized == 1
+    assert "kept in float (exclude): 0" in result.notes
+    # the mean over both layers, weighted by their weights: 8192 float, 1280 quantized
+    assert result.storage_bits == round((8192 * 32 + 1280 * bits) / 9472)
+    _assert_close_but_changed(result, mlp, digits)
+
+
+def test_exclude_keeps_a_conv_float_in_static_qdq(cnn, digits):
+    result = quantize(cnn, QuantSpec("static", exclude=("0",), calib_samples=32), digits.calib)
+    conv = next(n for n in result.model.graph.node if n.op_type == "Conv")
+    inits = {t.name: t for t in result.model.graph.initializer}
+    assert conv.input[1] in inits and inits[conv.input[1]].data_type == TensorProto.FLOAT
+    assert _bits_by_layer(result.model) == {"0": 32, "5": 8}
+
+
+def test_weight_only_overrides_give_each_matmulnbits_node_its_bits(mlp, digits):
+    result = quantize(mlp, QuantSpec("weight_only", weight_bits=4, overrides={"0": 8, "2": 2}), digits.calib)
+    nodes = [n for n in result.model.graph.node if n.op_type == "MatMulNBits"]
+    bits = {n.input[1].split(".")[0]: helper.get_attribute_value(next(a for a in n.attribute if a.name == "bits"))
+            for n in nodes}
+    assert bits == {"0": 8, "2": 2} and _bits_by_layer(result.model) == {"0": 8, "2": 2}
+    assert result.storage_bits == round((8192 * 8 + 1280 * 2) / 9472) and not result.simulated
+    assert "per-layer bits: 8-bit: 0; 2-bit: 2" in result.notes
+    _assert_close_but_changed(result, mlp, digits, min_agreement=0.5)
+
+
+def test_fake_overrides_round_each_layer_to_its_own_grid_and_size_counts_each(mlp, digits):
+    from workbench.size import other_tensor_bits, size_stats, tensor_min_bits
+
+    result = quantize(mlp, QuantSpec("fake", weight_bits=6, overrides={"0": 3}), digits.calib)
+    after = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    assert len(np.unique(after["0.weight"])) <= 2 ** 3
+    assert 2 ** 3 < len(np.unique(after["2.weight"])) <= 2 ** 6
+    assert result.layer_bits == {"0.weight": 3, "2.weight": 6} and result.storage_bits == 3
+    weights = weight_tensors(result.model)
+    stats = size_stats(result.model.SerializeToString(), weights, result.storage_bits, result.layer_bits)
+    expected = sum(tensor_min_bits(w.params, w.nonzero, result.layer_bits[w.name]) for w in weights)
+    expected += other_tensor_bits(result.model, {w.name for w in weights})
+    assert stats.min_storage_bytes == -(-expected // 8) and stats.storage_bits == 3
+    uniform = size_stats(result.model.SerializeToString(), weights, 6)
+    assert uniform.min_storage_bytes > stats.min_storage_bytes
+    excluded = quantize(mlp, QuantSpec("fake", weight_bits=4, exclude=("2",)), digits.calib)
+    original = {t.name: numpy_helper.to_array(t) for t in mlp.graph.initializer}
+    kept = {t.name: numpy_helper.to_array(t) for t in excluded.model.graph.initializer}
+    assert np.array_equal(kept["2.weight"], original["2.weight"]) and not np.array_equal(kept["0.weight"],
+                                                                                         original["0.weight"])
+    assert excluded.layer_bits == {"0.weight": 4, "2.weight": 32}
+
+
+@pytest.mark.parametrize("method", ["static", "fake"])
+def test_patterns_matching_no_layer_are_errors(mlp, digits, method):
+    message = rf"^quantize\({method}\): exclude: 'fc9' matches no layer \(layers: 0, 2\)"
+    with pytest.raises(WorkbenchError, match=message):
+        quantize(mlp, QuantSpec(method, weight_bits=8, exclude=("fc9",)), digits.calib)
+    with pytest.raises(WorkbenchError, match=r"overrides: 'fc\*' matches no layer"):
+        quantize(mlp, QuantSpec("fake", overrides={"fc*": 4}), digits.calib)
+
+
+def test_a_run_reports_per_layer_bits_in_its_minimum_storage(tmp_path):
+    from tests.conftest import FAST_MEASURE
+    from workbench.pipeline import run_pipeline
+    from workbench.size import other_tensor_bits, size_stats, tensor_min_bits
+    from workbench.specs import RunSpec
+
+    stages = [{"quantize": {"method": "fake", "weight_bits": 8, "overrides": {"fc2": 2}}}]
+    spec = RunSpec.from_dict({"model": "digits-mlp", "stages": stages, "measure": FAST_MEASURE})
+    size = run_pipeline(spec, out_dir=tmp_path).final.measurement.size
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    weights = weight_tensors(model)
+    bits = {"fc1.weight": 8, "fc2.weight": 2, "fc3.weight": 8}
+    expected = sum(tensor_min_bits(w.params, w.nonzero, bits[w.name]) for w in weights)
+    expected += other_tensor_bits(model, set(bits))
+    assert size.min_storage_bytes == -(-expected // 8)
+    assert size.storage_bits == round((20_200 * 8 + 30_000 * 2) / 50_200)
+    assert size.min_storage_bytes < size_stats(model.SerializeToString(), weights, 8).min_storage_bytes

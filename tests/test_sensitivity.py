@@ -13,11 +13,15 @@ from workbench.pruning import _matches, compute_masks, prune_torch, sparsity_of,
 from workbench.sensitivity import (
     BITS,
     SPARSITIES,
+    Cell,
+    Sensitivity,
     allocate,
+    allocate_bits,
     allocate_size,
     analyze,
     fake_quantize_channels,
     layer_key,
+    matmul_only,
     weight_bytes,
 )
 from workbench.specs import ModelRef, PruneSpec
@@ -166,3 +170,54 @@ def test_heatmap_spec(mlp_sens):
     assert cells["encoding"]["x"]["sort"][0] == "20%" and cells["encoding"]["y"]["sort"] == ["fc1", "fc2", "fc3"]
     bits = sensitivity_heatmap(mlp_sens.frame("bits"), "bits").to_dict()
     assert bits["layer"][0]["encoding"]["x"]["sort"] == ["8-bit", "6-bit", "4-bit", "3-bit", "2-bit"]
+
+
+def _constructed(kls: dict[str, dict[int, float]], params: dict[str, int]) -> Sensitivity:
+    """A sensitivity whose bits table says what each layer's rounding costs (KL; drop = 100 x KL)."""
+    bits = {f"{n}.weight": {b: Cell(0.9, 100 * kl, kl) for b, kl in levels.items()} for n, levels in kls.items()}
+    return Sensitivity("made", "accuracy", 0.9, {f"{n}.weight": p for n, p in params.items()}, {}, bits, 0.0)
+
+
+def test_bits_allocation_fits_the_target_and_spares_the_sensitive_layer():
+    # three equal layers; "b" degrades a hundred times faster than the others when rounded
+    cheap = {8: 0.0, 6: 0.001, 4: 0.002, 3: 0.004, 2: 0.01}
+    sens = _constructed({"a": cheap, "b": {b: 100 * kl for b, kl in cheap.items()}, "c": cheap},
+                        {"a": 1000, "b": 1000, "c": 1000})
+    target = 3000 * 4 / 8                                    # every layer at 4 bits, dense
+    allocation = allocate_bits(sens, target)
+    assert allocation.estimated_bytes <= target and allocation.bits["b"] > 4 > min(allocation.bits.values())
+    assert allocation.estimated_bytes == sum(1000 * b / 8 for b in allocation.bits.values())
+    uniform_kl = sum(sens.bits[n][4].kl for n in sens.layers)
+    assert allocation.kl < uniform_kl and "estimate" in allocation.note
+    assert allocation.to_overrides() == allocation.bits and allocation.quant_spec().method == "fake"
+    assert allocate_bits(sens, 10**6).bits == {"a": 8, "b": 8, "c": 8}   # fits as it is: nothing lowered
+    real = allocate_bits(sens, target, choices=(8, 4, 2))
+    assert set(real.bits.values()) <= {8, 4, 2} and real.bits["b"] == 8
+    assert real.quant_spec(matmul_only=True).method == "weight_only"
+    assert real.quant_spec(matmul_only=False).method == "fake"
+    kept = allocate_bits(sens, 1000 * 32 / 8 + 2000 * 3 / 8, exclude=["b"])
+    assert kept.bits == {"a": 3, "b": 32, "c": 3} and kept.exclude == ("b",)
+    assert kept.quant_spec().exclude == ("b",) and "b" not in kept.quant_spec().overrides
+
+
+def test_bits_allocation_errors():
+    sens = _constructed({"a": {8: 0.0, 4: 0.1, 2: 0.5}}, {"a": 1000})
+    with pytest.raises(WorkbenchError, match=r"0.1 KB is out of reach: even 2 bits per weight need 0.2 KB"):
+        allocate_bits(sens, 100, choices=(8, 4, 2))
+    with pytest.raises(WorkbenchError, match=r"choices: each must be a measured bit width \(2, 4, 8\)"):
+        allocate_bits(sens, 1000, choices=(8, 3))
+    with pytest.raises(WorkbenchError, match="'z' matches no layer"):
+        allocate_bits(sens, 1000, choices=(8, 4), exclude=["z"])
+    with pytest.raises(WorkbenchError, match="every layer is excluded"):
+        allocate_bits(sens, 10**6, choices=(8, 4), exclude=["a"])
+    with pytest.raises(WorkbenchError, match="target_bytes"):
+        allocate_bits(sens, 0)
+
+
+def test_bits_allocation_on_the_mlp_runs_as_mixed_precision(mlp, mlp_sens):
+    weights = torch_weights(mlp.module)
+    assert matmul_only(weights) and not matmul_only({"conv": np.zeros((4, 1, 3, 3))})
+    allocation = allocate_bits(mlp_sens, 20 * 1024, choices=(8, 4, 2))
+    assert allocation.estimated_bytes <= 20 * 1024 and set(allocation.bits) == {"fc1", "fc2", "fc3"}
+    quant = allocation.quant_spec(matmul_only(weights))
+    assert quant.method == "weight_only" and quant.overrides == allocation.bits

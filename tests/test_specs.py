@@ -99,3 +99,40 @@ def test_activation_bits_only_for_fake():
     with pytest.raises(SpecError, match="activation_bits"):
         QuantSpec(method="static", activation_bits=4)
     assert QuantSpec(method="fake", weight_bits=4, activation_bits=4).activation_bits == 4
+
+
+def test_quantize_exclude_and_per_layer_bits_round_trip_into_the_script():
+    from workbench.codegen import python_script
+
+    raw = {"model": "digits-mlp", "stages": [
+        {"quantize": {"method": "fake", "weight_bits": 4, "exclude": ["fc3"], "overrides": {"fc1": 8, "fc2": 3}}}]}
+    spec = RunSpec.from_dict(raw)
+    quant = spec.stages[0]
+    assert quant.exclude == ("fc3",) and quant.overrides == {"fc1": 8, "fc2": 3}
+    assert RunSpec.from_dict(spec.to_dict()) == spec
+    assert spec.to_dict()["stages"][0]["quantize"]["overrides"] == {"fc1": 8, "fc2": 3}
+    namespace: dict = {}
+    exec(python_script(spec).replace('if __name__ == "__main__":', "if False:"), namespace)
+    assert RunSpec.from_dict(namespace["RECIPE"]) == spec
+
+
+@pytest.mark.parametrize(
+    ("quantize", "message"),
+    [
+        ({"method": "static", "overrides": {"fc1*": 4}},
+         "stages[0].quantize.overrides[fc1*]: static quantization is int8; use 'fake' or 'weight_only' for "
+         "per-layer bits"),
+        ({"method": "dynamic", "overrides": {"fc2": 2}}, "stages[0].quantize.overrides[fc2]: dynamic quantization"),
+        ({"method": "weight_only", "weight_bits": 4, "overrides": {"fc1": 3}},
+         "stages[0].quantize.overrides[fc1]: MatMulNBits supports (2, 4, 8)"),
+        ({"method": "fake", "overrides": {"fc1": 1}}, "stages[0].quantize.overrides[fc1]: fake quantization supports"),
+        ({"method": "fake", "overrides": {"fc1": "4"}}, "stages[0].quantize.overrides[fc1]: must be an integer"),
+        ({"method": "fake", "overrides": ["fc1"]}, "stages[0].quantize.overrides: must be a mapping"),
+        ({"method": "fp16", "weight_bits": 16, "exclude": ["fc1"]}, "stages[0].quantize.exclude: fp16 converts"),
+    ],
+)
+def test_per_layer_quantization_errors_name_the_field(quantize, message):
+    with pytest.raises(SpecError) as info:
+        RunSpec.from_dict({"model": "m", "stages": [{"quantize": quantize}]})
+    assert str(info.value).startswith(message), str(info.value)
+    assert QuantSpec(method="static", overrides={"fc1": 8}, exclude=("fc3",)).overrides == {"fc1": 8}

@@ -106,6 +106,10 @@ def bits_knobs() -> None:
     bits = st.select_slider("Bitwidth of the weights", list(reversed(BITWIDTHS)), key="bits", **SHARED,
                             help="32 float · 16 fp16 · 8 int8 (ORT) · 4 and 2 MatMulNBits (ORT): real, smaller "
                                  "files · 7, 6, 5, 3 simulated (fake-quant, stored as float32)")
+    method, layer_bits = state.layer_bits()
+    if layer_bits:
+        st.caption(f"Per-layer bits from the sensitivity allocation replace this bitwidth in the run "
+                   f"(`{method}`, {len(layer_bits)} layers); clear them under Per-layer sensitivity.")
     qat = bits in QAT_BITS and st.toggle(
         "Quantization-aware training", key="qat", **SHARED,
         help="train with rounded weights (straight-through estimator), then export integer weights (QDQ): "
@@ -145,13 +149,17 @@ def transfer_knobs(builtin_data: bool) -> None:
 
 def layer_knobs(layers: list[str]) -> None:
     """Layers to leave dense (`exclude`, any pruning method); the choices are the model's layer names.
-    A choice (or per-layer sparsity) naming a layer of another model is dropped first."""
+    A choice (or per-layer sparsity) naming a layer of another model is dropped first; per-layer bits
+    naming one are cleared (an allocation is for one model)."""
     chosen = st.session_state.get("exclude", [])
     if any(k not in layers for k in chosen):
         st.session_state["exclude"] = [k for k in chosen if k in layers]
     current = state.overrides()
     if any(k not in layers for k in current):
         state.set_overrides({k: v for k, v in current.items() if k in layers})
+    method, bits = state.layer_bits()
+    if any(k not in layers for k in bits):
+        state.set_layer_bits(method, {})
     with st.expander("Leave layers dense", expanded=bool(st.session_state.get("exclude"))):
         st.multiselect("Excluded from pruning", layers, key="exclude", **SHARED,
                        help="these layers keep every weight (unstructured, 2:4 and structured pruning); the "

@@ -13,7 +13,8 @@ URL: ?model=<sample name | uploaded file name>&arch=<arch>&data=<digits | upload
      plus the bound widgets: technique, sparsity (percent), bits, method, scope, int8, calibration, epochs,
      schedule, per_round (percent), steps, rewind, ratio (percent), round8, width (percent), distill_epochs,
      init, energy (percent), clusters, cluster_epochs, qat, qat_epochs, qat_act8, classes and exclude
-     (repeated), and overrides (JSON {layer: sparsity}, set by the sensitivity allocation, not a widget).
+     (repeated), overrides (JSON {layer: sparsity}, set by the sensitivity allocation, not a widget) and
+     layer_bits (JSON {"method": "fake" | "weight_only", "bits": {layer: bits}}, set by the bits allocation).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 import streamlit as st
 
 from workbench.errors import WorkbenchError
-from workbench.presets import CompressSettings
+from workbench.presets import LAYER_BITS_METHODS, CompressSettings
 from workbench.settings import get_settings
 from workbench.specs import DataRef, MeasureSpec, ModelRef
 
@@ -138,6 +139,7 @@ def init_compress_state() -> None:
 
 def compress_settings() -> CompressSettings:
     v = {k: st.session_state.get(k, d) for k, d in {**COMPRESS_DEFAULTS, **COMPRESS_VALUES}.items()}
+    method, bits = layer_bits()
     return CompressSettings(
         technique=v["technique"], sparsity=v["sparsity"] / 100, bits=v["bits"], method=v["method"], scope=v["scope"],
         int8=v["int8"], calibration=v["calibration"], epochs=v["epochs"], schedule=v["schedule"],
@@ -145,7 +147,8 @@ def compress_settings() -> CompressSettings:
         round_to=8 if v["round8"] else None, width=v["width"] / 100, distill_epochs=v["distill_epochs"],
         init=v["init"], energy=v["energy"] / 100, clusters=v["clusters"], cluster_epochs=v["cluster_epochs"],
         qat=v["qat"], qat_epochs=v["qat_epochs"], qat_act8=v["qat_act8"], classes=tuple(v["classes"]),
-        exclude=tuple(v["exclude"]), overrides=tuple(overrides().items()))
+        exclude=tuple(v["exclude"]), overrides=tuple(overrides().items()), layer_bits=tuple(bits.items()),
+        layer_bits_method=method)
 
 
 def apply_settings(settings: CompressSettings) -> None:
@@ -159,6 +162,7 @@ def apply_settings(settings: CompressSettings) -> None:
         energy=round(s.energy * 100), clusters=s.clusters, cluster_epochs=s.cluster_epochs, qat=s.qat,
         qat_epochs=s.qat_epochs, qat_act8=s.qat_act8, classes=list(s.classes), exclude=list(s.exclude))
     set_overrides(dict(s.overrides))
+    set_layer_bits(s.layer_bits_method, dict(s.layer_bits))
 
 
 OVERRIDES_KEY = "overrides"
@@ -188,6 +192,39 @@ def _overrides_from_url() -> dict[str, float]:
     ok = isinstance(raw, dict) and all(isinstance(k, str) and isinstance(v, int | float) and 0 <= v < 1
                                        for k, v in raw.items())
     return {k: float(v) for k, v in raw.items()} if ok else {}
+
+
+LAYER_BITS_KEY = "layer_bits"
+NO_LAYER_BITS = {"method": LAYER_BITS_METHODS[0], "bits": {}}
+
+
+def layer_bits() -> tuple[str, dict[str, int]]:
+    """(quantize method, layer pattern -> weight bits) of the Compress setting, from the session or the URL;
+    no bits: the bitwidth slider applies."""
+    if LAYER_BITS_KEY not in st.session_state:
+        st.session_state[LAYER_BITS_KEY] = _layer_bits_from_url()
+    value = st.session_state[LAYER_BITS_KEY]
+    return value["method"], dict(value["bits"])
+
+
+def set_layer_bits(method: str, bits: dict[str, int]) -> None:
+    value = {"method": method, "bits": dict(bits)}
+    st.session_state[LAYER_BITS_KEY] = value
+    if bits:
+        st.query_params[LAYER_BITS_KEY] = json.dumps(value, separators=(",", ":"))
+    elif LAYER_BITS_KEY in st.query_params:
+        del st.query_params[LAYER_BITS_KEY]
+
+
+def _layer_bits_from_url() -> dict:
+    """?layer_bits={"method":"fake","bits":{"fc1":8,...}}; anything the settings reject is ignored."""
+    try:
+        raw = json.loads(st.query_params.get(LAYER_BITS_KEY, "{}"))
+        value = {"method": raw["method"], "bits": dict(raw["bits"])}
+        CompressSettings(layer_bits=tuple(value["bits"].items()), layer_bits_method=value["method"])
+    except (ValueError, KeyError, TypeError, AttributeError, WorkbenchError):
+        return dict(NO_LAYER_BITS)
+    return value
 
 
 def remember_runs(run_ids: list[int], sweep_id: str | None = None) -> None:

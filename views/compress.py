@@ -46,6 +46,11 @@ with panel:
         view.preview_panel(cache.preview_for(ref, data, settings), cache.dense_preview(ref, data))
     st.caption("Instant and one-shot: no training, no export. A run measures latency with ONNX Runtime, "
                "the real file size and the accuracy after every stage.")
+    if settings.layer_bits and not settings.uses_qat:
+        st.info(f"Bits are per layer ({settings.layer_bits_method}: "
+                + ", ".join(f"{layer} {bits}" for layer, bits in settings.layer_bits)
+                + f"): the run quantizes each layer at its bits; this preview shows the bitwidth slider's "
+                  f"{settings.bits} bits for every layer.")
 
 layers = st.expander("Per-layer sensitivity: which layers to spare, per-layer sparsities", key="sensitivity_open",
                      on_change="rerun")

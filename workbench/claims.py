@@ -19,6 +19,7 @@ class Facts:
     quant_method: str | None = None    # static | dynamic | weight_only | fp16 | fake | qat
     simulated_quant: bool = False
     storage_bits: int | None = None
+    layer_bits: tuple[int, ...] = ()   # the distinct widths, highest first, when bits differ per layer
     same_kernels: bool = False         # same ops and tensor shapes as the baseline: only values differ
     structured: bool = False           # layers physically smaller (channels/heads removed, low-rank factors)
     packed_bytes: int | None = None    # size of the weights in a purpose-built encoding that decodes back
@@ -39,14 +40,20 @@ def _ratio(before: float, after: float) -> float:
     return before / after if after > 0 else float("inf")
 
 
+def _bits(mean: int, facts: Facts) -> str:
+    return f"{'/'.join(map(str, facts.layer_bits))} bits per layer" if len(facts.layer_bits) > 1 else f"{mean} bits"
+
+
 def size_claims(base: Measurement, var: Measurement, facts: Facts) -> list[Claim]:
     b, v = base.size, var.size
     raw = _ratio(b.file_bytes, v.file_bytes)
     pct = round(100 * facts.sparsity)
     if facts.simulated_quant:
+        bits = (f"{'/'.join(map(str, facts.layer_bits))} bits per layer (mean {facts.storage_bits})"
+                if len(facts.layer_bits) > 1 else f"{facts.storage_bits} bits")
         raw_claim = Claim("file size", "simulated", raw,
-                          f"weights rounded to {facts.storage_bits} bits but stored as float32: the file does not "
-                          f"shrink; a real {facts.storage_bits}-bit format would (see minimum storage)")
+                          f"weights rounded to {bits} but stored as float32: the file does not shrink; a real "
+                          "format with those widths would (see minimum storage)")
     elif raw >= 1.05 and facts.structured and round(v.bits_per_weight) == round(b.bits_per_weight):
         raw_claim = Claim("file size", "real", raw,
                           f"the ONNX file is {raw:.1f}x smaller: {b.params:,} -> {v.params:,} weights, the layers "
@@ -70,7 +77,8 @@ def size_claims(base: Measurement, var: Measurement, facts: Facts) -> list[Claim
                      else "gzip gains nothing over the baseline's gzip")
     mn = _ratio(b.file_bytes, v.min_storage_bytes)
     min_claim = Claim("minimum storage", "estimate", mn,
-                      f"computed, not measured: {v.nonzero:,} nonzero weights at {v.storage_bits} bits + index = "
+                      f"computed, not measured: {v.nonzero:,} nonzero weights at {_bits(v.storage_bits, facts)} + "
+                      "index = "
                       f"{v.min_storage_bytes:,} bytes, {mn:.1f}x below the baseline file; needs a sparse/packed "
                       "format that ONNX Runtime does not load")
     claims = [raw_claim, gz_claim, min_claim]

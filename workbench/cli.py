@@ -1,5 +1,5 @@
 """The `workbench` command: run a recipe, inspect a model, export a reproducing script, per-layer
-sensitivity with a sparsity allocation, and queue runs for a background worker (submit, sweep, search,
+sensitivity with a sparsity or bits allocation, and queue runs for a background worker (submit, sweep, search,
 runs, show, cancel, retry, delete, sweep-summary, search-summary, worker).
 
 Errors a user can fix (bad file, bad recipe field, unknown run id) print one line and exit with status 2.
@@ -125,6 +125,9 @@ def _sensitivity(args: argparse.Namespace) -> None:
     loaded = load_model(spec.model)
     test = load_splits(spec, loaded).test
     sens = analyze(loaded, test)
+    if args.bits_kb is not None:
+        _bits_allocation(args, sens, loaded, test)
+        return
     if args.size_kb is not None:
         allocation = allocate_size(sens, args.size_kb * 1024, args.bits, args.exclude)
     else:
@@ -139,16 +142,48 @@ def _sensitivity(args: argparse.Namespace) -> None:
         print(json.dumps({"sensitivity": sens.to_dict(), "allocation": allocation.to_dict(), "stages": stages},
                          indent=2))
         return
-    print(f"{sens.label}: {sens.metric} {sens.baseline:.4f} on {len(test)} {test.name} samples; each layer changed "
-          f"alone, the others untouched ({sens.seconds:.1f} s)")
-    print(f"\n{sens.metric} drop (pt) when one layer is magnitude-pruned to:\n{_levels_table(sens, 'sparsity')}")
-    print(f"\n{sens.metric} drop (pt) when one layer's weights are rounded (symmetric, per channel) to:\n"
-          f"{_levels_table(sens, 'bits')}")
+    _print_tables(sens, test)
     what = f"{args.size_kb:g} KB at {args.bits} bits" if args.size_kb is not None else f"{args.target:.0%} overall"
     print(f"\nallocation for {what} (least KL per pruned weight first; layers were measured alone, so run the "
           f"recipe to measure them together):")
     if allocation.note:
         print(f"note: {allocation.note}")
+    print(yaml.safe_dump(stages, sort_keys=False), end="")
+
+
+def _print_tables(sens, test) -> None:
+    print(f"{sens.label}: {sens.metric} {sens.baseline:.4f} on {len(test)} {test.name} samples; each layer changed "
+          f"alone, the others untouched ({sens.seconds:.1f} s)")
+    print(f"\n{sens.metric} drop (pt) when one layer is magnitude-pruned to:\n{_levels_table(sens, 'sparsity')}")
+    print(f"\n{sens.metric} drop (pt) when one layer's weights are rounded (symmetric, per channel) to:\n"
+          f"{_levels_table(sens, 'bits')}")
+
+
+def _bits_allocation(args: argparse.Namespace, sens, loaded, test) -> None:
+    """Per-layer bits for --bits-kb, printed as a quantize stage to paste into a recipe."""
+    import yaml
+
+    from workbench.pruning import onnx_weights, torch_weights
+    from workbench.sensitivity import BITS, allocate_bits, matmul_only
+    from workbench.specs import stage_dict
+
+    allocation = allocate_bits(sens, args.bits_kb * 1024, args.bits_choices or BITS, args.exclude)
+    weights = torch_weights(loaded.module) if loaded.module is not None else onnx_weights(loaded.onnx_model)
+    quant = allocation.quant_spec(matmul_only(weights))
+    body = {k: v for k, v in stage_dict(quant)["quantize"].items()
+            if k in ("method", "weight_bits", "per_channel", "overrides", "exclude") and v not in ([], False)}
+    stages = [{"quantize": body}]
+    if args.json:
+        print(json.dumps({"sensitivity": sens.to_dict(), "bits_allocation": allocation.to_dict(), "stages": stages},
+                         indent=2))
+        return
+    _print_tables(sens, test)
+    how = ("weight_only: MatMulNBits stores each layer at its bits (real)" if quant.method == "weight_only" else
+           "fake: values rounded per layer but stored as float32 (simulated accuracy, storage computed)")
+    print(f"\nbits allocation for {args.bits_kb:g} KB of weights (least KL per byte saved first; layers were "
+          f"measured alone, so run the recipe to measure them together):")
+    print(f"note: {allocation.note}; predicted from the table: KL {allocation.kl:.4f}, drop {allocation.drop:.2f} pt "
+          f"(sums over layers)\nmethod: {how}")
     print(yaml.safe_dump(stages, sort_keys=False), end="")
 
 
@@ -487,7 +522,13 @@ def build_parser() -> argparse.ArgumentParser:
     sens.add_argument("--target", type=float, default=0.9, help="overall sparsity to allocate (default 0.9)")
     sens.add_argument("--size-kb", type=float, help="allocate for this weight size instead (minimum storage, KB)")
     sens.add_argument("--bits", type=int, default=32, help="bits per weight for --size-kb (default 32)")
-    sens.add_argument("--exclude", action="append", default=[], metavar="LAYER", help="keep a layer dense; repeatable")
+    sens.add_argument("--bits-kb", type=float, help="allocate per-layer weight bits for this size instead "
+                                                      "(dense weights x bits / 8, KB): a quantize stage")
+    sens.add_argument("--bits-choices", type=int, nargs="+", metavar="BITS",
+                      help="bit widths --bits-kb picks from (default: every measured width; 8 4 2 gives "
+                           "MatMulNBits for Linear-only models)")
+    sens.add_argument("--exclude", action="append", default=[], metavar="LAYER",
+                      help="keep a layer dense (float with --bits-kb); repeatable")
     sens.add_argument("--json", action="store_true")
     sens.set_defaults(func=_sensitivity)
     _add_queue_commands(sub)

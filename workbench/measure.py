@@ -43,8 +43,10 @@ class Measurement:
 
 
 def measure(model: onnx.ModelProto, eval_set: Dataset, spec: MeasureSpec, module=None,
-            reference: np.ndarray | None = None, storage_bits: int | None = None) -> tuple[Measurement, np.ndarray]:
-    """Measure `model` (and `module`'s eager latency if given); returns the measurement and raw outputs."""
+            reference: np.ndarray | None = None, storage_bits: int | None = None,
+            layer_bits: dict[str, int] | None = None) -> tuple[Measurement, np.ndarray]:
+    """Measure `model` (and `module`'s eager latency if given); returns the measurement and raw outputs.
+    `storage_bits` / `layer_bits` are the bits weight values need where the file stores more (workbench.size)."""
     data = model.SerializeToString()
     session = make_session(data, spec.threads)
     outputs = predict(session, eval_set)
@@ -55,7 +57,7 @@ def measure(model: onnx.ModelProto, eval_set: Dataset, spec: MeasureSpec, module
     if module is not None and spec.torch_eager:
         eager = torch_latency(module, eval_set, spec.batch_sizes, spec.threads, spec.warmup, spec.repeats,
                               min_time_s=spec.min_time_s)
-    size = size_stats(data, weight_tensors(model), storage_bits)
+    size = size_stats(data, weight_tensors(model), storage_bits, layer_bits)
     counted = model_macs(model)
     result = Measurement(metrics, tuple(latency), tuple(eager), size, op_coverage(model), len(eval_set),
                          counted[0] if counted else None)

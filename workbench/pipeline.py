@@ -130,8 +130,10 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
         report_progress((i + 0.85) / (steps + 1), label, "measuring")
         model = to_onnx(variant, ctx)
         m, _ = measure(model, splits.test, spec.measure, module=variant.module, reference=reference,
-                       storage_bits=variant.storage_bits if _computed_bits(variant) else None)
+                       storage_bits=variant.storage_bits if _computed_bits(variant) else None,
+                       layer_bits=variant.layer_bits if _computed_bits(variant) else None)
         facts = Facts(m.size.sparsity, variant.quant_method, variant.simulated_quant, variant.storage_bits,
+                      layer_bits=tuple(sorted(set(variant.layer_bits.values()), reverse=True)),
                       same_kernels=kernel_signature(model) == base_signature, structured=variant.structured,
                       packed_bytes=len(variant.packed) if variant.packed else None)
         results.append(VariantResult(label, stage_dict(stage), m, facts,

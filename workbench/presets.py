@@ -7,7 +7,9 @@ transfer to a subset of the classes first. `stages` turns a setting into recipe 
 a `RunSpec`; `from_spec` reads one back from a recipe, best effort; `sweep` builds a sweep over the
 method's main knob and the bitwidth. `PRESETS` names useful starting points; `preset_spec(name, model)`
 builds the recipe for any model, for the app and the CLI alike.
-Per-layer `exclude` patterns and sparsity `overrides` (from workbench.sensitivity) go into the pruning stage.
+Per-layer `exclude` patterns and sparsity `overrides` (from workbench.sensitivity) go into the pruning stage;
+per-layer weight bits (`layer_bits`, from the sensitivity bits allocation) replace the bitwidth with a
+quantize stage of method `layer_bits_method` (fake, simulated; or weight_only, MatMulNBits) and overrides.
 Non-goals: every recipe option (per-stage exclusions, fake activation bits): recipes in YAML cover those.
 """
 
@@ -39,6 +41,8 @@ from workbench.specs import (
     TransferSpec,
     quant_spec_for_bits,
 )
+
+LAYER_BITS_METHODS = ("fake", "weight_only")   # the quantize methods that take per-layer bits
 
 TECHNIQUES = ("unstructured", "nm", "structured", "distill", "lowrank")
 TORCH_ONLY = {"structured": "structured pruning", "distill": "distillation"}
@@ -89,6 +93,8 @@ class CompressSettings:
     classes: tuple[int, ...] = ()  # transfer first: re-train the head on these classes (empty: no transfer)
     exclude: tuple[str, ...] = ()  # layers left dense by unstructured, N:M and structured pruning
     overrides: tuple[tuple[str, float], ...] = ()   # unstructured: per-layer sparsity (layer pattern, sparsity)
+    layer_bits: tuple[tuple[str, int], ...] = ()   # per-layer weight bits (layer pattern, bits): replace `bits`
+    layer_bits_method: str = "fake"                # fake (simulated) or weight_only (MatMulNBits, real)
 
     def __post_init__(self) -> None:
         _one_of(self.technique, TECHNIQUES, "technique")
@@ -112,6 +118,12 @@ class CompressSettings:
         StructuredSpec(ratio=self.ratio, round_to=self.round_to)
         DistillSpec(width=self.width, epochs=self.distill_epochs, init=self.init)
         LowRankSpec(energy=self.energy)
+        _one_of(self.layer_bits_method, LAYER_BITS_METHODS, "layer_bits_method")
+        if self.layer_bits:
+            try:
+                self.layer_quant_spec()
+            except SpecError as exc:
+                raise SpecError(f"layer_bits: {exc}") from None
         if len(set(self.classes)) != len(self.classes) or not all(isinstance(c, int) and c >= 0
                                                                    for c in self.classes):
             raise SpecError(f"classes: must be distinct non-negative labels, got {self.classes!r}")
@@ -136,10 +148,19 @@ class CompressSettings:
         if self.uses_qat:
             stages.append(QATSpec(weight_bits=self.bits, activation_bits=8 if self.qat_act8 else None,
                                   epochs=self.qat_epochs))
+        elif self.layer_bits:
+            stages.append(self.layer_quant_spec())
         else:
             quant = quant_spec_for_bits(self.bits, QuantSpec(method=self.int8, calibration=self.calibration))
             stages += [quant] if quant else []
         return tuple(stages)
+
+    def layer_quant_spec(self) -> QuantSpec:
+        """The quantize stage of the per-layer bits: every listed layer at its bits (`weight_bits`, for any
+        other layer, is the most bits listed); fake rounds per channel, as the sensitivity table measured."""
+        bits = dict(self.layer_bits)
+        return QuantSpec(method=self.layer_bits_method, weight_bits=max(bits.values()),
+                         per_channel=self.layer_bits_method == "fake", overrides=bits)
 
     def _method_stages(self, recovery: FinetuneSpec | None, always_prune: bool) -> list:
         t = self.technique
@@ -232,6 +253,9 @@ class CompressSettings:
         if self.uses_qat:
             parts.append(f"QAT {self.bits}-bit{' + int8 activations' if self.qat_act8 else ''} "
                          f"({self.qat_epochs} ep)")
+        elif self.layer_bits:
+            widths = "/".join(map(str, sorted({b for _, b in self.layer_bits}, reverse=True)))
+            parts.append(f"per-layer {widths}-bit {self.layer_bits_method} ({len(self.layer_bits)} layers)")
         else:
             quant = quant_spec_for_bits(self.bits, QuantSpec(method=self.int8))
             if quant:
@@ -274,9 +298,13 @@ class CompressSettings:
             out.append(f"{trains[0]} needs a torch model; this model is ONNX")
         elif trains and not has_train_data:
             out.append(f"{trains[0]} needs training data; the chosen data has none (use the built-in data)")
-        if self.clusters and self.bits != 32:
+        if self.clusters and (self.bits != 32 or self.layer_bits):
             out.append("clustering already stores each weight as a short index into shared values, and a "
-                       "quantize stage after it would drop the packed weights: set the bitwidth to 32")
+                       "quantize stage after it would drop the packed weights: set the bitwidth to 32 (and "
+                       "clear per-layer bits)")
+        if self.layer_bits and self.uses_qat:
+            out.append("per-layer bits are post-training quantization: turn quantization-aware training off, or "
+                       "clear the per-layer bits")
         if self.iterative and self.rewind == "weight" and self.epochs and not has_rewind_checkpoint:
             out.append("weight rewinding needs an early-training checkpoint (prune.rewind_weights), and this "
                        "model has none: use LR rewinding, or set rewind_weights in a recipe")
@@ -317,6 +345,9 @@ def _quant_values(quant: QuantSpec | None, qat: QATSpec | None) -> dict:
                 "qat_act8": qat.activation_bits == 8}
     if quant is None:
         return {}
+    if quant.overrides and quant.method in LAYER_BITS_METHODS:   # per-layer bits replace the bitwidth
+        return {"layer_bits": tuple(quant.overrides.items()), "layer_bits_method": quant.method,
+                "calibration": quant.calibration}
     bits = quant.weight_bits
     return {"bits": bits if bits in BITWIDTHS else 8, "calibration": quant.calibration,
             "int8": quant.method if quant.method in INT8_KINDS else "static"}

@@ -3,15 +3,24 @@
 Contract: `quantize(model, spec, calib)` never modifies `model`; it returns a `QuantResult` whose model
 ONNX Runtime's CPU provider can load and run, with the same graph inputs and outputs. `simulated` says
 whether the artifact still stores/computes in float (method "fake"), `storage_bits` is what a real
-deployment would store per weight, and `notes` are plain-language remarks for users (why something is
-slow, simulated, or left in float). Every failure surfaces as one-line
+deployment would store per weight (the parameter-weighted mean, rounded, when bits differ per layer),
+`layer_bits` the bits each weight's values need where the file cannot show it (fake with per-layer bits),
+and `notes` are plain-language remarks for users (why something is slow, simulated, or left in float,
+and which layers got which bits). Every failure surfaces as one-line
 `WorkbenchError("quantize(<method>): <reason>")`.
+
+Per layer: `QuantSpec.exclude` keeps the matching weights (initializer names, matched like prune patterns by
+`workbench.pruning._matches`) in float; `QuantSpec.overrides` gives them their own weight bits. A pattern
+that matches no weight is an error. ORT's quantizers take nodes, not weights: the nodes reading an excluded
+weight go into `nodes_to_exclude`, and weight_only runs MatMulNBitsQuantizer once per distinct bitwidth
+with every other layer excluded.
 
 Methods:
   static       int8 QDQ (S8S8) via `quantize_static`, activation ranges calibrated on `calib`.
   dynamic      int8 weights, activations quantized per batch at run time, via `quantize_dynamic`.
   weight_only  2/4/8-bit block-wise weights in `MatMulNBits` via `MatMulNBitsQuantizer`; Gemm layers
-               (torch's nn.Linear) are first rewritten as MatMul(+Add) so the quantizer applies.
+               (torch's nn.Linear) are first rewritten as MatMul(+Add) so the quantizer applies; Conv
+               layers stay float.
   fp16         half-precision weights (and math, where kernels exist) via `convert_float_to_float16`;
                graph inputs/outputs stay float32.
   fake         weights (and optionally activations) rounded to N bits but kept in float32.
@@ -27,7 +36,7 @@ import io
 import logging
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +45,9 @@ from onnx import helper, numpy_helper
 
 from workbench.data import Dataset, adapt_to_shape
 from workbench.errors import WorkbenchError
-from workbench.onnx_graph import COMPUTE_OPS, op_coverage, weight_tensors
+from workbench.onnx_graph import COMPUTE_OPS, WeightTensor, op_coverage, weight_tensors
 from workbench.onnx_rewrite import gemm_to_matmul, tensor_names, unique_name
+from workbench.pruning import _matches
 from workbench.specs import QuantSpec
 
 logger = logging.getLogger(__name__)
@@ -55,8 +65,9 @@ class QuantResult:
 
     model: onnx.ModelProto
     simulated: bool            # True when the artifact still computes/stores in float (fake-quant)
-    storage_bits: int          # bits per weight a real deployment would store
+    storage_bits: int          # bits per weight a real deployment would store (mean when per layer)
     notes: tuple[str, ...]     # plain-language remarks shown to users
+    layer_bits: dict[str, int] = field(default_factory=dict)   # fake, per layer: weight name -> value bits
 
 
 Quantizer = Callable[[onnx.ModelProto, QuantSpec, Dataset], QuantResult]
@@ -211,6 +222,75 @@ def _float_ops_note(model: onnx.ModelProto) -> tuple[str, ...]:
     return (f"{cov.float_ops} of {cov.quantized + cov.float_ops} compute op(s) still run in float: {names}",)
 
 
+# ----------------------------------------------------------------------------------------- per layer
+
+
+def layer_bits(model: onnx.ModelProto, spec: QuantSpec) -> dict[str, int | None]:
+    """Per weight of `model`: its bits (the first matching override, else `weight_bits`), or None where an
+    `exclude` pattern keeps it in float. A pattern that matches no weight is an error naming the layers."""
+    names = [w.name for w in weight_tensors(model)]
+    for where, patterns in (("exclude", spec.exclude), ("overrides", tuple(spec.overrides))):
+        for pattern in patterns:
+            if not any(_matches(n, [pattern]) for n in names):
+                known = ", ".join(_short(n) for n in names)
+                raise WorkbenchError(f"{where}: '{pattern}' matches no layer (layers: {known})")
+    return {n: None if _matches(n, spec.exclude) else
+            next((b for p, b in spec.overrides.items() if _matches(n, [p])), spec.weight_bits) for n in names}
+
+
+def _per_layer(spec: QuantSpec) -> bool:
+    return bool(spec.exclude or spec.overrides)
+
+
+def _short(name: str) -> str:
+    return name.removesuffix(".weight")
+
+
+def _layer_notes(plan: dict[str, int | None]) -> tuple[str, ...]:
+    """Which layers stayed float and, when bits differ, which got which bits."""
+    by_bits: dict[int, list[str]] = {}
+    for name, bits in plan.items():
+        if bits is not None:
+            by_bits.setdefault(bits, []).append(_short(name))
+    floats = [_short(n) for n, b in plan.items() if b is None]
+    notes = [f"kept in float (exclude): {', '.join(floats)}"] if floats else []
+    if len(by_bits) > 1:
+        notes.append("per-layer bits: " + "; ".join(f"{b}-bit: {', '.join(names)}"
+                                                       for b, names in sorted(by_bits.items(), reverse=True)))
+    return tuple(notes)
+
+
+def _mean_bits(weights: list[WeightTensor], bits: dict[str, int] | None = None) -> int:
+    """Parameter-weighted mean bits per weight, rounded: `bits[name]`, else each tensor's stored width."""
+    params = sum(w.params for w in weights)
+    total = sum(w.params * (bits or {}).get(w.name, w.bits) for w in weights)
+    return round(total / params) if params else 32
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    """Give every unnamed node a unique name: ORT's quantizers exclude nodes by name."""
+    taken = tensor_names(model.graph)
+    for node in model.graph.node:
+        if not node.name:
+            node.name = unique_name(f"{node.op_type}_node", taken)
+
+
+def _readers(model: onnx.ModelProto, weights: set[str]) -> list[str]:
+    """Names of the compute nodes whose weight input is one of `weights`. ORT's dynamic mode rewrites
+    Gemm as MatMul named '<name>_MatMul' before it looks at the exclusions, so both names are listed."""
+    names = []
+    for node in model.graph.node:
+        if node.op_type in COMPUTE_OPS and len(node.input) > 1 and node.input[1] in weights:
+            names += [node.name, f"{node.name}_MatMul"] if node.op_type == "Gemm" else [node.name]
+    return names
+
+
+def _float_nodes(preprocessed: Path, plan: dict[str, int | None]) -> list[str]:
+    """The nodes of the graph ORT quantizes that read an excluded weight."""
+    floats = {n for n, b in plan.items() if b is None}
+    return _readers(onnx.load(str(preprocessed)), floats) if floats else []
+
+
 # ------------------------------------------------------------------------------------ static & dynamic
 
 
@@ -266,6 +346,8 @@ def _static(model: onnx.ModelProto, spec: QuantSpec, calib: Dataset) -> QuantRes
     op_types = list(spec.op_types) if spec.op_types else None
     # ORT's histogram calibrators stack all batches with np.asarray, which fails on a short last batch.
     batch = CALIB_BATCH if spec.calibration == "minmax" else _even_batch(len(samples), CALIB_BATCH)
+    _name_nodes(model)
+    plan = layer_bits(model, spec)
     with tempfile.TemporaryDirectory(prefix="workbench-quant-") as tmp, _stdout_to_log():
         src, out = _preprocessed(model, Path(tmp)), Path(tmp) / "static.onnx"
         extra = {}
@@ -274,7 +356,7 @@ def _static(model: onnx.ModelProto, spec: QuantSpec, calib: Dataset) -> QuantRes
         quantize_static(str(src), str(out), _calibration_reader(_feeds(model, samples, batch)),
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types, per_channel=spec.per_channel,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=method,
-                        extra_options=extra)
+                        nodes_to_exclude=_float_nodes(src, plan), extra_options=extra)
         result = onnx.load(str(out))
     if op_coverage(result).quantized == 0:
         raise WorkbenchError("no operator was quantized (check op_types)")
@@ -282,7 +364,13 @@ def _static(model: onnx.ModelProto, spec: QuantSpec, calib: Dataset) -> QuantRes
     if spec.calibration != "minmax":
         notes.append(f"{spec.calibration} calibration keeps all calibration activations in memory; "
                      "lower calib_samples if it runs out of memory")
-    return QuantResult(result, False, 8, (*notes, *_float_ops_note(result)))
+    return _int8_result(result, spec, plan, notes)
+
+
+def _int8_result(result: onnx.ModelProto, spec: QuantSpec, plan: dict[str, int | None],
+                 notes: list[str]) -> QuantResult:
+    storage = _mean_bits(weight_tensors(result)) if _per_layer(spec) else 8
+    return QuantResult(result, False, storage, (*notes, *_layer_notes(plan), *_float_ops_note(result)))
 
 
 @quantizer("dynamic")
@@ -290,15 +378,17 @@ def _dynamic(model: onnx.ModelProto, spec: QuantSpec, calib: Dataset) -> QuantRe
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     op_types = list(spec.op_types or DYNAMIC_DEFAULT_OPS)
+    _name_nodes(model)
+    plan = layer_bits(model, spec)
     exclude: list[str] = []
     if "Gemm" in op_types and "MatMul" not in op_types:
         # ORT's dynamic mode turns every Gemm into MatMul before matching op types; quantize only those.
         op_types.append("MatMul")
-        exclude = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name]
+        exclude = [n.name for n in model.graph.node if n.op_type == "MatMul"]
     with tempfile.TemporaryDirectory(prefix="workbench-quant-") as tmp:
         src, out = _preprocessed(model, Path(tmp)), Path(tmp) / "dynamic.onnx"
         quantize_dynamic(str(src), str(out), op_types_to_quantize=op_types, per_channel=spec.per_channel,
-                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude + _float_nodes(src, plan))
         result = onnx.load(str(out))
     if op_coverage(result).quantized == 0:
         raise WorkbenchError(f"no operator of type {', '.join(sorted(set(op_types)))} was quantized")
@@ -306,7 +396,7 @@ def _dynamic(model: onnx.ModelProto, spec: QuantSpec, calib: Dataset) -> QuantRe
              "(outputs vary slightly with batch composition)"]
     if "Conv" in op_types:
         notes.append(CONV_DYNAMIC_NOTE)
-    return QuantResult(result, False, 8, (*notes, *_float_ops_note(result)))
+    return _int8_result(result, spec, plan, notes)
 
 
 # ------------------------------------------------------------------------------------------ weight-only
@@ -320,27 +410,58 @@ def _nbits_quantizer_class() -> type:
     return MatMulNBitsQuantizer
 
 
+def _matmul_weights(model: onnx.ModelProto, before: dict[str, str]) -> dict[str, str]:
+    """MatMul node name -> the weight it multiplies by, as named before `gemm_to_matmul`: `before` maps each
+    MatMul/Gemm output to its weight, and a rewritten Gemm's output is its MatMul's, or the Add's after it."""
+    added = {i: node.output[0] for node in model.graph.node if node.op_type == "Add" for i in node.input}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMul":
+            weight = before.get(node.output[0]) or before.get(added.get(node.output[0], ""))
+            out[node.name] = weight or node.input[1]
+    return out
+
+
 @quantizer("weight_only")
 def _weight_only(model: onnx.ModelProto, spec: QuantSpec, calib: Dataset) -> QuantResult:
     wanted = set(spec.op_types or ("MatMul", "Gemm"))
-    op_types = ("MatMul", "Gather") if "Gather" in wanted and spec.weight_bits == 4 else ("MatMul",)
-    notes = [f"weight-only int{spec.weight_bits} (MatMulNBits, block {spec.block_size}, symmetric, accuracy_level 4): "
+    label = "per-layer bits" if spec.overrides else f"int{spec.weight_bits}"
+    notes = [f"weight-only {label} (MatMulNBits, block {spec.block_size}, symmetric, accuracy_level 4): "
              "pays off only for big MatMul layers at batch 1 (memory-bound); small layers or large batches can "
              "be slower than float"]
-    ignored = sorted(wanted - {"Gemm", *op_types})
+    ignored = sorted(wanted - {"Gemm", "MatMul", *(("Gather",) if spec.weight_bits == 4 else ())})
     if ignored:
         notes.append(f"MatMulNBits covers MatMul/Gemm (and Gather at 4 bits); ignored: {', '.join(ignored)}")
-    exclude = [] if "MatMul" in wanted else [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name]
+    _name_nodes(model)
+    plan = layer_bits(model, spec)
+    exclude = [] if "MatMul" in wanted else [n.name for n in model.graph.node if n.op_type == "MatMul"]
+    before = {n.output[0]: n.input[1] for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1}
     if "Gemm" in wanted:
         gemm_to_matmul(model)  # nn.Linear exports as Gemm(transB=1), which MatMulNBits does not cover
-    quantizer_cls = _nbits_quantizer_class()
-    nbits = quantizer_cls(model, bits=spec.weight_bits, block_size=spec.block_size, is_symmetric=True,
-                          accuracy_level=4, nodes_to_exclude=exclude, op_types_to_quantize=op_types)
-    nbits.process()
-    result = nbits.model.model
-    if not any(n.op_type in ("MatMulNBits", "GatherBlockQuantized") for n in result.graph.node):
+    weights = _matmul_weights(model, before)
+    node_bits = {node: plan.get(weight, spec.weight_bits) for node, weight in weights.items()}
+    model = _nbits_passes(model, node_bits, exclude, spec, gather="Gather" in wanted and spec.weight_bits == 4)
+    if not any(n.op_type in ("MatMulNBits", "GatherBlockQuantized") for n in model.graph.node):
         raise WorkbenchError("no MatMul/Gemm with a constant 2-D weight to quantize; use 'static' or 'fake'")
-    return QuantResult(result, False, spec.weight_bits, (*notes, *_float_ops_note(result)))
+    storage = _mean_bits(weight_tensors(model)) if _per_layer(spec) else spec.weight_bits
+    covered = {w: plan[w] for w in weights.values() if w in plan}   # Conv layers stay float whatever the plan
+    return QuantResult(model, False, storage, (*notes, *_layer_notes(covered), *_float_ops_note(model)))
+
+
+def _nbits_passes(model: onnx.ModelProto, node_bits: dict[str, int | None], exclude: list[str], spec: QuantSpec,
+                  gather: bool) -> onnx.ModelProto:
+    """MatMulNBitsQuantizer takes one `bits`: one pass per bit width, every other node excluded (a node
+    quantized in an earlier pass is MatMulNBits by then, which later passes leave alone)."""
+    quantizer_cls = _nbits_quantizer_class()
+    widths = sorted({b for b in node_bits.values() if b is not None} | ({4} if gather else set()))
+    for bits in widths or [spec.weight_bits]:
+        others = [n for n, b in node_bits.items() if b != bits]
+        op_types = ("MatMul", "Gather") if gather and bits == 4 else ("MatMul",)
+        nbits = quantizer_cls(model, bits=bits, block_size=spec.block_size, is_symmetric=True, accuracy_level=4,
+                              nodes_to_exclude=exclude + others, op_types_to_quantize=op_types)
+        nbits.process()
+        model = nbits.model.model
+    return model
 
 
 # ------------------------------------------------------------------------------------------------ fp16
@@ -406,20 +527,22 @@ def _channel_axis(node: onnx.NodeProto, ndim: int) -> int:
     return ndim - 1 if node.op_type == "MatMul" else 0  # MatMul weight is [..., K, N]; Conv is [M, C, ...]
 
 
-def _fake_quantize_weights(model: onnx.ModelProto, bits: int, per_channel: bool, ops: frozenset[str]) -> int:
+def _fake_quantize_weights(model: onnx.ModelProto, plan: dict[str, int | None], per_channel: bool,
+                           ops: frozenset[str]) -> dict[str, int]:
+    """Round each weight to its bits in `plan` (None: left float); returns the bits of those rounded."""
     inits = {t.name: t for t in model.graph.initializer}
     direct = {n.input[1]: n for n in model.graph.node if n.op_type in ops and len(n.input) > 1}
-    count = 0
+    rounded = {}
     for weight in weight_tensors(model):
-        tensor = inits.get(weight.name)
-        if weight.op_type not in ops or tensor is None or tensor.data_type not in FLOAT_TYPES:
+        tensor, bits = inits.get(weight.name), plan.get(weight.name)
+        if weight.op_type not in ops or tensor is None or tensor.data_type not in FLOAT_TYPES or bits is None:
             continue
         array = numpy_helper.to_array(tensor)
         # A weight reached through Transpose/Cast has no reliable channel axis; fall back to per-tensor.
         axis = _channel_axis(direct[weight.name], array.ndim) if per_channel and weight.name in direct else None
         tensor.CopyFrom(numpy_helper.from_array(fake_quantize_weight(array, bits, axis), weight.name))
-        count += 1
-    return count
+        rounded[weight.name] = bits
+    return rounded
 
 
 def _constant_tensors(graph: onnx.GraphProto) -> set[str]:
@@ -530,10 +653,18 @@ def _fake_quantize_activations(model: onnx.ModelProto, bits: int, ops: frozenset
 @quantizer("fake")
 def _fake(model: onnx.ModelProto, spec: QuantSpec, calib: Dataset) -> QuantResult:
     ops = COMPUTE_OPS & frozenset(spec.op_types) if spec.op_types else COMPUTE_OPS
-    count = _fake_quantize_weights(model, spec.weight_bits, spec.per_channel, ops)
+    plan = layer_bits(model, spec)
+    weights = weight_tensors(model)
+    rounded = _fake_quantize_weights(model, plan, spec.per_channel, ops)
+    count = len(rounded)
     granularity = "per channel" if spec.per_channel else "per tensor"
-    notes = [f"simulated: values rounded to {spec.weight_bits} bits but stored and computed in float32; "
-             f"no ORT kernel for {spec.weight_bits}-bit ({count} weight tensor(s), symmetric {granularity})"]
+    if spec.overrides:
+        head = (f"simulated: values rounded to per-layer bits but stored and computed in float32 ({count} weight "
+                f"tensor(s), symmetric {granularity}); the minimum storage counts each layer at its bits")
+    else:
+        head = (f"simulated: values rounded to {spec.weight_bits} bits but stored and computed in float32; "
+                f"no ORT kernel for {spec.weight_bits}-bit ({count} weight tensor(s), symmetric {granularity})")
+    notes = [head, *_layer_notes({w.name: plan[w.name] for w in weights if w.op_type in ops})]
     inserted = 0
     if spec.activation_bits is not None:
         samples = calib.take(spec.calib_samples)
@@ -542,4 +673,8 @@ def _fake(model: onnx.ModelProto, spec: QuantSpec, calib: Dataset) -> QuantResul
                      f"asymmetric uint, min/max ranges from {len(samples)} calibration samples")
     if count == 0 and inserted == 0:
         raise WorkbenchError(f"nothing to quantize: no float weight or activation of {', '.join(sorted(ops))}")
-    return QuantResult(model, True, spec.weight_bits, tuple(notes))
+    if not _per_layer(spec):
+        return QuantResult(model, True, spec.weight_bits, tuple(notes))
+    # weights left float (excluded, or outside op_types) need their 32 bits in the size estimate
+    value_bits = {w.name: rounded.get(w.name, w.bits) for w in weights}
+    return QuantResult(model, True, _mean_bits(weights, value_bits), tuple(notes), value_bits)

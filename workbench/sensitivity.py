@@ -1,5 +1,5 @@
-"""Per-layer sensitivity: what each layer alone costs when pruned or rounded, and a per-layer sparsity
-allocation that prunes the insensitive layers more.
+"""Per-layer sensitivity: what each layer alone costs when pruned or rounded, and per-layer allocations
+of sparsity (prune the insensitive layers more) and of bits (round them to fewer bits).
 
 Contract:
 - `analyze(loaded, test)` changes one prunable layer at a time, every other layer untouched: magnitude
@@ -22,9 +22,16 @@ Contract:
 - `allocate_size(sensitivity, target_bytes, bits)` is the same allocation at the smallest overall
   sparsity whose weights fit in `target_bytes` at `bits` per nonzero (minimum storage, an estimate:
   nonzeros x bits + the cheaper index, as workbench.size computes it).
+- `allocate_bits(sensitivity, target_bytes, choices)` picks per-layer weight bits among `choices` (measured
+  levels) so the weights fit `target_bytes`, an estimate: dense weights x bits / 8 per layer, excluded
+  layers at 32 bits. Greedy from the most bits: it repeatedly lowers the layer whose move costs the least
+  KL per byte saved (ties: accuracy drop), with the same monotone curves as `allocate`, until the weights
+  fit; then it raises layers back (most KL saved per byte first) while they still fit. The result's
+  `to_overrides()` is `QuantSpec.overrides`; `quant_spec()` picks weight_only (MatMulNBits, real) when
+  every layer is a MatMul/Gemm at 8, 4 or 2 bits, else fake (simulated, storage computed).
 
-Non-goals: interactions between layers (each is measured alone; a run measures the combination),
-fine-tuning, per-layer bitwidths in recipes (the bits table is for reading).
+Non-goals: interactions between layers (each is measured alone; a run measures the combination; the
+predicted KL and drop of an allocation are sums of single-layer values), fine-tuning.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ import numpy as np
 from workbench.errors import WorkbenchError
 from workbench.pruning import _matches, compute_masks
 from workbench.size import tensor_min_bits
-from workbench.specs import PruneSpec
+from workbench.specs import WEIGHT_ONLY_BITS, PruneSpec, QuantSpec
 
 if TYPE_CHECKING:
     import onnx
@@ -55,6 +62,7 @@ log = logging.getLogger(__name__)
 SPARSITIES = (0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 BITS = (8, 6, 4, 3, 2)
 MAX_SPARSITY = 0.99
+FLOAT_BITS = 32
 KINDS = ("sparsity", "bits")
 
 
@@ -389,3 +397,118 @@ def allocate_size(sens: Sensitivity, target_bytes: float, bits: int = 32, exclud
         note = (f"{target_bytes / 1024:.1f} KB is out of reach at {bits} bits: the least is "
                 f"{best_size / 1024:.1f} KB")
     return dataclasses.replace(best, note=note)
+
+
+# --- allocating bits ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BitsAllocation:
+    """Per-layer weight bits (recipe layer names) fitting a byte target, and their predicted cost."""
+
+    target_bytes: float
+    estimated_bytes: float      # estimate: dense weights x bits / 8 per layer (excluded layers at 32 bits)
+    bits: dict[str, int]        # layer key -> bits (32 for excluded layers)
+    kl: float                   # sum of the layers' measured KL at their bits (each measured alone)
+    drop: float                 # sum of the layers' measured drops (pt), likewise
+    exclude: tuple[str, ...]    # layer keys kept in float
+    note: str = ""
+
+    def to_overrides(self) -> dict[str, int]:
+        """The `QuantSpec.overrides` of this allocation (excluded layers go to `QuantSpec.exclude`)."""
+        return {k: b for k, b in self.bits.items() if k not in self.exclude}
+
+    def quant_spec(self, matmul_only: bool = False) -> QuantSpec:
+        """The quantize stage: weight_only (MatMulNBits: real per-layer storage, block-wise scales) when
+        `matmul_only` (every layer is a MatMul/Gemm) and every bit width has a kernel, else fake (simulated,
+        storage computed) with per-channel scales, the rounding the bits table measured."""
+        overrides = self.to_overrides()
+        real = matmul_only and set(overrides.values()) <= set(WEIGHT_ONLY_BITS)
+        return QuantSpec(method="weight_only" if real else "fake", weight_bits=max(overrides.values()),
+                         per_channel=not real, overrides=overrides, exclude=self.exclude)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def matmul_only(weights: dict[str, Any]) -> bool:
+    """Whether every layer's weight (numpy array or torch tensor) is a matrix, i.e. a MatMul/Gemm
+    (nn.Linear) that MatMulNBits can store; convolutions have 3+ dimensions."""
+    return all(w.ndim == 2 for w in weights.values())
+
+
+def allocate_bits(sens: Sensitivity, target_bytes: float, choices: tuple[int, ...] | list[int] = BITS,
+                  exclude: tuple[str, ...] | list[str] = ()) -> BitsAllocation:
+    """Per-layer bits among `choices` whose weights fit `target_bytes` (estimate), sparing the layers whose
+    rounding costs the most KL per byte saved (module doc)."""
+    if target_bytes <= 0:
+        raise WorkbenchError(f"target_bytes: must be positive, got {target_bytes}")
+    levels = sorted(set(choices), reverse=True)
+    measured = set.intersection(*(set(cells) for cells in sens.bits.values())) if sens.bits else set()
+    if not levels or not set(levels) <= measured:
+        raise WorkbenchError(f"choices: each must be a measured bit width ({', '.join(map(str, sorted(measured)))}), "
+                             f"got {list(choices)}")
+    _unknown_patterns(sens, exclude)
+    excluded = [n for n in sens.layers if _matches(n, tuple(exclude))]
+    curves = {n: _bits_curve(sens.bits[n], levels) for n in sens.layers if n not in excluded}
+    if not curves:
+        raise WorkbenchError("exclude: every layer is excluded; no bits to allocate")
+    level = dict.fromkeys(curves, 0)
+
+    def size() -> float:
+        return sum(p * (levels[level[n]] if n in curves else FLOAT_BITS) for n, p in sens.params.items()) / 8
+
+    least = sum(p * (levels[-1] if n in curves else FLOAT_BITS) for n, p in sens.params.items()) / 8
+    if least > target_bytes:
+        floats = f" with {len(excluded)} layer(s) in float" if excluded else ""
+        raise WorkbenchError(f"{target_bytes / 1024:.1f} KB is out of reach: even {levels[-1]} bits per weight"
+                             f"{floats} need {least / 1024:.1f} KB (dense weights x bits / 8)")
+    while size() > target_bytes:
+        name, j = _cheapest_cut(curves, level, sens.params, 8 * (size() - target_bytes))
+        level[name] = j
+    while (up := _best_raise(curves, level, sens.params, 8 * (target_bytes - size()))) is not None:
+        level[up[0]] = up[1]
+    bits = {layer_key(n): levels[level[n]] if n in curves else FLOAT_BITS for n in sens.layers}
+    kl, drop = (sum(float(c[k][level[n]]) for n, c in curves.items()) for k in (1, 2))
+    note = (f"weights need about {size() / 1024:.1f} KB at these bits (estimate: dense weights x bits / 8"
+            f"{', excluded layers at 32 bits' if excluded else ''})")
+    return BitsAllocation(target_bytes, size(), bits, round(kl, 6), round(drop, 4),
+                          tuple(layer_key(n) for n in excluded), note)
+
+
+def _bits_curve(cells: dict[int, Cell], levels: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bits removed per weight at each level (most bits first), with KL and drop non-decreasing as bits fall."""
+    removed = np.array([levels[0] - b for b in levels], dtype=float)
+    kl = np.maximum.accumulate(np.clip([cells[b].kl for b in levels], 0, None))
+    drop = np.maximum.accumulate(np.clip([cells[b].drop for b in levels], 0, None))
+    return removed, kl, drop
+
+
+def _cheapest_cut(curves: dict, level: dict[str, int], params: dict[str, int], need_bits: float) -> tuple[str, int]:
+    """(layer, level index) of the cut with the least KL (then drop) per bit saved, counting at most the
+    `need_bits` still to save: bits are discrete, and a big cut past the target buys nothing."""
+    best, best_key = None, None
+    for name, (removed, kl, drop) in curves.items():
+        i = level[name]
+        for j in range(i + 1, len(removed)):
+            saved = params[name] * (removed[j] - removed[i])
+            useful = min(saved, need_bits)
+            key = ((kl[j] - kl[i]) / useful, (drop[j] - drop[i]) / useful, -saved)
+            if best_key is None or key < best_key:
+                best, best_key = (name, j), key
+    return best
+
+
+def _best_raise(curves: dict, level: dict[str, int], params: dict[str, int],
+                room_bits: float) -> tuple[str, int] | None:
+    """(layer, level index) of the raise that saves the most KL (then drop) per added bit within `room_bits`."""
+    best, best_key = None, None
+    for name, (removed, kl, drop) in curves.items():
+        i = level[name]
+        for j in range(i):
+            added = params[name] * (removed[i] - removed[j])
+            if added > room_bits or kl[i] - kl[j] <= 0 and drop[i] - drop[j] <= 0:
+                continue
+            key = ((kl[i] - kl[j]) / added, (drop[i] - drop[j]) / added)
+            if best_key is None or key > best_key:
+                best, best_key = (name, j), key
+    return best

@@ -5,7 +5,8 @@ Contract (`size_stats`):
 - `params`, `nonzero`, `sparsity` and `bits_per_weight` cover the weight tensors passed in
   (`onnx_graph.weight_tensors`); `bits_per_weight` is the *stored* width (32 for fake-quantized floats).
 - `min_storage_bytes` is the least storage the variant needs. Per weight tensor, with `b` bits per
-  value (its stored bits, or `storage_bits` when that is smaller), `n` params and `k` nonzeros:
+  value (its stored bits, or `storage_bits` when that is smaller, or its entry in `layer_bits` when the
+  bits differ per layer), `n` params and `k` nonzeros:
       min(n*b, k*b + min(n, k*ceil(log2 n)))
   i.e. dense storage, or the nonzeros plus the cheaper index: a bitmap (n bits) or a coordinate list
   (k indices of ceil(log2 n) bits). Every other stored tensor -- non-weight initializers (biases,
@@ -15,7 +16,8 @@ Contract (`size_stats`):
   Graph structure (nodes, names) and external-data files are not counted; subgraph constants are not
   counted. The total is rounded up to whole bytes once.
 - `storage_bits` is the bit width assumed per weight value: the override if given, otherwise the
-  param-weighted mean of the stored widths, rounded (e.g. 32 for an fp32 model).
+  param-weighted mean of the stored widths, rounded (e.g. 32 for an fp32 model); with `layer_bits`, the
+  param-weighted mean of the widths assumed per tensor, rounded.
 """
 
 from __future__ import annotations
@@ -93,20 +95,24 @@ def _parse(model_bytes: bytes) -> onnx.ModelProto:
         raise WorkbenchError(f"not a readable ONNX model ({exc})") from None
 
 
-def size_stats(model_bytes: bytes, weights: list[WeightTensor], storage_bits: int | None = None) -> SizeStats:
-    """Sizes of one serialized variant; see the module docstring for what each number means."""
-    if storage_bits is not None and not 1 <= storage_bits <= 64:
-        raise WorkbenchError(f"storage_bits: must be in 1..64, got {storage_bits}")
+def size_stats(model_bytes: bytes, weights: list[WeightTensor], storage_bits: int | None = None,
+               layer_bits: dict[str, int] | None = None) -> SizeStats:
+    """Sizes of one serialized variant; see the module docstring for what each number means.
+    `layer_bits` (weight name -> bits) sets the assumed width per tensor, before `storage_bits`."""
+    layer_bits = layer_bits or {}
+    for value in (storage_bits, *layer_bits.values()):
+        if value is not None and not 1 <= value <= 64:
+            raise WorkbenchError(f"storage_bits: must be in 1..64, got {value}")
     model = _parse(model_bytes)
     params = sum(w.params for w in weights)
     nonzero = sum(w.nonzero for w in weights)
     stored_bits = sum(w.params * w.bits for w in weights)
     bits_per_weight = stored_bits / params if params else 0.0
-    weight_bits = sum(
-        tensor_min_bits(w.params, w.nonzero, w.bits if storage_bits is None else min(w.bits, storage_bits))
-        for w in weights
-    )
+    assumed = {w.name: min(w.bits, layer_bits.get(w.name, storage_bits) or w.bits) for w in weights}
+    weight_bits = sum(tensor_min_bits(w.params, w.nonzero, assumed[w.name]) for w in weights)
     total_bits = weight_bits + other_tensor_bits(model, {w.name for w in weights})
+    if layer_bits:
+        storage_bits = round(sum(w.params * assumed[w.name] for w in weights) / params) if params else None
     return SizeStats(
         file_bytes=len(model_bytes),
         gzip_bytes=gzip_size(model_bytes),

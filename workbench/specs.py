@@ -205,6 +205,9 @@ class QuantSpec:
     (ORT; MatMul/Gemm only unless `op_types` says otherwise); weight_only: MatMulNBits 2/4/8-bit (ORT);
     fp16: half-precision weights; fake: weights (and optionally activations) rounded to `weight_bits` /
     `activation_bits` but stored in float -- accuracy simulated, storage computed.
+    `exclude` keeps layers in float and `overrides` sets weight bits per layer (glob patterns on layer
+    names, matched as prune patterns are); per-layer bits need `fake` or `weight_only` (static and dynamic
+    are int8 throughout), fp16 takes neither.
     """
 
     kind: ClassVar[str] = "quantize"
@@ -216,23 +219,25 @@ class QuantSpec:
     op_types: tuple[str, ...] | None = None
     block_size: int = 32
     calib_samples: int = 128
+    exclude: tuple[str, ...] = ()                          # layers kept in float
+    overrides: dict[str, int] = field(default_factory=dict)   # layer pattern -> weight bits
 
     def __post_init__(self) -> None:
         m = self.method
         _check(m in QUANT_METHODS, "method", f"unknown '{m}' (known: {', '.join(QUANT_METHODS)})")
         _check(self.calibration in CALIBRATIONS, "calibration",
                f"unknown '{self.calibration}' (known: {', '.join(CALIBRATIONS)})")
-        b = self.weight_bits
-        _check(isinstance(b, int) and 1 <= b <= 32, "weight_bits", f"must be an integer in 1..32, got {b}")
-        if m in ("static", "dynamic"):
-            _check(b == 8, "weight_bits", f"{m} quantization is int8; use method 'fake' for {b} bits")
-        elif m == "weight_only":
-            _check(b in WEIGHT_ONLY_BITS, "weight_bits",
-                   f"MatMulNBits supports {WEIGHT_ONLY_BITS}; use method 'fake' to simulate {b} bits")
-        elif m == "fp16":
-            _check(b == 16, "weight_bits", "fp16 stores 16-bit weights; set weight_bits: 16")
-        else:
-            _check(2 <= b <= 16, "weight_bits", f"fake quantization supports 2..16 bits, got {b}")
+        _check_weight_bits(m, self.weight_bits, "weight_bits")
+        _check(all(isinstance(p, str) and p for p in self.exclude), "exclude", "must be a list of layer patterns")
+        _check(m != "fp16" or not (self.exclude or self.overrides), "exclude" if self.exclude else "overrides",
+               "fp16 converts every weight; use 'fake' or 'weight_only' for per-layer precision")
+        _check(isinstance(self.overrides, dict), "overrides", "must be a mapping {layer pattern: bits}")
+        for pattern, bits in self.overrides.items():
+            where = f"overrides[{pattern}]"
+            _check(isinstance(pattern, str) and bool(pattern), where, "the key must be a layer pattern")
+            _check(m not in ("static", "dynamic") or bits == 8, where,
+                   f"{m} quantization is int8; use 'fake' or 'weight_only' for per-layer bits")
+            _check_weight_bits(m, bits, where)
         a = self.activation_bits
         _check(a is None or (isinstance(a, int) and 2 <= a <= 16), "activation_bits", f"must be 2..16, got {a}")
         _check(a is None or m == "fake", "activation_bits",
@@ -240,6 +245,21 @@ class QuantSpec:
         _check(self.block_size >= 16 and self.block_size & (self.block_size - 1) == 0, "block_size",
                f"must be a power of two >= 16, got {self.block_size}")
         _check(self.calib_samples > 0, "calib_samples", "must be positive")
+
+
+def _check_weight_bits(method: str, b: Any, where: str) -> None:
+    """Weight bits that `method` can produce (`weight_bits`, or one layer's override)."""
+    _check(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 32, where,
+           f"must be an integer in 1..32, got {b!r}")
+    if method in ("static", "dynamic"):
+        _check(b == 8, where, f"{method} quantization is int8; use method 'fake' for {b} bits")
+    elif method == "weight_only":
+        _check(b in WEIGHT_ONLY_BITS, where,
+               f"MatMulNBits supports {WEIGHT_ONLY_BITS}; use method 'fake' to simulate {b} bits")
+    elif method == "fp16":
+        _check(b == 16, where, "fp16 stores 16-bit weights; set weight_bits: 16")
+    else:
+        _check(2 <= b <= 16, where, f"fake quantization supports 2..16 bits, got {b}")
 
 
 def quant_spec_for_bits(bits: int, base: QuantSpec | None = None) -> QuantSpec | None:

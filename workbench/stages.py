@@ -35,6 +35,7 @@ class Variant:
     quant_method: str | None = None
     simulated_quant: bool = False
     storage_bits: int | None = None
+    layer_bits: dict[str, int] = field(default_factory=dict)   # value bits per weight, when they differ (fake)
     notes: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     packed: bytes | None = None          # the weights in a purpose-built encoding (clustering), if any
@@ -216,7 +217,8 @@ def run_quantize(variant: Variant, spec: QuantSpec, ctx: Context) -> Variant:
         raise WorkbenchError(f"quantize: the model is already quantized ({variant.quant_method})")
     result = quantize(to_onnx(variant, ctx), spec, ctx.splits.calib)
     out = variant.copy_meta(module=None, onnx_model=result.model, quant_method=spec.method,
-                            simulated_quant=result.simulated, storage_bits=result.storage_bits)
+                            simulated_quant=result.simulated, storage_bits=result.storage_bits,
+                            layer_bits=result.layer_bits)
     out.notes.extend(result.notes)
     return out
 

@@ -159,3 +159,39 @@ def test_lowrank_estimate_matches_what_the_stage_factorizes(cnn):
     p = preview_settings(CompressSettings(technique="lowrank", energy=0.8), subject)
     factorized, _, _ = factorize_torch(loaded.module, LowRankSpec(energy=0.8), (torch.zeros(2, 1, 8, 8),))
     assert p.get("parameters").value == sum(w.numel() for w in torch_weights(factorized).values())
+
+
+def test_per_layer_bits_round_each_layer_and_size_it_at_its_own_bits(mlp):
+    loaded, weights, other = mlp
+    mixed = preview(weights, other, 0.0, 8, layer_bits={"fc1": 2, "fc2": 4}, layer_bits_real=True)
+    uniform = preview(weights, other, 0.0, 8)
+    fc1, fc2, fc3 = list(weights)
+    expected = (weights[fc1].size * 2 + weights[fc2].size * 4 + weights[fc3].size * 8) / 50_200
+    assert mixed.get("bits per weight").value == pytest.approx(expected, abs=0.01)
+    assert "fc1 2" in mixed.get("bits per weight").note and "fc3 8" in mixed.get("bits per weight").note
+    saved = (weights[fc1].size * 6 + weights[fc2].size * 4) / 8
+    assert uniform.get("raw size").value - mixed.get("raw size").value == pytest.approx(saved)
+    assert uniform.get("minimum storage").value > mixed.get("minimum storage").value
+    assert mixed.gains[-1][:2] == ("bitwidth", "real") and "4/2" in mixed.gains[-1][2]
+    fake = preview(weights, other, 0.0, 8, layer_bits={"fc1": 2, "fc2": 4})
+    assert fake.get("raw size").value > uniform.get("raw size").value   # simulated: stored as float32
+    assert fake.gains[-1][:2] == ("bitwidth", "simulated")
+
+
+def test_per_layer_bits_change_the_one_shot_accuracy(mlp):
+    loaded, weights, other = mlp
+    test = digits_splits().test
+    kwargs = {"module": loaded.module, "test": test}
+    uniform = preview(weights, other, 0.0, 8, **kwargs).get("one-shot accuracy").value
+    crushed = preview(weights, other, 0.0, 8, layer_bits={"fc1": 2}, **kwargs).get("one-shot accuracy").value
+    assert crushed < uniform
+
+
+def test_settings_with_per_layer_bits_preview_them(mlp):
+    loaded, weights, other = mlp
+    subject = make_subject(loaded, digits_splits().test)
+    base = CompressSettings(sparsity=0.5, bits=8)
+    mixed = dataclasses.replace(base, layer_bits=(("fc1", 2), ("fc2", 4), ("fc3", 8)),
+                                layer_bits_method="weight_only")
+    assert preview_settings(mixed, subject).get("raw size").value < preview_settings(base, subject).get(
+        "raw size").value

@@ -130,10 +130,13 @@ def _codes(w: np.ndarray, bits: int) -> bytes:
 def preview(weights: dict[str, np.ndarray], other_params: int, sparsity: float, bits: int,
             spec: PruneSpec | None = None, module=None, test: Dataset | None = None,
             baseline_file_bytes: int | None = None, clusters: int = 0,
-            in_axes: dict[str, int | None] | None = None, file_bits: int | None = None) -> Preview:
+            in_axes: dict[str, int | None] | None = None, file_bits: int | None = None,
+            layer_bits: dict[str, int] | None = None, layer_bits_real: bool = False) -> Preview:
     """Preview pruning `weights` to `sparsity` (or `spec.nm`), sharing `clusters` values per layer (0: no
     clustering) and rounding them to `bits`, stored at `file_bits` per value (default: `bits` where ONNX
-    Runtime has a kernel for it, else float32)."""
+    Runtime has a kernel for it, else float32). `layer_bits` ({layer pattern: bits}, as quantize.overrides)
+    rounds the matching layers to their own bits instead, stored at those bits when `layer_bits_real`
+    (MatMulNBits), else as float32 (fake)."""
     spec = spec or PruneSpec(sparsity=sparsity)
     if sparsity > 0 or spec.nm:
         masks = compute_masks(weights, spec, sparsity, in_axes=in_axes)
@@ -146,26 +149,50 @@ def preview(weights: dict[str, np.ndarray], other_params: int, sparsity: float, 
         from workbench.clustering import cluster_weights
 
         values, _ = cluster_weights(values, clusters)
-    values = {n: fake_quantize(w, bits) for n, w in values.items()}
-    value_bits = index_bits(clusters) if clusters else bits
-    min_bits = sum(tensor_min_bits(w.size, int(masks[n].sum()), value_bits) for n, w in weights.items())
+    bits_of = per_layer_bits(list(weights), bits, layer_bits or {})
+    values = {n: fake_quantize(w, bits_of[n]) for n, w in values.items()}
+    stored = ({n: b if layer_bits_real else 32 for n, b in bits_of.items()} if layer_bits
+              else file_bits or _file_bits(bits))
+    min_bits = sum(tensor_min_bits(w.size, int(masks[n].sum()), index_bits(clusters) if clusters else bits_of[n])
+                   for n, w in weights.items())
+    mean_bits = sum(w.size * bits_of[n] for n, w in weights.items()) / params
     numbers = [
         Number("parameters", params, "", "computed", "weights of Linear/Conv layers"),
         Number("nonzero", nonzero, "", "computed"),
         Number("sparsity", 1 - nonzero / params, "", "computed",
                f"achieved; {'2:4 fixes 50%' if spec.nm else f'requested {sparsity:.0%}'}"),
-        Number("bits per weight", bits, "bits", "computed"),
+        Number("bits per weight", round(mean_bits, 2) if layer_bits else bits, "bits", "computed",
+               "per layer: " + ", ".join(f"{n.removesuffix('.weight')} {b}" for n, b in bits_of.items())
+               if layer_bits else ""),
         *([_index_bits_number(clusters)] if clusters else []),
-        *_sizes(values, other_params, file_bits or _file_bits(bits), baseline_file_bytes),
+        *_sizes(values, other_params, stored, baseline_file_bytes),
         Number("minimum storage", (min_bits + 16 * clusters * len(weights)) / 8 + other_params * 4, "bytes",
                "estimate", "nonzeros x bits + index, in a purpose-built sparse format"
-               + (f"; {value_bits}-bit cluster indices + {clusters} float16 values per layer" if clusters else "")),
-        *_accuracy_number(module, values, test, params, bits, "no fine-tuning"),
+               + (f"; {index_bits(clusters)}-bit cluster indices + {clusters} float16 values per layer"
+                  if clusters else "")),
+        *_accuracy_number(module, values, test, params, min(bits_of.values()), "no fine-tuning"),
     ]
     layers = tuple({"layer": n.removesuffix(".weight"), "params": int(w.size), "sparsity": float(1 - masks[n].mean())}
                    for n, w in weights.items())
     method = (_nm_gain(spec.nm),) if spec.nm else (SPARSITY_GAIN,) if sparsity > 0 else ()
-    return Preview(tuple(numbers), layers, method + _bits_gains(bits))
+    gains = _layer_bits_gains(bits_of, layer_bits_real) if layer_bits else _bits_gains(bits)
+    return Preview(tuple(numbers), layers, method + gains)
+
+
+def per_layer_bits(names: list[str], bits: int, patterns: dict[str, int]) -> dict[str, int]:
+    """Each weight's bits: the first pattern matching it (as quantize.overrides matches), else `bits`."""
+    from workbench.pruning import _matches
+
+    return {n: next((b for p, b in patterns.items() if _matches(n, [p])), bits) for n in names}
+
+
+def _layer_bits_gains(bits_of: dict[str, int], real: bool) -> tuple[tuple[str, str, str], ...]:
+    widths = "/".join(map(str, sorted(set(bits_of.values()), reverse=True)))
+    if real:
+        return (("bitwidth", "real", f"MatMulNBits stores each layer at its bits ({widths}): a smaller file; speed "
+                 "depends on kernels, measured in a run"),)
+    return (("bitwidth", "simulated", f"per-layer bits ({widths}) rounded in float (fake-quant): accuracy is "
+             "simulated, storage computed"),)
 
 
 def index_bits(clusters: int) -> int:
@@ -184,17 +211,20 @@ def _file_bits(bits: int) -> int:
     return bits if bits in REAL_BITS else 32
 
 
-def _sizes(stored: dict[str, np.ndarray], other_params: int, file_bits: int, baseline_file_bytes: int | None,
-           overhead: float | None = None) -> list[Number]:
-    """Raw and gzip size estimates of storing the dense tensors `stored` at `file_bits` plus float32
-    `other_params` and the file's `overhead` (default: what the baseline file holds beyond parameters)."""
+def _sizes(stored: dict[str, np.ndarray], other_params: int, file_bits: int | dict[str, int],
+           baseline_file_bytes: int | None, overhead: float | None = None) -> list[Number]:
+    """Raw and gzip size estimates of storing the dense tensors `stored` at `file_bits` (one width, or one
+    per tensor) plus float32 `other_params` and the file's `overhead` (default: what the baseline file holds
+    beyond parameters)."""
     params = sum(w.size for w in stored.values())
     if overhead is None:
         overhead = max(0, (baseline_file_bytes or 0) - (params + other_params) * 4)
-    raw = (params * file_bits + other_params * 32) / 8 + overhead
-    gz = len(gzip.compress(b"".join(_codes(w, file_bits) for w in stored.values()), compresslevel=6))
-    return [Number("raw size", raw, "bytes", "estimate",
-                   f"dense tensors at {file_bits} bits, if every layer is stored so: zeros still take space"),
+    width = file_bits if isinstance(file_bits, dict) else dict.fromkeys(stored, file_bits)
+    raw = (sum(w.size * width[n] for n, w in stored.items()) + other_params * 32) / 8 + overhead
+    gz = len(gzip.compress(b"".join(_codes(w, width[n]) for n, w in stored.items()), compresslevel=6))
+    at = (f"{file_bits} bits, if every layer is stored so" if not isinstance(file_bits, dict)
+          else "each layer's stored bits (" + "/".join(map(str, sorted(set(width.values()), reverse=True))) + ")")
+    return [Number("raw size", raw, "bytes", "estimate", f"dense tensors at {at}: zeros still take space"),
             Number("compressed size", gz + other_params * 4 + overhead, "bytes", "estimate",
                    "gzip of the stored weight values")]
 
@@ -220,7 +250,9 @@ def preview_settings(settings: CompressSettings, subject: Subject) -> Preview:
                       overrides=dict(s.overrides))
         base = preview(subject.weights, subject.other_params, spec.sparsity, s.bits, spec=spec,
                        module=subject.module, test=subject.test, baseline_file_bytes=subject.file_bytes,
-                       clusters=s.clusters, in_axes=subject.in_axes, file_bits=_qat_file_bits(s))
+                       clusters=s.clusters, in_axes=subject.in_axes, file_bits=_qat_file_bits(s),
+                       layer_bits=dict(s.layer_bits) if s.layer_bits and not s.uses_qat else None,
+                       layer_bits_real=s.layer_bits_method == "weight_only")
         if subject.macs:
             base = replace(base, numbers=(base.numbers[0], _macs_number(
                 subject.macs, "computed", "multiply-adds per sample of the dense kernels: zeros are multiplied "

@@ -27,7 +27,7 @@ import numpy as np
 
 from workbench.data import Dataset
 from workbench.presets import CompressSettings
-from workbench.pruning import compute_masks
+from workbench.pruning import compute_masks, override_for
 from workbench.size import tensor_min_bits
 from workbench.specs import LowRankSpec, PruneSpec
 
@@ -149,7 +149,7 @@ def preview(weights: dict[str, np.ndarray], other_params: int, sparsity: float, 
         from workbench.clustering import cluster_weights
 
         values, _ = cluster_weights(values, clusters)
-    bits_of = per_layer_bits(list(weights), bits, layer_bits or {})
+    bits_of = {n: override_for(n, layer_bits or {}, bits) for n in weights}
     values = {n: fake_quantize(w, bits_of[n]) for n, w in values.items()}
     stored = ({n: b if layer_bits_real else 32 for n, b in bits_of.items()} if layer_bits
               else file_bits or _file_bits(bits))
@@ -177,13 +177,6 @@ def preview(weights: dict[str, np.ndarray], other_params: int, sparsity: float, 
     method = (_nm_gain(spec.nm),) if spec.nm else (SPARSITY_GAIN,) if sparsity > 0 else ()
     gains = _layer_bits_gains(bits_of, layer_bits_real) if layer_bits else _bits_gains(bits)
     return Preview(tuple(numbers), layers, method + gains)
-
-
-def per_layer_bits(names: list[str], bits: int, patterns: dict[str, int]) -> dict[str, int]:
-    """Each weight's bits: the first pattern matching it (as quantize.overrides matches), else `bits`."""
-    from workbench.pruning import _matches
-
-    return {n: next((b for p, b in patterns.items() if _matches(n, [p])), bits) for n in names}
 
 
 def _layer_bits_gains(bits_of: dict[str, int], real: bool) -> tuple[tuple[str, str, str], ...]:

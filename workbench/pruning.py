@@ -48,11 +48,16 @@ def _matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(short, p) for p in patterns)
 
 
+def override_for(name: str, overrides: dict, default=None):
+    """The value of the first pattern in `overrides` (glob -> value, in order) that matches layer `name`."""
+    return next((v for p, v in overrides.items() if _matches(name, [p])), default)
+
+
 def layer_targets(names: list[str], spec: PruneSpec, sparsity: float) -> dict[str, float | None]:
     """Per layer: its own sparsity (override / layer scope), 0 if excluded, None = global pool."""
     targets: dict[str, float | None] = {}
     for name in names:
-        override = next((v for p, v in spec.overrides.items() if _matches(name, [p])), None)
+        override = override_for(name, spec.overrides)
         if _matches(name, spec.exclude):
             targets[name] = 0.0
         elif override is not None:

@@ -47,7 +47,7 @@ from workbench.data import Dataset, adapt_to_shape
 from workbench.errors import WorkbenchError
 from workbench.onnx_graph import COMPUTE_OPS, WeightTensor, op_coverage, weight_tensors
 from workbench.onnx_rewrite import gemm_to_matmul, tensor_names, unique_name
-from workbench.pruning import _matches
+from workbench.pruning import _matches, override_for
 from workbench.specs import QuantSpec
 
 logger = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ def layer_bits(model: onnx.ModelProto, spec: QuantSpec) -> dict[str, int | None]
                 known = ", ".join(_short(n) for n in names)
                 raise WorkbenchError(f"{where}: '{pattern}' matches no layer (layers: {known})")
     return {n: None if _matches(n, spec.exclude) else
-            next((b for p, b in spec.overrides.items() if _matches(n, [p])), spec.weight_bits) for n in names}
+            override_for(n, spec.overrides, spec.weight_bits) for n in names}
 
 
 def _per_layer(spec: QuantSpec) -> bool:

@@ -137,7 +137,6 @@ def train_head(module: nn.Module, head_name: str, spec: TransferSpec, ctx: Conte
     lr_factor = lr_schedule("cosine", spec.epochs * math.ceil(len(y) / spec.batch_size))
     for epoch, loss in train_epochs(trainee, x, y, lambda out, labels, idx: ce(out, labels), optimizer, spec.epochs,
                                     spec.batch_size, spec.seed, lr_factor):
-        module.eval()
         record: dict[str, Any] = {"epoch": epoch, "loss": round(loss, 5)}
         if epoch % every == 0 or epoch == spec.epochs:
             if test.labels is not None:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from workbench import pruning
+from workbench.errors import WorkbenchError
 from workbench.evaluate import make_session
 from workbench.pruning import PRUNERS, compute_masks, prune_onnx, prune_torch, sparsity_of, torch_weights
 from workbench.specs import PRUNE_METHODS, PruneSpec
@@ -52,6 +53,13 @@ def test_exclusions_and_overrides(weights):
     assert 1 - masks["a.weight"].mean() == pytest.approx(0.8, abs=1e-3)
     masks = compute_masks(weights, PruneSpec(sparsity=0.8, overrides={"b*": 0.25}))
     assert 1 - masks["b.weight"].mean() == pytest.approx(0.25, abs=1e-3)
+
+
+@pytest.mark.parametrize("field", ["exclude", "overrides"])
+def test_a_layer_pattern_that_matches_nothing_is_an_error_naming_the_layers(weights, field):
+    value = ("fc9",) if field == "exclude" else {"fc9": 0.5}
+    with pytest.raises(WorkbenchError, match=rf"^prune {field}: 'fc9' matches no layer \(layers: a, b\)$"):
+        compute_masks(weights, PruneSpec(sparsity=0.8, **{field: value}))
 
 
 def test_iterative_rounds_only_remove_survivors(weights):

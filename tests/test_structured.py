@@ -256,6 +256,9 @@ def test_exclusions_leave_matching_and_coupled_layers_untouched(cnn_pruned):
     skipped = dict(report["skipped"])
     assert skipped["features.3.0"] == "excluded by pattern 'features.3*'"
     assert skipped["features.1.0"] == "coupled to excluded layer features.3.0"
+    with pytest.raises(WorkbenchError, match=r"^structured exclude: 'feature.3\*' matches no layer \(layers: "
+                                             r"features.0.0, features.1.0, features.3.0, head.1\)$"):
+        prune_structured(base, EXAMPLE, StructuredSpec(ratio=0.5, exclude=("features.3*", "feature.3*")))
 
 
 def test_random_importance_is_reproducible_and_global_scope_runs(cnn_pruned):

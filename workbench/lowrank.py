@@ -30,6 +30,7 @@ from onnx import helper, numpy_helper
 
 from workbench.errors import WorkbenchError
 from workbench.onnx_rewrite import tensor_names, unique_name
+from workbench.pruning import check_patterns
 from workbench.specs import LowRankSpec
 from workbench.stages import Context, Variant, runner
 
@@ -157,6 +158,7 @@ def factorize_torch(module: nn.Module, spec: LowRankSpec, example: tuple) -> tup
     """A copy of `module` with its Linear/Conv layers factorized; per-layer rows and {skipped: reason}."""
     model = copy.deepcopy(module)
     layers = _layers(model)
+    check_patterns([f"{n}.weight" for n in layers], "lowrank exclude", spec.exclude)
     classifier = last_layer(model, layers, example)
     rows, skipped = [], {}
     for name, layer in layers.items():
@@ -218,6 +220,8 @@ def factorize_onnx(model: onnx.ModelProto, spec: LowRankSpec) -> tuple[onnx.Mode
     out.CopyFrom(model)
     graph, taken = out.graph, tensor_names(out.graph)
     inits = {t.name: t for t in graph.initializer}
+    check_patterns([n.input[1] for n in graph.node if n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1
+                    and n.input[1] in inits], "lowrank exclude", spec.exclude)
     readers: dict[str, int] = {}
     for node in graph.node:
         for i in node.input:

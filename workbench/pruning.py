@@ -48,6 +48,15 @@ def _matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(short, p) for p in patterns)
 
 
+def check_patterns(names: list[str], where: str, patterns) -> None:
+    """A layer pattern (exclude / overrides) that matches none of the weights `names` is a typo or a recipe
+    for another model: an error naming the layers, never a silent no-op."""
+    for pattern in patterns:
+        if not any(_matches(n, [pattern]) for n in names):
+            known = ", ".join(n.removesuffix(".weight") for n in names)
+            raise WorkbenchError(f"{where}: '{pattern}' matches no layer (layers: {known})")
+
+
 def override_for(name: str, overrides: dict, default=None):
     """The value of the first pattern in `overrides` (glob -> value, in order) that matches layer `name`."""
     return next((v for p, v in overrides.items() if _matches(name, [p])), default)
@@ -84,6 +93,8 @@ def compute_masks(weights: dict[str, np.ndarray], spec: PruneSpec, sparsity: flo
     along `in_axes[name]` (default 1; None = unknown layout, left dense)."""
     if not weights:
         raise WorkbenchError("prune: the model has no Linear/Conv (MatMul/Gemm/Conv) weights to prune")
+    check_patterns(list(weights), "prune exclude", spec.exclude)
+    check_patterns(list(weights), "prune overrides", spec.overrides)
     sparsity = spec.sparsity if sparsity is None else sparsity
     rng = np.random.default_rng(spec.seed if seed is None else seed)
     scores = {}

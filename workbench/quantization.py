@@ -47,7 +47,7 @@ from workbench.data import Dataset, adapt_to_shape
 from workbench.errors import WorkbenchError
 from workbench.onnx_graph import COMPUTE_OPS, WeightTensor, op_coverage, weight_tensors
 from workbench.onnx_rewrite import gemm_to_matmul, tensor_names, unique_name
-from workbench.pruning import _matches, override_for
+from workbench.pruning import _matches, check_patterns, override_for
 from workbench.specs import QuantSpec
 
 logger = logging.getLogger(__name__)
@@ -229,11 +229,8 @@ def layer_bits(model: onnx.ModelProto, spec: QuantSpec) -> dict[str, int | None]
     """Per weight of `model`: its bits (the first matching override, else `weight_bits`), or None where an
     `exclude` pattern keeps it in float. A pattern that matches no weight is an error naming the layers."""
     names = [w.name for w in weight_tensors(model)]
-    for where, patterns in (("exclude", spec.exclude), ("overrides", tuple(spec.overrides))):
-        for pattern in patterns:
-            if not any(_matches(n, [pattern]) for n in names):
-                known = ", ".join(_short(n) for n in names)
-                raise WorkbenchError(f"{where}: '{pattern}' matches no layer (layers: {known})")
+    check_patterns(names, "exclude", spec.exclude)
+    check_patterns(names, "overrides", spec.overrides)
     return {n: None if _matches(n, spec.exclude) else
             override_for(n, spec.overrides, spec.weight_bits) for n in names}
 

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workbench.errors import WorkbenchError
-from workbench.pruning import _matches, compute_masks
+from workbench.pruning import _matches, check_patterns, compute_masks
 from workbench.size import tensor_min_bits
 from workbench.specs import WEIGHT_ONLY_BITS, PruneSpec, QuantSpec
 
@@ -320,7 +320,7 @@ def allocate(sens: Sensitivity, target: float, exclude: tuple[str, ...] | list[s
     """Per-layer sparsities reaching `target` overall, pruning low-sensitivity layers more (module doc)."""
     if not 0 <= target < 1:
         raise WorkbenchError(f"target: must be in [0, 1), got {target}")
-    _unknown_patterns(sens, exclude)
+    check_patterns(list(sens.layers), "exclude", exclude)
     names = sens.layers
     excluded = [n for n in names if _matches(n, tuple(exclude))]
     curves = {n: _curve(sens.sparsity[n], cap) for n in names if n not in excluded}
@@ -358,13 +358,6 @@ def _cheapest_move(curves: dict, level: dict[str, int], params: dict[str, int]) 
             if best_key is None or key < best_key:
                 best, best_key = (name, j, float(weights)), key
     return best
-
-
-def _unknown_patterns(sens: Sensitivity, patterns: tuple[str, ...] | list[str]) -> None:
-    for pattern in patterns:
-        if not any(_matches(n, [pattern]) for n in sens.layers):
-            known = ", ".join(layer_key(n) for n in sens.layers)
-            raise WorkbenchError(f"exclude: '{pattern}' matches no layer (layers: {known})")
 
 
 def weight_bytes(sens: Sensitivity, sparsities: dict[str, float], bits: int) -> float:
@@ -447,7 +440,7 @@ def allocate_bits(sens: Sensitivity, target_bytes: float, choices: tuple[int, ..
     if not levels or not set(levels) <= measured:
         raise WorkbenchError(f"choices: each must be a measured bit width ({', '.join(map(str, sorted(measured)))}), "
                              f"got {list(choices)}")
-    _unknown_patterns(sens, exclude)
+    check_patterns(list(sens.layers), "exclude", exclude)
     excluded = [n for n in sens.layers if _matches(n, tuple(exclude))]
     curves = {n: _bits_curve(sens.bits[n], levels) for n in sens.layers if n not in excluded}
     if not curves:

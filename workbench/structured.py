@@ -129,6 +129,10 @@ def _plan(model: nn.Module, example: tuple, spec: StructuredSpec) -> _Plan:
         if pattern:
             plan.excluded[name] = pattern
             plan.reasons[name] = f"excluded by pattern '{pattern}'"
+    unmatched = [p for p in spec.exclude if p not in plan.excluded.values()]
+    if unmatched:
+        layers = ", ".join(_weight_layers(model))
+        raise WorkbenchError(f"structured exclude: '{unmatched[0]}' matches no layer (layers: {layers})")
     plan.ignored = {plan.classifier, *plan.excluded}
     plan.reasons.setdefault(plan.classifier, "classifier: its outputs are the model's outputs")
     attention = _attention(model)

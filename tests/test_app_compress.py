@@ -248,6 +248,13 @@ def test_allocate_bits_writes_per_layer_bits_into_the_recipe(isolated_home):
     at.button(key="allocate_bits").click().run()
     assert at.session_state["layer_bits"]["method"] == "fake" and 3 in at.session_state["layer_bits"]["bits"].values()
     assert any("**fake**" in t for t in texts(at))
+    assert at.multiselect(key="sweep_sparsity") and not any(m.key == "sweep_bits" for m in at.multiselect)
+    assert any("Every run keeps the per-layer bits (3 layers)" in c.value for c in at.caption)
+    at.multiselect(key="sweep_sparsity").set_value([50, 90]).run()
+    at.button(key="launch_sweep").click().run()
+    swept = [RunSpec.from_dict(r.spec) for r in Store(isolated_home).list() if r.sweep_id]
+    assert len(swept) == 2 and all(s.stages[-1].method == "fake" and 3 in s.stages[-1].overrides.values()
+                                   for s in swept)
     at.button(key="clear_layer_bits").click().run()
     assert at.session_state["layer_bits"]["bits"] == {} and "layer_bits" not in at.query_params
     assert "per-layer" not in next(t for t in texts(at) if t.startswith("**This setting:**"))

@@ -98,6 +98,12 @@ def test_sweeps_vary_the_method_knob_and_the_bits():
     assert [s.kind for s in base.stages] == ["prune", "cluster"] and grid == {"sparsity": [0.8, 0.9]}
     with pytest.raises(SpecError, match="clustering replaces quantization"):
         CompressSettings(sparsity=0.9, clusters=8).sweep(MLP, [0.9], [8])
+    mixed = CompressSettings(sparsity=0.5, layer_bits=(("fc1", 8), ("fc2", 2)), layer_bits_method="weight_only")
+    base, grid = mixed.sweep(MLP, [0.5, 0.9], [])
+    assert grid == {"sparsity": [0.5, 0.9]}
+    assert all(s.stages[-1].overrides == {"fc1": 8, "fc2": 2} for s in expand_grid(base, grid))
+    with pytest.raises(SpecError, match="per-layer bits are set"):
+        mixed.sweep(MLP, [0.9], [8])
 
 
 def test_problems_say_what_cannot_run():

@@ -83,6 +83,10 @@ with sweep:
     if settings.clusters:
         widths = []
         st.caption("Clustering replaces quantization: the sweep keeps 32-bit weights.")
+    elif settings.layer_bits:
+        widths = []
+        st.caption(f"Every run keeps the per-layer bits ({len(settings.layer_bits)} layers); clear them under "
+                   "Per-layer sensitivity to sweep uniform bitwidths.")
     else:
         bit_options = list(reversed(QAT_BITS)) if settings.uses_qat else list(reversed(BITWIDTHS))
         widths = st.multiselect("Sweep QAT bitwidths" if settings.uses_qat else "Sweep bitwidths", bit_options,

@@ -199,6 +199,8 @@ class CompressSettings:
         and the bitwidth (with QAT: the QAT stage's weight bits, 2..8)."""
         if bits and self.clusters:
             raise SpecError("sweep: clustering replaces quantization; sweep bitwidths without clustering")
+        if bits and self.layer_bits:
+            raise SpecError("sweep: per-layer bits are set and every run keeps them; clear them to sweep bitwidths")
         base = dataclasses.replace(self, bits=8 if bits else self.bits).to_spec(model, data, measure, name,
                                                                                 always_prune=True)
         grid: dict[str, list] = {}

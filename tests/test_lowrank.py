@@ -156,3 +156,14 @@ def test_pipeline_lowrank_with_finetune_then_static_int8(tmp_path):
     assert quantized.measurement.coverage.quantized == 5          # both factors of fc1 and fc2, and fc3
     assert quantized.measurement.metrics["accuracy"] > factorized.measurement.metrics["accuracy"] - 0.02
     assert (tmp_path / "model.onnx").stat().st_size < base.size.file_bytes / 5
+
+
+def test_per_layer_bits_for_a_factorized_layer_apply_to_both_factors(tmp_path):
+    spec = RunSpec.from_dict({"model": "digits-mlp", "measure": FAST_MEASURE, "stages": [
+        {"lowrank": {"energy": 0.9}},
+        {"quantize": {"method": "weight_only", "weight_bits": 8, "overrides": {"fc1": 4, "fc2": 2}}}]})
+    run_pipeline(spec, out_dir=tmp_path)
+    nodes = [n for n in onnx.load(str(tmp_path / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    bits = {n.input[1].rsplit(".", 1)[0]: helper.get_attribute_value(next(a for a in n.attribute if a.name == "bits"))
+            for n in nodes}
+    assert {k.split("_")[0]: v for k, v in bits.items()} == {"fc1.0": 4, "fc1.1": 4, "fc2.0": 2, "fc2.1": 2, "fc3": 8}

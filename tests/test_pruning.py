@@ -55,6 +55,13 @@ def test_exclusions_and_overrides(weights):
     assert 1 - masks["b.weight"].mean() == pytest.approx(0.25, abs=1e-3)
 
 
+def test_a_pattern_matches_the_weight_its_layer_or_a_module_holding_it():
+    assert pruning._matches("fc1.0.weight", ["fc1"]) and pruning._matches("fc1.1.weight", ["fc1.1"])
+    assert pruning._matches("attn.out_proj.weight", ["attn"]) and pruning._matches("fc1.weight", ["fc1.weight"])
+    assert not pruning._matches("fc10.weight", ["fc1"]) and not pruning._matches("fc1.weight", ["fc1.0"])
+    assert pruning.override_for("fc1.0.weight", {"fc2": 2, "fc*": 4}) == 4
+
+
 @pytest.mark.parametrize("field", ["exclude", "overrides"])
 def test_a_layer_pattern_that_matches_nothing_is_an_error_naming_the_layers(weights, field):
     value = ("fc9",) if field == "exclude" else {"fc9": 0.5}

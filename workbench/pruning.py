@@ -44,8 +44,11 @@ def random_scores(weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
-    short = name.removesuffix(".weight")
-    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(short, p) for p in patterns)
+    """Whether a glob pattern matches weight `name`, its layer (the name without '.weight') or a module
+    that holds the layer: 'fc1' also covers 'fc1.0' and 'fc1.1', the factors low-rank splits fc1 into."""
+    parts = name.removesuffix(".weight").split(".")
+    names = [name, *(".".join(parts[:i]) for i in range(len(parts), 0, -1))]
+    return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
 
 
 def check_patterns(names: list[str], where: str, patterns) -> None:

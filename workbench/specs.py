@@ -128,7 +128,8 @@ class PruneSpec:
     """Unstructured pruning of Linear/Conv (MatMul/Gemm/Conv) weights.
 
     `scope="global"` ranks all weights together; `"layer"` prunes each layer to the same sparsity.
-    `overrides` sets a sparsity per layer (glob patterns on layer names), `exclude` leaves layers dense.
+    `overrides` sets a sparsity per layer (glob patterns on layer names; a module's name covers the layers
+    inside it), `exclude` leaves layers dense.
     `schedule="iterative"` prunes `per_round` of the remaining weights per round until `sparsity`,
     running `finetune` between rounds (the seed recipe); `"gradual"` follows the cubic schedule of Zhu &
     Gupta (2017), s_r = sparsity * (1 - (1 - r/steps)^3), over `steps` rounds with `finetune` between.

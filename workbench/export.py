@@ -4,17 +4,24 @@ Uses the torch.export-based exporter (`dynamo=True`, needs onnxscript); TorchScr
 it cannot trace, go through the legacy TorchScript exporter. Export never changes the module.
 When both fail, the error says whether the module itself rejects the example inputs (a model made for
 other data) or only the export failed.
+
+The torch.export path folds the transpose of a Linear applied to a 3-D input (a transformer's tokens)
+into a new initializer named `val_<n>`; those are renamed back to the parameter they hold (a transposed
+copy), so layer names in recipes (quantize overrides, excludes), notes and tables stay the torch names.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import warnings
 
+import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 
 from workbench.errors import WorkbenchError
 
@@ -80,7 +87,40 @@ def _export_dynamo(module: torch.nn.Module, example: tuple, names: list[str]) ->
         module, example, dynamo=True, opset_version=OPSET, input_names=names, output_names=["logits"],
         dynamic_shapes=tuple({0: batch} for _ in example), verbose=False,
     )
-    return program.model_proto
+    model = program.model_proto
+    restore_parameter_names(model, module)
+    return model
+
+
+def _digest(array: np.ndarray) -> tuple:
+    array = np.ascontiguousarray(array)
+    return array.shape, array.dtype.str, hashlib.blake2b(array.tobytes(), digest_size=16).digest()
+
+
+def restore_parameter_names(model: onnx.ModelProto, module: torch.nn.Module) -> int:
+    """Rename initializers that hold an exact (possibly transposed) copy of one 2-D parameter of `module` to
+    that parameter's name, where the name is free (a copy two parameters share stays as it is); returns how
+    many were renamed."""
+    graph = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return 0   # a subgraph may read an initializer by name: leave the names alone
+    taken = {t.name for t in graph.initializer} | {n for node in graph.node for n in (*node.input, *node.output)}
+    owners: dict[tuple, set[str]] = {}
+    for name, param in module.named_parameters():
+        if param.ndim == 2 and name not in taken:
+            array = param.detach().cpu().numpy()
+            for key in {_digest(array), _digest(array.T)}:
+                owners.setdefault(key, set()).add(name)
+    renames: dict[str, str] = {}
+    for tensor in graph.initializer:
+        names = owners.get(_digest(numpy_helper.to_array(tensor))) if len(tensor.dims) == 2 else None
+        if names and len(names) == 1 and next(iter(names)) not in renames.values():
+            renames[tensor.name] = next(iter(names))
+    for tensor in graph.initializer:
+        tensor.name = renames.get(tensor.name, tensor.name)
+    for node in graph.node:
+        node.input[:] = [renames.get(i, i) for i in node.input]
+    return len(renames)
 
 
 def _export_legacy(module: torch.nn.Module, example: tuple, names: list[str]) -> onnx.ModelProto:

@@ -76,12 +76,20 @@ def test_from_spec_reads_every_method_back():
     assert back.classes == ()     # a class subset without a transfer stage is not a transfer
     nm = CompressSettings.from_spec(RunSpec(model=MLP, stages=(PruneSpec(sparsity=0.5, nm="2:4"),)))
     assert nm.technique == "nm" and nm.sparsity == 0.0
-    for settings in (CompressSettings(technique="lowrank", energy=0.7, epochs=2, bits=8),
+    for settings in (CompressSettings(technique="lowrank", energy=0.7, epochs=2, bits=8, exclude=("fc2",)),
                      CompressSettings(technique="distill", width=0.75, distill_epochs=40, bits=4, qat=True),
                      CompressSettings(sparsity=0.9, schedule="gradual", steps=7, rewind="none", epochs=1,
                                       clusters=32, cluster_epochs=2),
                      CompressSettings(classes=(0, 7), sparsity=0.5, bits=16)):
         assert CompressSettings.from_spec(settings.to_spec(MLP)) == settings
+
+
+def test_exclusions_reach_the_recipe_and_the_description_only_where_the_method_uses_them():
+    lowrank = CompressSettings(technique="lowrank", exclude=("fc1",))
+    assert lowrank.to_spec(MLP).stages[0].exclude == ("fc1",) and "1 layer(s) excluded" in lowrank.describe()
+    for unused in (CompressSettings(technique="distill", exclude=("fc1",)), CompressSettings(exclude=("fc1",))):
+        assert "excluded" not in unused.describe()
+        assert not any(getattr(s, "exclude", ()) for s in unused.to_spec(MLP).stages)
 
 
 def test_sweeps_vary_the_method_knob_and_the_bits():

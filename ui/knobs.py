@@ -162,5 +162,6 @@ def layer_knobs(layers: list[str]) -> None:
         state.set_layer_bits(method, {})
     with st.expander("Leave layers dense", expanded=bool(st.session_state.get("exclude"))):
         st.multiselect("Excluded from pruning", layers, key="exclude", **SHARED,
-                       help="these layers keep every weight (unstructured, 2:4 and structured pruning); the "
-                            "per-layer sensitivity below shows which layers hurt most")
+                       help="these layers keep every weight (unstructured, 2:4 and structured pruning) or stay "
+                            "whole (low-rank); a distilled student is trained whole. The per-layer sensitivity "
+                            "below shows which layers hurt most")

@@ -91,7 +91,7 @@ class CompressSettings:
     qat_epochs: int = 5
     qat_act8: bool = False         # QAT: int8 activations too
     classes: tuple[int, ...] = ()  # transfer first: re-train the head on these classes (empty: no transfer)
-    exclude: tuple[str, ...] = ()  # layers left dense by unstructured, N:M and structured pruning
+    exclude: tuple[str, ...] = ()  # layers left dense (unstructured, N:M, structured) or whole (low-rank)
     overrides: tuple[tuple[str, float], ...] = ()   # unstructured: per-layer sparsity (layer pattern, sparsity)
     layer_bits: tuple[tuple[str, int], ...] = ()   # per-layer weight bits (layer pattern, bits): replace `bits`
     layer_bits_method: str = "fake"                # fake (simulated) or weight_only (MatMulNBits, real)
@@ -167,7 +167,7 @@ class CompressSettings:
         if t == "distill":
             return [DistillSpec(width=self.width, epochs=self.distill_epochs, init=self.init)]
         if t == "lowrank":
-            return [LowRankSpec(energy=self.energy, finetune=recovery)]
+            return [LowRankSpec(energy=self.energy, exclude=self.exclude, finetune=recovery)]
         if t == "structured":
             main = StructuredSpec(ratio=self.ratio, round_to=self.round_to, exclude=self.exclude)
         elif t == "nm":
@@ -225,7 +225,7 @@ class CompressSettings:
             values.update(technique="distill", width=d.width, distill_epochs=min(d.epochs, MAX_DISTILL_EPOCHS),
                           init=d.init)
         elif first["lowrank"]:
-            values.update(technique="lowrank", energy=first["lowrank"].energy)
+            values.update(technique="lowrank", energy=first["lowrank"].energy, exclude=first["lowrank"].exclude)
             tune = first["lowrank"].finetune or tune
         elif first["prune"]:
             p = first["prune"]
@@ -285,7 +285,9 @@ class CompressSettings:
 
     def _describe_layers(self) -> str:
         overrides = self.overrides and self.technique == "unstructured"
-        per_layer = [f"{len(self.exclude)} layer(s) excluded" if self.exclude else "",
+        excludes = self.technique in ("nm", "structured", "lowrank") or (self.technique == "unstructured" and
+                                                                        self.sparsity > 0)
+        per_layer = [f"{len(self.exclude)} layer(s) excluded" if self.exclude and excludes else "",
                      f"{len(self.overrides)} per-layer sparsities" if overrides else ""]
         return "".join(f" ({p})" for p in per_layer if p)
 

@@ -195,3 +195,23 @@ def test_settings_with_per_layer_bits_preview_them(mlp):
                                 layer_bits_method="weight_only")
     assert preview_settings(mixed, subject).get("raw size").value < preview_settings(base, subject).get(
         "raw size").value
+
+
+@pytest.mark.parametrize("technique", ["structured", "distill", "lowrank"])
+def test_shape_changing_methods_count_each_layer_at_its_bits(mlp, technique):
+    loaded, weights, _ = mlp
+    subject = dataclasses.replace(make_subject(loaded, digits_splits().test), factors=svd_factors(weights))
+    base = CompressSettings(technique=technique, bits=8)
+    layer_bits = (("fc1", 2), ("fc2", 4), ("fc3", 8))
+    real = preview_settings(dataclasses.replace(base, layer_bits=layer_bits, layer_bits_method="weight_only"),
+                            subject)
+    fake = preview_settings(dataclasses.replace(base, layer_bits=layer_bits), subject)
+    uniform = preview_settings(base, subject)
+    after = {row["layer"]: row["after"] for row in uniform.layers}
+    assert real.get("minimum storage").value == fake.get("minimum storage").value == pytest.approx(
+        uniform.get("minimum storage").value - (after["fc1"] * 6 + after["fc2"] * 4) / 8)
+    assert real.get("raw size").value < uniform.get("raw size").value < fake.get("raw size").value
+    assert 2 < real.get("bits per weight").value < 8 and "fc1 2" in real.get("bits per weight").note
+    assert real.gains[-1][:2] == ("bitwidth", "real") and fake.gains[-1][:2] == ("bitwidth", "simulated")
+    if technique == "lowrank":   # the one-shot accuracy of the truncated weights rounds fc1 to 2 bits
+        assert fake.get("one-shot accuracy").value < uniform.get("one-shot accuracy").value

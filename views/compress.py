@@ -47,12 +47,9 @@ with panel:
     st.caption("Instant and one-shot: no training, no export. A run measures latency with ONNX Runtime, "
                "the real file size and the accuracy after every stage.")
     if settings.layer_bits and not settings.uses_qat:
-        shown = ("this preview rounds each layer to its bits too" if settings.technique in ("unstructured", "nm")
-                 else f"this preview of a shape-changing method shows the slider's {settings.bits} bits for every "
-                      "layer")
         st.info(f"Bits are per layer ({settings.layer_bits_method}: "
                 + ", ".join(f"{layer} {bits}" for layer, bits in settings.layer_bits)
-                + f"): the run quantizes each layer at its bits; {shown}.")
+                + "): the run quantizes each layer at its bits, and this preview counts each layer at its bits.")
 
 layers = st.expander("Per-layer sensitivity: which layers to spare, per-layer sparsities", key="sensitivity_open",
                      on_change="rerun")

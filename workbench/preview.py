@@ -204,6 +204,26 @@ def _file_bits(bits: int) -> int:
     return bits if bits in REAL_BITS else 32
 
 
+def _widths(s: CompressSettings, weights: dict[str, np.ndarray]) -> tuple[dict[str, int], dict[str, int] | int]:
+    """Per layer: the bits its values are rounded to (per-layer bits where set, else the bitwidth) and the
+    bits each is stored at in the file (one width for all, or per layer: MatMulNBits real, fake as float32)."""
+    if not s.layer_bits or s.uses_qat:
+        return dict.fromkeys(weights, s.bits), _file_bits(s.bits)
+    bits_of = {n: override_for(n, dict(s.layer_bits), s.bits) for n in weights}
+    return bits_of, {n: b if s.layer_bits_method == "weight_only" else 32 for n, b in bits_of.items()}
+
+
+def _bits_findings(s: CompressSettings, bits_of: dict[str, int],
+                   counts: dict[str, int]) -> tuple[Number, tuple[tuple[str, str, str], ...]]:
+    """The 'bits per weight' number (mean over `counts` weights per layer when bits differ) and the gains."""
+    if not s.layer_bits or s.uses_qat:
+        return Number("bits per weight", s.bits, "bits", "computed"), _bits_gains(s.bits)
+    mean = sum(counts[n] * b for n, b in bits_of.items()) / max(1, sum(counts.values()))
+    per_layer = "per layer: " + ", ".join(f"{n.removesuffix('.weight')} {b}" for n, b in bits_of.items())
+    return (Number("bits per weight", round(mean, 2), "bits", "computed", per_layer),
+            _layer_bits_gains(bits_of, s.layer_bits_method == "weight_only"))
+
+
 def _sizes(stored: dict[str, np.ndarray], other_params: int, file_bits: int | dict[str, int],
            baseline_file_bytes: int | None, overhead: float | None = None) -> list[Number]:
     """Raw and gzip size estimates of storing the dense tensors `stored` at `file_bits` (one width, or one
@@ -322,16 +342,19 @@ def _narrower(s: CompressSettings, subject: Subject) -> Preview:
     total, other = sum(after.values()), int(round(subject.other_params * keep))
     how = (f"every layer keeps {keep:.0%} of its channels (inputs and outputs), except the model's input and the "
            "classifier's outputs" + ("; round_to moves the counts a little" if s.round_to else ""))
-    file_bits = _file_bits(s.bits)
+    bits_of, file_bits = _widths(s, subject.weights)
+    width = file_bits if isinstance(file_bits, dict) else dict.fromkeys(after, file_bits)
+    bits_number, bits_gains = _bits_findings(s, bits_of, after)
+    at = f"{file_bits} bits" if isinstance(file_bits, int) else "each layer's stored bits"
     numbers = [Number("parameters", total, "", "estimate", f"weights of Linear/Conv layers after: {how}")]
     if subject.macs:
         numbers.append(_macs_number(subject.macs, "estimate", f"multiply-adds per sample after: {how}", shares))
     numbers += [
-        Number("bits per weight", s.bits, "bits", "computed"),
-        Number("raw size", (total * file_bits + other * 32) / 8 + _overhead(subject), "bytes", "estimate",
-               f"the smaller dense tensors at {file_bits} bits; other parameters scaled alike"),
-        Number("minimum storage", (total * s.bits + other * 32) / 8, "bytes", "estimate",
-               "weights x bits (dense: no index needed)"),
+        bits_number,
+        Number("raw size", (sum(after[n] * width[n] for n in after) + other * 32) / 8 + _overhead(subject), "bytes",
+               "estimate", f"the smaller dense tensors at {at}; other parameters scaled alike"),
+        Number("minimum storage", (sum(after[n] * bits_of[n] for n in after) + other * 32) / 8, "bytes",
+               "estimate", "weights x bits (dense: no index needed)"),
     ]
     layers = tuple({"layer": n.removesuffix(".weight"), "params": int(w.size), "after": after[n]}
                    for n, w in subject.weights.items())
@@ -341,7 +364,7 @@ def _narrower(s: CompressSettings, subject: Subject) -> Preview:
     gains = (("size and MACs", "real", f"{what}: a smaller dense model, so fewer weights and multiply-adds in the "
               "exported file; the numbers here are estimates, the run measures them and the speed"),
              ("accuracy", "run", f"not previewed: it depends on the training ({training}) the run does"))
-    return Preview(tuple(numbers), layers, gains + _bits_gains(s.bits), "params")
+    return Preview(tuple(numbers), layers, gains + bits_gains, "params")
 
 
 def _overhead(subject: Subject) -> float:
@@ -389,25 +412,30 @@ def _lowrank(s: CompressSettings, subject: Subject) -> Preview:
             values[name] = stored[name] = w
     total, params = sum(row["after"] for row in layers), sum(w.size for w in subject.weights.values())
     scale = {row["layer"]: row["after"] / row["params"] for row in layers}
+    bits_of, file_bits = _widths(s, subject.weights)
+    after = {n: row["after"] for n, row in zip(subject.weights, layers, strict=True)}
+    bits_number, bits_gains = _bits_findings(s, bits_of, after)
     how = (f"rank per layer keeping {s.energy:.0%} of its squared singular values, where that saves weights; "
            "the classifier kept whole")
     numbers = [Number("parameters", total, "", "estimate", f"weights of Linear/Conv layers after: {how}")]
     if subject.macs:
         numbers.append(_macs_number(subject.macs, "estimate", "multiply-adds per sample of the factorized layers",
                                     {n: scale.get(n.removesuffix(".weight"), 1.0) for n in subject.macs}))
-    numbers.append(Number("bits per weight", s.bits, "bits", "computed"))
+    numbers.append(bits_number)
     if vectors:
-        numbers += _sizes(stored, subject.other_params, _file_bits(s.bits), None, overhead=_overhead(subject))
-    numbers.append(Number("minimum storage", (total * s.bits + subject.other_params * 32) / 8, "bytes", "estimate",
-                          "the factors' weights x bits (dense: no index needed)"))
+        tensor_bits = file_bits if isinstance(file_bits, int) else \
+            {t: file_bits[t.removesuffix("/left").removesuffix("/right")] for t in stored}
+        numbers += _sizes(stored, subject.other_params, tensor_bits, None, overhead=_overhead(subject))
+    numbers.append(Number("minimum storage", (sum(after[n] * bits_of[n] for n in after) + subject.other_params * 32)
+                          / 8, "bytes", "estimate", "the factors' weights x bits (dense: no index needed)"))
     if vectors:
-        numbers += _accuracy_number(subject.module, {n: fake_quantize(v, s.bits) for n, v in values.items()},
-                                    subject.test, params, s.bits, "truncated SVD, no fine-tuning")
+        numbers += _accuracy_number(subject.module, {n: fake_quantize(v, bits_of[n]) for n, v in values.items()},
+                                    subject.test, params, min(bits_of.values()), "truncated SVD, no fine-tuning")
     done = sum(row["rank"] is not None for row in layers)
     gain = (("size and MACs", "real", f"{done} of {len(layers)} layers become two smaller layers: fewer weights and "
              "multiply-adds in the exported file (estimated here; the run measures them and the speed)") if done
             else ("size and MACs", "none", "no layer saves weights at this energy: nothing would be factorized"))
-    return Preview(tuple(numbers), tuple(layers), (gain, *_bits_gains(s.bits)), "params")
+    return Preview(tuple(numbers), tuple(layers), (gain, *bits_gains), "params")
 
 
 def _accuracy(module, weights: dict[str, np.ndarray], test: Dataset) -> float:

@@ -97,7 +97,10 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
         raise WorkbenchError("prune.finetune: no training data (set data.train_path for user data)")
     module = copy.deepcopy(variant.module)
     out = variant.copy_meta(module=module)
-    checkpoint = _rewind_state(module, spec, ctx) if spec.rewind == "weight" else None
+    checkpoint, kept = _rewind_state(module, spec, ctx) if spec.rewind == "weight" else (None, ())
+    if kept:
+        out.notes.append(f"weight rewinding: {', '.join(kept)} (re-trained by the transfer) rewind to their "
+                         "transferred values; the checkpoint's head is for the original classes")
     masks = dict(variant.masks) or None
     targets = round_targets(spec)
     for r, target in enumerate(targets, start=1):
@@ -131,8 +134,10 @@ def _retrain(module: Any, spec: PruneSpec, ctx: Context, masks: dict[str, np.nda
                     offset=offset, total=total, teacher=ctx.teacher)
 
 
-def _rewind_state(module: Any, spec: PruneSpec, ctx: Context) -> dict[str, Any]:
-    """The early-training checkpoint weight rewinding resets to, checked against `module`'s layout."""
+def _rewind_state(module: Any, spec: PruneSpec, ctx: Context) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The early-training checkpoint weight rewinding resets to, checked against `module`'s layout, and
+    the tensors it leaves at their current values: after a transfer, the new head's (the checkpoint's head
+    has the original classes)."""
     import copy
     from pathlib import Path
 
@@ -149,8 +154,14 @@ def _rewind_state(module: Any, spec: PruneSpec, ctx: Context) -> dict[str, Any]:
                              f"(run python sample_models/train.py --only {sample}, or {how})")
     elif not sample:
         raise WorkbenchError(f"prune.rewind_weights: rewind: weight needs an early-training checkpoint; {how}")
-    template = load_weights(copy.deepcopy(module), path, f"prune.rewind_weights ({path.name})")
-    return {k: v.detach().clone() for k, v in template.state_dict().items()}
+    keep: tuple[str, ...] = ()
+    if any(stage.kind == "transfer" for stage in ctx.spec.stages):
+        from workbench.transfer import find_head
+
+        head = find_head(module, ctx.example)
+        keep = tuple(f"{head}.{n}" for n, _ in module.get_submodule(head).named_parameters())
+    template = load_weights(copy.deepcopy(module), path, f"prune.rewind_weights ({path.name})", frozenset(keep))
+    return {k: v.detach().clone() for k, v in template.state_dict().items()}, keep
 
 
 def _rewind_weights(module: Any, checkpoint: dict[str, Any], masks: dict[str, np.ndarray]) -> None:

@@ -128,16 +128,17 @@ def build(arch: str) -> nn.Module:
     return ARCHITECTURES[arch]()
 
 
-def load_weights(module: nn.Module, path: Path, source: str) -> nn.Module:
-    """Load safetensors into `module`, naming missing, unexpected or mis-shaped tensors."""
+def load_weights(module: nn.Module, path: Path, source: str, keep: frozenset[str] = frozenset()) -> nn.Module:
+    """Load safetensors into `module`, naming missing, unexpected or mis-shaped tensors. Tensors named in
+    `keep` are neither read nor checked: they stay as they are in `module`."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        state = load_file(str(path))
+        state = {k: v for k, v in load_file(str(path)).items() if k not in keep}
     except (SafetensorError, OSError, ValueError) as exc:
         raise WorkbenchError(f"{source}: not a readable safetensors file ({exc})") from None
-    expected = module.state_dict()
+    expected = {k: v for k, v in module.state_dict().items() if k not in keep}
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
@@ -150,7 +151,7 @@ def load_weights(module: nn.Module, path: Path, source: str) -> nn.Module:
             ) if part
         )
         raise WorkbenchError(f"{source}: weights do not fit the architecture ({detail})")
-    module.load_state_dict(state)
+    module.load_state_dict(state, strict=not keep)
     return module.eval()
 
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import onnx
+import pytest
 import torch
 from onnx import helper
 from torch import nn
@@ -17,10 +18,12 @@ from workbench.zoo import load_sample
 EXAMPLE = (torch.zeros(2, 1, 8, 8),)
 
 
-def test_transformer_linears_keep_their_torch_names_and_the_graph_computes_the_same():
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")   # tracing the sample's attention reshape
+@pytest.mark.parametrize("scripted", [False, True], ids=["torch.export", "TorchScript"])
+def test_transformer_linears_keep_their_torch_names_and_the_graph_computes_the_same(scripted):
     vit = load_sample("digits-vit").eval()
-    model = export_onnx(vit, EXAMPLE)
     linears = [f"{n}.weight" for n, m in vit.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    model = export_onnx(torch.jit.trace(vit, EXAMPLE) if scripted else vit, EXAMPLE)
     assert [w.name for w in weight_tensors(model)] == linears
     x = torch.rand(3, 1, 8, 8)
     (got,) = make_session(model).run(None, {"input": x.numpy()})

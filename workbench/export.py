@@ -5,8 +5,8 @@ it cannot trace, go through the legacy TorchScript exporter. Export never change
 When both fail, the error says whether the module itself rejects the example inputs (a model made for
 other data) or only the export failed.
 
-The torch.export path folds the transpose of a Linear applied to a 3-D input (a transformer's tokens)
-into a new initializer named `val_<n>`; those are renamed back to the parameter they hold (a transposed
+Both exporters fold the transpose of a Linear applied to a 3-D input (a transformer's tokens) into a
+new initializer (`val_<n>`, `onnx::MatMul_<n>`); those are renamed back to the parameter they hold (a transposed
 copy), so layer names in recipes (quantize overrides, excludes), notes and tables stay the torch names.
 """
 
@@ -56,11 +56,11 @@ def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> o
     with _quiet(), torch.no_grad():
         if not isinstance(module, torch.jit.ScriptModule):
             try:
-                return _export_dynamo(module, example, names)
+                return _named(_export_dynamo(module, example, names), module)
             except Exception as exc:  # fall back to the legacy exporter, which handles more Python
                 log.info("dynamo export failed (%s); trying the TorchScript exporter", str(exc).splitlines()[0])
         try:
-            return _export_legacy(module, example, names)
+            return _named(_export_legacy(module, example, names), module)
         except Exception as exc:
             export_error = _reason(exc)
         try:
@@ -87,7 +87,10 @@ def _export_dynamo(module: torch.nn.Module, example: tuple, names: list[str]) ->
         module, example, dynamo=True, opset_version=OPSET, input_names=names, output_names=["logits"],
         dynamic_shapes=tuple({0: batch} for _ in example), verbose=False,
     )
-    model = program.model_proto
+    return program.model_proto
+
+
+def _named(model: onnx.ModelProto, module: torch.nn.Module) -> onnx.ModelProto:
     restore_parameter_names(model, module)
     return model
 

@@ -58,3 +58,20 @@ def test_per_layer_bits_by_torch_name_reach_a_transformer_block(tmp_path):
            for n in nodes}
     assert got["blocks.0.attn.qkv"] == 2 and got["blocks.1.attn.qkv"] == 8
     assert got["blocks.0.mlp.0"] == got["blocks.1.mlp.2"] == 4 and got["head"] == 8
+
+
+def test_export_keeps_torch_caches_in_the_data_dir(tmp_path):
+    """torch.export makes a compile-cache folder, by default in $TMPDIR: it goes to the workbench data dir."""
+    import os
+    import subprocess
+    import sys
+
+    tmp, home = tmp_path / "tmp", tmp_path / "data"
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env |= {"TMPDIR": str(tmp), "WORKBENCH_HOME": str(home)}
+    code = ("import torch; from workbench.export import export_onnx; from workbench.zoo import load_sample; "
+            "export_onnx(load_sample('digits-mlp'), (torch.zeros(2, 1, 8, 8),))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert list(tmp.iterdir()) == [] and (home / "cache" / "torchinductor").is_dir()

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import warnings
 
 import numpy as np
@@ -24,9 +25,11 @@ import torch
 from onnx import numpy_helper
 
 from workbench.errors import WorkbenchError
+from workbench.settings import get_settings
 
 log = logging.getLogger(__name__)
 OPSET = 18
+INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 
 def input_names(count: int) -> list[str]:
@@ -53,6 +56,8 @@ def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> o
     """Export `module` (eval mode) for inputs like `example` (batch on axis 0)."""
     module = module.eval()
     names = input_names(len(example))
+    # torch.export makes a compile-cache folder (default $TMPDIR/torchinductor_<user>): keep it in the data dir
+    os.environ.setdefault(INDUCTOR_CACHE_ENV, str(get_settings().home / "cache" / "torchinductor"))
     with _quiet(), torch.no_grad():
         if not isinstance(module, torch.jit.ScriptModule):
             try:

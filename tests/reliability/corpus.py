@@ -432,6 +432,16 @@ RECIPE_CASES = [
          "stages[0].finetune.lr: expected a number, got 'fast'", level="spec", entries=RECIPE_ENTRIES),
     Case("recipe-zero-batch", "recipe", _recipe("batch", {"model": "digits-mlp", "measure": {"batch_sizes": [0]}}),
          "measure.batch_sizes: must be a non-empty list of positive integers", level="spec", entries=RECIPE_ENTRIES),
+    # a layer pattern with a typo would otherwise do nothing, silently (the run would not be what was asked)
+    Case("recipe-prune-exclude-typo", "recipe", _stage_recipe("pexclude", [{"prune": {"sparsity": 0.5,
+                                                                                     "exclude": ["fc9"]}}]),
+         "prune exclude: 'fc9' matches no layer (layers: fc1, fc2, fc3)", level="run", entries=RECIPE_ENTRIES),
+    Case("recipe-bits-override-typo", "recipe", _stage_recipe("qoverride", [{"quantize": {
+        "method": "fake", "weight_bits": 8, "overrides": {"fc9": 4}}}]),
+         "overrides: 'fc9' matches no layer (layers: fc1, fc2, fc3)", level="run", entries=RECIPE_ENTRIES),
+    Case("recipe-structured-exclude-typo", "recipe", _stage_recipe("sexclude", [{"structured": {
+        "exclude": ["fc9"]}}]),
+         "structured exclude: 'fc9' matches no layer (layers: fc1, fc2, fc3)", level="run", entries=RECIPE_ENTRIES),
 ]
 
 ALL_CASES = MODEL_CASES + DATA_CASES + RECIPE_CASES

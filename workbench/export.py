@@ -61,11 +61,11 @@ def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> o
     with _quiet(), torch.no_grad():
         if not isinstance(module, torch.jit.ScriptModule):
             try:
-                return _named(_export_dynamo(module, example, names), module)
+                return restore_parameter_names(_export_dynamo(module, example, names), module)
             except Exception as exc:  # fall back to the legacy exporter, which handles more Python
                 log.info("dynamo export failed (%s); trying the TorchScript exporter", str(exc).splitlines()[0])
         try:
-            return _named(_export_legacy(module, example, names), module)
+            return restore_parameter_names(_export_legacy(module, example, names), module)
         except Exception as exc:
             export_error = _reason(exc)
         try:
@@ -95,23 +95,17 @@ def _export_dynamo(module: torch.nn.Module, example: tuple, names: list[str]) ->
     return program.model_proto
 
 
-def _named(model: onnx.ModelProto, module: torch.nn.Module) -> onnx.ModelProto:
-    restore_parameter_names(model, module)
-    return model
-
-
 def _digest(array: np.ndarray) -> tuple:
     array = np.ascontiguousarray(array)
     return array.shape, array.dtype.str, hashlib.blake2b(array.tobytes(), digest_size=16).digest()
 
 
-def restore_parameter_names(model: onnx.ModelProto, module: torch.nn.Module) -> int:
-    """Rename initializers that hold an exact (possibly transposed) copy of one 2-D parameter of `module` to
-    that parameter's name, where the name is free (a copy two parameters share stays as it is); returns how
-    many were renamed."""
+def restore_parameter_names(model: onnx.ModelProto, module: torch.nn.Module) -> onnx.ModelProto:
+    """`model`, its initializers that hold an exact (possibly transposed) copy of one 2-D parameter of `module`
+    renamed to that parameter's name where the name is free (a copy two parameters share stays as it is)."""
     graph = model.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
-        return 0   # a subgraph may read an initializer by name: leave the names alone
+        return model   # a subgraph may read an initializer by name: leave the names alone
     taken = {t.name for t in graph.initializer} | {n for node in graph.node for n in (*node.input, *node.output)}
     owners: dict[tuple, set[str]] = {}
     for name, param in module.named_parameters():
@@ -128,7 +122,7 @@ def restore_parameter_names(model: onnx.ModelProto, module: torch.nn.Module) -> 
         tensor.name = renames.get(tensor.name, tensor.name)
     for node in graph.node:
         node.input[:] = [renames.get(i, i) for i in node.input]
-    return len(renames)
+    return model
 
 
 def _export_legacy(module: torch.nn.Module, example: tuple, names: list[str]) -> onnx.ModelProto:

@@ -220,8 +220,6 @@ def factorize_onnx(model: onnx.ModelProto, spec: LowRankSpec) -> tuple[onnx.Mode
     out.CopyFrom(model)
     graph, taken = out.graph, tensor_names(out.graph)
     inits = {t.name: t for t in graph.initializer}
-    check_patterns([n.input[1] for n in graph.node if n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1
-                    and n.input[1] in inits], "lowrank exclude", spec.exclude)
     readers: dict[str, int] = {}
     for node in graph.node:
         for i in node.input:
@@ -229,6 +227,7 @@ def factorize_onnx(model: onnx.ModelProto, spec: LowRankSpec) -> tuple[onnx.Mode
     original = list(graph.node)
     compute = {i for i, n in enumerate(original) if n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1
                and n.input[1] in inits}
+    check_patterns([original[i].input[1] for i in sorted(compute)], "lowrank exclude", spec.exclude)
     last = max(compute, default=None)   # the classifier: the last weight layer in topological order
     rows, skipped, nodes, replaced = [], {}, [], set()
     for i, node in enumerate(original):

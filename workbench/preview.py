@@ -149,21 +149,19 @@ def preview(weights: dict[str, np.ndarray], other_params: int, sparsity: float, 
         from workbench.clustering import cluster_weights
 
         values, _ = cluster_weights(values, clusters)
-    bits_of = {n: override_for(n, layer_bits or {}, bits) for n in weights}
+    real = layer_bits_real if layer_bits else None
+    bits_of, stored = _layer_widths(weights, bits, layer_bits, real)
+    stored = stored or file_bits or _file_bits(bits)
     values = {n: fake_quantize(w, bits_of[n]) for n, w in values.items()}
-    stored = ({n: b if layer_bits_real else 32 for n, b in bits_of.items()} if layer_bits
-              else file_bits or _file_bits(bits))
     min_bits = sum(tensor_min_bits(w.size, int(masks[n].sum()), index_bits(clusters) if clusters else bits_of[n])
                    for n, w in weights.items())
-    mean_bits = sum(w.size * bits_of[n] for n, w in weights.items()) / params
+    bits_number, bits_gains = _bits_findings(bits, bits_of, {n: w.size for n, w in weights.items()}, real)
     numbers = [
         Number("parameters", params, "", "computed", "weights of Linear/Conv layers"),
         Number("nonzero", nonzero, "", "computed"),
         Number("sparsity", 1 - nonzero / params, "", "computed",
                f"achieved; {'2:4 fixes 50%' if spec.nm else f'requested {sparsity:.0%}'}"),
-        Number("bits per weight", round(mean_bits, 2) if layer_bits else bits, "bits", "computed",
-               "per layer: " + ", ".join(f"{n.removesuffix('.weight')} {b}" for n, b in bits_of.items())
-               if layer_bits else ""),
+        bits_number,
         *([_index_bits_number(clusters)] if clusters else []),
         *_sizes(values, other_params, stored, baseline_file_bytes),
         Number("minimum storage", (min_bits + 16 * clusters * len(weights)) / 8 + other_params * 4, "bytes",
@@ -175,8 +173,7 @@ def preview(weights: dict[str, np.ndarray], other_params: int, sparsity: float, 
     layers = tuple({"layer": n.removesuffix(".weight"), "params": int(w.size), "sparsity": float(1 - masks[n].mean())}
                    for n, w in weights.items())
     method = (_nm_gain(spec.nm),) if spec.nm else (SPARSITY_GAIN,) if sparsity > 0 else ()
-    gains = _layer_bits_gains(bits_of, layer_bits_real) if layer_bits else _bits_gains(bits)
-    return Preview(tuple(numbers), layers, method + gains)
+    return Preview(tuple(numbers), layers, method + bits_gains)
 
 
 def _layer_bits_gains(bits_of: dict[str, int], real: bool) -> tuple[tuple[str, str, str], ...]:
@@ -204,24 +201,33 @@ def _file_bits(bits: int) -> int:
     return bits if bits in REAL_BITS else 32
 
 
-def _widths(s: CompressSettings, weights: dict[str, np.ndarray]) -> tuple[dict[str, int], dict[str, int] | int]:
-    """Per layer: the bits its values are rounded to (per-layer bits where set, else the bitwidth) and the
-    bits each is stored at in the file (one width for all, or per layer: MatMulNBits real, fake as float32)."""
-    if not s.layer_bits or s.uses_qat:
-        return dict.fromkeys(weights, s.bits), _file_bits(s.bits)
-    bits_of = {n: override_for(n, dict(s.layer_bits), s.bits) for n in weights}
-    return bits_of, {n: b if s.layer_bits_method == "weight_only" else 32 for n, b in bits_of.items()}
+def _layer_widths(weights: dict[str, np.ndarray], bits: int, layer_bits: dict[str, int] | None,
+                  real: bool | None) -> tuple[dict[str, int], dict[str, int] | None]:
+    """Per layer: the bits its values are rounded to (the first matching `layer_bits` pattern, else `bits`), and
+    with per-layer bits (`real` not None) the bits each is stored at: its own (MatMulNBits) or float32 (fake)."""
+    bits_of = {n: override_for(n, layer_bits or {}, bits) for n in weights}
+    return bits_of, None if real is None else {n: b if real else 32 for n, b in bits_of.items()}
 
 
-def _bits_findings(s: CompressSettings, bits_of: dict[str, int],
-                   counts: dict[str, int]) -> tuple[Number, tuple[tuple[str, str, str], ...]]:
-    """The 'bits per weight' number (mean over `counts` weights per layer when bits differ) and the gains."""
-    if not s.layer_bits or s.uses_qat:
-        return Number("bits per weight", s.bits, "bits", "computed"), _bits_gains(s.bits)
+def _widths(s: CompressSettings,
+            weights: dict[str, np.ndarray]) -> tuple[dict[str, int], dict[str, int] | int, bool | None]:
+    """`_layer_widths` for a Compress setting, the stored bits as one width when they do not differ per layer,
+    and whether per-layer bits are real (None: no per-layer bits; QAT replaces them)."""
+    real = s.layer_bits_method == "weight_only" if s.layer_bits and not s.uses_qat else None
+    bits_of, stored = _layer_widths(weights, s.bits, dict(s.layer_bits) if real is not None else None, real)
+    return bits_of, stored or _file_bits(s.bits), real
+
+
+def _bits_findings(bits: int, bits_of: dict[str, int], counts: dict[str, int],
+                   real: bool | None) -> tuple[Number, tuple[tuple[str, str, str], ...]]:
+    """The 'bits per weight' number (with per-layer bits, the mean over `counts` weights per layer) and the
+    bitwidth gains."""
+    if real is None:
+        return Number("bits per weight", bits, "bits", "computed"), _bits_gains(bits)
     mean = sum(counts[n] * b for n, b in bits_of.items()) / max(1, sum(counts.values()))
     per_layer = "per layer: " + ", ".join(f"{n.removesuffix('.weight')} {b}" for n, b in bits_of.items())
     return (Number("bits per weight", round(mean, 2), "bits", "computed", per_layer),
-            _layer_bits_gains(bits_of, s.layer_bits_method == "weight_only"))
+            _layer_bits_gains(bits_of, real))
 
 
 def _sizes(stored: dict[str, np.ndarray], other_params: int, file_bits: int | dict[str, int],
@@ -342,9 +348,9 @@ def _narrower(s: CompressSettings, subject: Subject) -> Preview:
     total, other = sum(after.values()), int(round(subject.other_params * keep))
     how = (f"every layer keeps {keep:.0%} of its channels (inputs and outputs), except the model's input and the "
            "classifier's outputs" + ("; round_to moves the counts a little" if s.round_to else ""))
-    bits_of, file_bits = _widths(s, subject.weights)
+    bits_of, file_bits, real = _widths(s, subject.weights)
     width = file_bits if isinstance(file_bits, dict) else dict.fromkeys(after, file_bits)
-    bits_number, bits_gains = _bits_findings(s, bits_of, after)
+    bits_number, bits_gains = _bits_findings(s.bits, bits_of, after, real)
     at = f"{file_bits} bits" if isinstance(file_bits, int) else "each layer's stored bits"
     numbers = [Number("parameters", total, "", "estimate", f"weights of Linear/Conv layers after: {how}")]
     if subject.macs:
@@ -412,9 +418,9 @@ def _lowrank(s: CompressSettings, subject: Subject) -> Preview:
             values[name] = stored[name] = w
     total, params = sum(row["after"] for row in layers), sum(w.size for w in subject.weights.values())
     scale = {row["layer"]: row["after"] / row["params"] for row in layers}
-    bits_of, file_bits = _widths(s, subject.weights)
+    bits_of, file_bits, real = _widths(s, subject.weights)
     after = {n: row["after"] for n, row in zip(subject.weights, layers, strict=True)}
-    bits_number, bits_gains = _bits_findings(s, bits_of, after)
+    bits_number, bits_gains = _bits_findings(s.bits, bits_of, after, real)
     how = (f"rank per layer keeping {s.energy:.0%} of its squared singular values, where that saves weights; "
            "the classifier kept whole")
     numbers = [Number("parameters", total, "", "estimate", f"weights of Linear/Conv layers after: {how}")]

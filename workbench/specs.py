@@ -23,6 +23,7 @@ PRUNE_METHODS = ("magnitude", "random")
 PRUNE_SCOPES = ("global", "layer")
 PRUNE_SCHEDULES = ("oneshot", "iterative", "gradual")
 REWINDS = ("lr", "none", "weight")
+RECONSTRUCTIONS = ("none", "refit", "obs")
 QUANT_METHODS = ("static", "dynamic", "weight_only", "fp16", "fake")
 LR_SCHEDULES = ("cosine", "constant")
 STRUCTURED_IMPORTANCE = ("l1", "l2", "random")
@@ -139,6 +140,10 @@ class PruneSpec:
     checkpoint; samples ship one) and restarts the schedule (lottery-ticket weight rewinding).
     `nm="2:4"` keeps N of every M consecutive weights along the input dimension (semi-structured);
     it fixes the sparsity at 1 - N/M.
+    `reconstruct` re-fits the kept weights after every round, layer by layer, so each layer reproduces the
+    unpruned model's outputs on calibration inputs (no labels, no training): "refit" solves least squares
+    on the mask as chosen; "obs" keeps each output unit's number of pruned weights but lets Optimal Brain
+    Surgeon choose which (OBC, Frantar & Alistarh 2022), so it needs method magnitude and no N:M.
     """
 
     kind: ClassVar[str] = "prune"
@@ -155,6 +160,7 @@ class PruneSpec:
     rewind: str = "lr"
     rewind_weights: str | None = None
     nm: str | None = None
+    reconstruct: str = "none"
 
     def __post_init__(self) -> None:
         _check(self.method in PRUNE_METHODS, "method", f"unknown '{self.method}' (known: {', '.join(PRUNE_METHODS)})")
@@ -176,6 +182,12 @@ class PruneSpec:
                    f"nm {self.nm} fixes the sparsity at {1 - n / m:g}; set sparsity: {1 - n / m:g}")
             _check(self.schedule == "oneshot" and not self.overrides, "nm",
                    "N:M masks are one-shot and apply to every pruned layer (no schedule, no overrides)")
+        _check(self.reconstruct in RECONSTRUCTIONS, "reconstruct",
+               f"unknown '{self.reconstruct}' (known: {', '.join(RECONSTRUCTIONS)})")
+        _check(self.reconstruct != "obs" or (self.method == "magnitude" and self.nm is None), "reconstruct",
+               "obs chooses the pruned weights itself: it needs method magnitude and no nm (use refit)")
+        _check(self.reconstruct == "none" or self.rewind != "weight" or self.finetune is None, "reconstruct",
+               "weight rewinding resets the solved weights every round; use rewind: lr with reconstruct")
 
     @property
     def rounds(self) -> int:

@@ -103,9 +103,12 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
                          "transferred values; the checkpoint's head is for the original classes")
     masks = dict(variant.masks) or None
     targets = round_targets(spec)
+    fits = []
     for r, target in enumerate(targets, start=1):
         ctx.check()
-        masks = prune_torch(module, spec, target, masks)
+        previous, masks = masks, prune_torch(module, spec, target, masks)
+        if spec.reconstruct != "none":
+            masks, fits = _reconstruct(module, variant.module, spec, ctx, masks, previous, out.notes if r == 1 else [])
         if checkpoint is not None:
             _rewind_weights(module, checkpoint, masks)
         record: dict[str, Any] = {"round": r, "target": round(target, 4), "sparsity": round(sparsity_of(masks), 4),
@@ -117,10 +120,31 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
         out.history.append(record)
         ctx.progress(r / len(targets), f"round {r}/{len(targets)}: sparsity {record['sparsity']:.1%}")
     out.masks = masks or {}
+    if fits:
+        errors = ", ".join(f"{f.name} {f.masked_error:.0%} → {f.solved_error:.1%}" for f in fits)
+        out.notes.append(f"reconstruct ({spec.reconstruct}): each layer's output error on the calibration inputs, "
+                         f"masked → solved (last round): {errors}")
     if spec.nm is not None:
         weights = {n: p.detach().numpy() for n, p in torch_weights(module).items()}
         out.notes.extend(nm_notes(weights, spec, torch_input_axes(module)))
     return out
+
+
+def _reconstruct(module: Any, reference: Any, spec: PruneSpec, ctx: Context, masks: dict[str, np.ndarray],
+                 previous: dict[str, np.ndarray] | None, notes: list[str]) -> tuple[dict[str, np.ndarray], list]:
+    """Solve the round's kept weights against the model before this stage (workbench.reconstruct) on the
+    training inputs (else the calibration split); layers it cannot solve go to `notes`."""
+    from workbench.reconstruct import reconstruct
+
+    data = ctx.splits.train if ctx.splits.train is not None else ctx.splits.calib
+    masks, fits, skipped = reconstruct(module, reference, masks, data.inputs, spec.reconstruct, previous,
+                                       ctx.cancelled)
+    ctx.check()
+    if not fits:
+        raise WorkbenchError(f"prune.reconstruct: no layer could be solved ({'; '.join(skipped) or 'no layers'})")
+    if skipped:
+        notes.append(f"reconstruct: left as masked: {'; '.join(skipped)}")
+    return masks, fits
 
 
 def _retrain(module: Any, spec: PruneSpec, ctx: Context, masks: dict[str, np.ndarray], index: int,
@@ -186,6 +210,9 @@ def _prune_onnx(variant: Variant, spec: PruneSpec) -> Variant:
     if spec.rewind == "weight":
         raise WorkbenchError("prune.rewind: weight rewinding needs a torch model; this variant is ONNX "
                              "(prune before quantize, or load a torch model)")
+    if spec.reconstruct != "none":
+        raise WorkbenchError("prune.reconstruct: solving the kept weights needs a torch model; this variant is "
+                             "ONNX (prune before quantize, or load a torch model)")
     weights = onnx_weights(variant.onnx_model)
     if not weights:
         raise WorkbenchError("prune: no float Linear/Conv weights to prune (prune before quantizing)")

@@ -288,7 +288,7 @@ def _obs_block(w: torch.Tensor, inverse: torch.Tensor, counts: torch.Tensor, for
         wa -= (wa[at, q] / pivot)[:, None] * col
         wa[at, q] = 0.0
         gone[at, q] = True
-        ha -= col[:, :, None] * (col / pivot[:, None])[:, None, :]          # H⁻¹ is symmetric: row q = column q
+        ha.baddbmm_(col[:, :, None], (col / pivot[:, None])[:, None, :], alpha=-1)   # symmetric: row q = column q
     w[removed] = 0.0
     back = torch.argsort(order)
     return w[back], ~removed[back]

@@ -107,6 +107,22 @@ def test_gradual_schedule_with_weight_rewinding(isolated_home):
     assert prune.finetune.epochs == 2
 
 
+def test_reconstruction_knob_reaches_the_recipe_and_refuses_what_cannot_work(isolated_home):
+    at = open_app(PAGE, query={"sparsity": "80"})
+    at.radio(key="reconstruct").set_value("obs").run()
+    assert not at.exception and any("This setting" in t and "OBS reconstruction" in t for t in texts(at))
+    assert any("the run then solves them (obs)" in t for t in texts(at))
+    assert any("no random-pruning baseline" in t for t in texts(at))
+    assert "sweep_random" not in [c.key for c in at.checkbox]
+    at.radio(key="method").set_value("random").run()
+    assert any("OBS reconstruction chooses the pruned weights itself" in w.value for w in at.warning)
+    assert at.button(key="launch_run").disabled
+    at.radio(key="reconstruct").set_value("refit").run()
+    assert not at.warning and not at.button(key="launch_run").disabled
+    (prune,) = launched_spec(at, isolated_home).stages
+    assert (prune.reconstruct, prune.method, prune.sparsity) == ("refit", "random", 0.8)
+
+
 def test_distill_and_lowrank_knobs(isolated_home):
     at = open_app(PAGE, query={"technique": "distill"})
     at.slider(key="width").set_value(25).run()

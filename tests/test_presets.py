@@ -80,7 +80,9 @@ def test_from_spec_reads_every_method_back():
                      CompressSettings(technique="distill", width=0.75, distill_epochs=40, bits=4, qat=True),
                      CompressSettings(sparsity=0.9, schedule="gradual", steps=7, rewind="none", epochs=1,
                                       clusters=32, cluster_epochs=2),
-                     CompressSettings(classes=(0, 7), sparsity=0.5, bits=16)):
+                     CompressSettings(classes=(0, 7), sparsity=0.5, bits=16),
+                     CompressSettings(sparsity=0.9, schedule="iterative", epochs=2, reconstruct="obs"),
+                     CompressSettings(technique="nm", reconstruct="refit")):
         assert CompressSettings.from_spec(settings.to_spec(MLP)) == settings
 
 
@@ -123,6 +125,23 @@ def test_problems_say_what_cannot_run():
     rewind = CompressSettings(sparsity=0.9, schedule="iterative", rewind="weight", epochs=1)
     assert not rewind.problems("torch", True) and "checkpoint" in rewind.problems("torch", True, False)[0]
     assert not CompressSettings(technique="nm").problems("onnx", False)       # 2:4 masks work on ONNX graphs
+
+
+@pytest.mark.parametrize("settings, problem", [
+    (CompressSettings(sparsity=0.8, reconstruct="refit"), None),
+    (CompressSettings(sparsity=0.8, method="random", reconstruct="obs"), "chooses the pruned weights itself"),
+    (CompressSettings(technique="nm", reconstruct="obs"), "chooses the pruned weights itself"),
+    (CompressSettings(sparsity=0.9, schedule="iterative", rewind="weight", epochs=1, reconstruct="refit"),
+     "weight rewinding resets the solved weights"),
+])
+def test_reconstruction_reaches_the_prune_stage_unless_problems_refuse_it(settings, problem):
+    (prune,) = settings.to_spec(MLP).stages
+    assert prune.reconstruct == ("none" if problem else settings.reconstruct)
+    found = settings.problems("torch", True)
+    assert (problem in found[0]) if problem else not found
+    assert "this model is ONNX" in settings.problems("onnx", True)[0]
+    named = {"refit": "least-squares refit", "obs": "OBS reconstruction"}[settings.reconstruct]
+    assert (named in settings.describe()) == (problem is None)
 
 
 def test_describe_names_the_method():

@@ -20,7 +20,15 @@ from workbench.presets import (
     QAT_BITS,
     TECHNIQUES,
 )
-from workbench.specs import CALIBRATIONS, PRUNE_METHODS, PRUNE_SCHEDULES, PRUNE_SCOPES, REWINDS, STUDENT_INITS
+from workbench.specs import (
+    CALIBRATIONS,
+    PRUNE_METHODS,
+    PRUNE_SCHEDULES,
+    PRUNE_SCOPES,
+    RECONSTRUCTIONS,
+    REWINDS,
+    STUDENT_INITS,
+)
 
 SHARED = {"bind": "query-params", "persist_state": "session"}   # in the URL, kept across pages
 DIGITS_CLASSES = list(range(10))
@@ -35,6 +43,11 @@ METHOD_HELP = ("**unstructured**: zeros stored densely, a *simulated* gain (gzip
 REWIND_HELP = ("How each round retrains. lr: restart the learning-rate schedule every round (LR rewinding, Renda "
                "et al. 2020); none: one schedule spread over all rounds (fine-tuning); weight: reset the surviving "
                "weights to an early-training checkpoint (lottery-ticket rewinding; the samples ship one)")
+RECONSTRUCT_HELP = ("After pruning, solve the kept weights layer by layer so each layer reproduces the unpruned "
+                    "model's outputs on the training inputs: no labels, no training, seconds to a minute. "
+                    "refit: least squares on the mask as chosen; obs: Optimal Brain Surgeon also picks which "
+                    "weights of each unit go (same count per unit; magnitude unstructured only). Torch Linear/Conv "
+                    "layers; the gain is still simulated (zeros stored densely)")
 
 
 def method_knobs() -> str:
@@ -69,6 +82,12 @@ def _unstructured() -> None:
             st.slider("Rounds (gradual steps)", 2, 30, DEFAULT["steps"], key="steps", **SHARED)
         if schedule != "oneshot":
             st.radio("Between rounds: rewind", REWINDS, key="rewind", horizontal=True, help=REWIND_HELP, **SHARED)
+        _reconstruct()
+
+
+def _reconstruct() -> None:
+    st.radio("Reconstruct the kept weights", RECONSTRUCTIONS, key="reconstruct", horizontal=True,
+             help=RECONSTRUCT_HELP, **SHARED)
 
 
 def _nm() -> None:
@@ -76,6 +95,7 @@ def _nm() -> None:
                "ONNX Runtime's CPU provider has no 2:4 kernel (sparse tensor cores on recent NVIDIA GPUs do).")
     st.radio("Pruning", PRUNE_METHODS, key="method", horizontal=True, **SHARED,
              help="magnitude: keep the 2 largest |weight| of each group of 4; random: a baseline")
+    _reconstruct()
 
 
 def _structured() -> None:

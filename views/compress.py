@@ -46,6 +46,9 @@ with panel:
         view.preview_panel(cache.preview_for(ref, data, settings), cache.dense_preview(ref, data))
     st.caption("Instant and one-shot: no training, no export. A run measures latency with ONNX Runtime, "
                "the real file size and the accuracy after every stage.")
+    if settings.reconstruct != "none" and technique in ("unstructured", "nm"):
+        st.caption(f"The preview keeps the magnitude mask's weights; the run then solves them ({settings.reconstruct}) "
+                   "on the training inputs, and Runs/Compare show the accuracy after that.")
     if settings.layer_bits and not settings.uses_qat:
         st.info(f"Bits are per layer ({settings.layer_bits_method}: "
                 + ", ".join(f"{layer} {bits}" for layer, bits in settings.layer_bits)
@@ -91,7 +94,9 @@ with sweep:
                                 persist_state="session")
     seeds = st.number_input("Seeds per setting", 1, 5, 1, key="sweep_seeds", persist_state="session",
                             help="repeat every setting with seeds 0, 1, …: Compare shows mean ± std over them")
-    with_random = technique in ("unstructured", "nm") and st.checkbox(
+    if technique in ("unstructured", "nm") and settings.reconstruct == "obs":
+        st.caption("OBS reconstruction picks the pruned weights itself, so there is no random-pruning baseline.")
+    with_random = technique in ("unstructured", "nm") and settings.reconstruct != "obs" and st.checkbox(
         "Add the random-pruning baseline", key="sweep_random", persist_state="session",
         help="each setting again with random instead of magnitude pruning: Compare shows what magnitude buys")
     count = max(len(chosen), 1) * max(len(widths), 1) if chosen or widths else 0

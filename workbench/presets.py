@@ -23,6 +23,7 @@ from workbench.specs import (
     PRUNE_METHODS,
     PRUNE_SCHEDULES,
     PRUNE_SCOPES,
+    RECONSTRUCTIONS,
     REWINDS,
     STUDENT_INITS,
     ClusterSpec,
@@ -79,6 +80,7 @@ class CompressSettings:
     per_round: float = 0.2         # iterative: fraction of the survivors pruned per round
     steps: int = 10                # gradual: rounds of the cubic schedule
     rewind: str = "lr"             # iterative/gradual: how each round retrains (PruneSpec.rewind)
+    reconstruct: str = "none"      # unstructured and N:M: solve the kept weights on calibration inputs
     ratio: float = 0.5             # structured: fraction of channels removed per group
     round_to: int | None = None    # structured: keep channel counts multiples of this
     width: float = 0.5             # distill: fraction of channels the student keeps
@@ -105,6 +107,7 @@ class CompressSettings:
         _one_of(self.calibration, CALIBRATIONS, "calibration")
         _one_of(self.schedule, PRUNE_SCHEDULES, "schedule")
         _one_of(self.rewind, REWINDS, "rewind")
+        _one_of(self.reconstruct, RECONSTRUCTIONS, "reconstruct")
         _one_of(self.init, STUDENT_INITS, "init")
         _one_of(self.clusters, (0, *range(2, 257)), "clusters")
         for name, low, top in (("epochs", 0, MAX_RECOVERY_EPOCHS), ("cluster_epochs", 0, MAX_RECOVERY_EPOCHS),
@@ -171,17 +174,31 @@ class CompressSettings:
         if t == "structured":
             main = StructuredSpec(ratio=self.ratio, round_to=self.round_to, exclude=self.exclude)
         elif t == "nm":
-            main = PruneSpec(method=self.method, sparsity=0.5, nm=NM, exclude=self.exclude)
+            main = PruneSpec(method=self.method, sparsity=0.5, nm=NM, exclude=self.exclude,
+                             reconstruct=self._reconstruct())
         elif self.sparsity > 0 or always_prune:
             # rewinding only says how rounds retrain: without training, keep the default
             rewind = self.rewind if self.iterative and recovery else "lr"
             main = PruneSpec(method=self.method, scope=self.scope, sparsity=self.sparsity, schedule=self.schedule,
                              per_round=self.per_round, steps=self.steps, rewind=rewind,
                              finetune=recovery if self.iterative else None, exclude=self.exclude,
-                             overrides=dict(self.overrides))
+                             overrides=dict(self.overrides), reconstruct=self._reconstruct(rewind))
         else:
             return []
         return [main, recovery] if recovery and not self.iterative else [main]
+
+    def _reconstruct(self, rewind: str = "lr") -> str:
+        """The prune stage's `reconstruct`: the chosen one, or "none" where `problems` refuses the mix."""
+        return "none" if self._reconstruct_problem(rewind) else self.reconstruct
+
+    def _reconstruct_problem(self, rewind: str = "lr") -> str | None:
+        if self.reconstruct == "obs" and (self.method != "magnitude" or self.technique == "nm"):
+            return ("OBS reconstruction chooses the pruned weights itself: use it with unstructured magnitude "
+                    "pruning, or pick refit")
+        if self.reconstruct != "none" and rewind == "weight":
+            return ("weight rewinding resets the solved weights every round: use LR rewinding or fine-tuning with "
+                    "reconstruction")
+        return None
 
     def to_spec(self, model: ModelRef, data: DataRef | None = None, measure: MeasureSpec | None = None,
                 name: str = "", always_prune: bool = False) -> RunSpec:
@@ -236,6 +253,7 @@ class CompressSettings:
                 values.update(sparsity=p.sparsity, scope=p.scope, schedule=p.schedule, per_round=p.per_round,
                               steps=p.steps, rewind=p.rewind, overrides=tuple(p.overrides.items()))
                 tune = p.finetune if p.schedule != "oneshot" else tune
+            values["reconstruct"] = p.reconstruct
         if tune:
             values["epochs"] = min(tune.epochs, MAX_RECOVERY_EPOCHS)
         values.update(_cluster_values(first["cluster"]))
@@ -268,8 +286,10 @@ class CompressSettings:
 
     def _describe_method(self) -> str:
         t = self.technique
+        solved = {"none": "", "refit": " + least-squares refit", "obs": " + OBS reconstruction"}[self._reconstruct(
+            self.rewind if self.iterative and self.epochs else "lr")]
         if t == "nm":
-            return f"{NM} {self.method}"
+            return f"{NM} {self.method}{solved}"
         if t == "structured":
             return f"structured {self.ratio:.0%} channels" + (f" (round to {self.round_to})" if self.round_to else "")
         if t == "distill":
@@ -281,7 +301,7 @@ class CompressSettings:
         rounds = {"iterative": f" iterative {self.per_round:.0%}/round", "gradual": f" gradual {self.steps} steps"}
         rewind = {"lr": ", LR rewinding", "none": ", fine-tuning", "weight": ", weight rewinding"}
         return (f"{self.sparsity:.0%} {self.method}/{self.scope}{rounds.get(self.schedule, '')}"
-                + (rewind[self.rewind] if self.iterative and self.epochs else ""))
+                + (rewind[self.rewind] if self.iterative and self.epochs else "") + solved)
 
     def _describe_layers(self) -> str:
         overrides = self.overrides and self.technique == "unstructured"
@@ -312,6 +332,12 @@ class CompressSettings:
         if self.iterative and self.rewind == "weight" and self.epochs and not has_rewind_checkpoint:
             out.append("weight rewinding needs an early-training checkpoint (prune.rewind_weights), and this "
                        "model has none: use LR rewinding, or set rewind_weights in a recipe")
+        if self.technique in ("unstructured", "nm") and self.reconstruct != "none":
+            rewind = self.rewind if self.iterative and self.epochs else "lr"
+            if model_kind != "torch":
+                out.append("reconstruction solves the kept weights of torch layers; this model is ONNX (pick none)")
+            elif problem := self._reconstruct_problem(rewind):
+                out.append(problem)
         if len(self.classes) == 1:
             out.append("transfer: pick at least two classes (or none)")
         return out

@@ -71,18 +71,15 @@ def reconstruct(pruned: nn.Module, reference: nn.Module, masks: dict[str, np.nda
             if cancelled():
                 break
             layer = pruned.get_submodule(name)
-            h, g, yy = _statistics(pruned, reference, name, x)
-            key = f"{name}.weight"
-            keep = torch.from_numpy(_unit_rows(masks[key], layer))
-            before = torch.from_numpy(_unit_rows(previous[key], layer)) if previous and key in previous else None
-            w = _rows(layer)
-            masked_error = _error(w * _with_bias(keep, layer), h, g, yy)
-            solver = _obs if mode == "obs" else _refit
-            solved, keep = solver(h, g, _with_bias(keep, layer), None if before is None else _with_bias(before, layer),
-                                  layer.bias is not None)
+            key, bias = f"{name}.weight", layer.bias is not None
+            keep = with_bias(torch.from_numpy(_unit_rows(masks[key], layer)), bias)
+            before = with_bias(torch.from_numpy(_unit_rows(previous[key], layer)), bias) \
+                if previous and key in previous else None
+            solved, keep, fit = solve(name, _rows(layer), keep, before, bias, _statistics(pruned, reference, name, x),
+                                      mode)
             _write(layer, solved)
             out[key] = keep[:, :_fan_in(layer)].reshape(masks[key].shape).numpy()
-            fits.append(LayerFit(name, masked_error, _error(solved, h, g, yy)))
+            fits.append(fit)
     finally:
         for m, training in states:
             m.train(training)
@@ -128,23 +125,62 @@ def _unsupported(layer: nn.Module, calls: int) -> str | None:
     return None
 
 
-def _statistics(pruned: nn.Module, reference: nn.Module, name: str,
-                x: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """H = XᵀX, G = XᵀY and the per-unit ‖Y‖² over the calibration samples (float64), X the layer's
-    inputs in `pruned` (with a ones column if it has a bias) and Y its outputs in `reference`."""
+@dataclass
+class Statistics:
+    """What a layer's solve needs from the calibration data: H = XᵀX, G = XᵀY and the per-unit ‖Y‖², in
+    float64, X the layer's input rows (with a ones column when it has a bias) and Y its unpruned outputs."""
+
+    h: torch.Tensor
+    g: torch.Tensor
+    yy: torch.Tensor
+
+    @classmethod
+    def empty(cls, width: int, units: int) -> Statistics:
+        return cls(torch.zeros(width, width, dtype=torch.float64), torch.zeros(width, units, dtype=torch.float64),
+                   torch.zeros(units, dtype=torch.float64))
+
+    def add(self, rows: torch.Tensor, y: torch.Tensor) -> None:
+        self.h += rows.T @ rows
+        self.g += rows.T @ y
+        self.yy += (y * y).sum(0)
+
+
+def solve(name: str, w: torch.Tensor, keep: torch.Tensor, before: torch.Tensor | None, bias: bool,
+          stats: Statistics, mode: str) -> tuple[torch.Tensor, torch.Tensor, LayerFit]:
+    """One layer: `w`, `keep` and `before` are (units, inputs) with the bias column last when `bias`.
+    Returns the solved weights, their keep-mask and the fit."""
+    masked = _error(w * keep, stats)
+    solved, keep = (_obs if mode == "obs" else _refit)(stats.h, stats.g, keep, before, bias)
+    return solved, keep, LayerFit(name, masked, _error(solved, stats))
+
+
+def patches(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...],
+            dilation: tuple[int, ...]) -> torch.Tensor:
+    """im2col: (n, c, *spatial) -> (n * positions, c * kernel) rows, for 1-D or 2-D convolutions (zero
+    padding, the same on both sides of each axis)."""
+    if x.dim() == 3:
+        x, kernel, stride, padding, dilation = x.unsqueeze(2), (1, *kernel), (1, *stride), (0, *padding), \
+            (1, *dilation)
+    cols = functional.unfold(x, tuple(kernel), dilation=tuple(dilation), padding=tuple(padding), stride=tuple(stride))
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def with_bias(rows: torch.Tensor, bias: bool, value=True) -> torch.Tensor:
+    """`rows` with a last column of `value` (ones for inputs, True for masks) when the layer has a bias."""
+    if not bias:
+        return rows
+    return torch.cat([rows, torch.full((len(rows), 1), value, dtype=rows.dtype)], 1)
+
+
+def _statistics(pruned: nn.Module, reference: nn.Module, name: str, x: tuple[torch.Tensor, ...]) -> Statistics:
+    """The layer's statistics: its inputs in `pruned`, its outputs in `reference`."""
     layer = pruned.get_submodule(name)
-    fan_in = _fan_in(layer) + (layer.bias is not None)
-    h = torch.zeros(fan_in, fan_in, dtype=torch.float64)
-    g = torch.zeros(fan_in, layer.weight.shape[0], dtype=torch.float64)
-    yy = torch.zeros(layer.weight.shape[0], dtype=torch.float64)
+    stats = Statistics.empty(_fan_in(layer) + (layer.bias is not None), layer.weight.shape[0])
     for i in range(0, len(x[0]), CHUNK):
         batch = tuple(t[i:i + CHUNK] for t in x)
-        rows = _input_rows(layer, _capture(pruned, name, batch, output=False))
-        y = _output_rows(layer, _capture(reference, name, batch, output=True))
-        h += rows.T @ rows
-        g += rows.T @ y
-        yy += (y * y).sum(0)
-    return h, g, yy
+        stats.add(_input_rows(layer, _capture(pruned, name, batch, output=False)),
+                  _output_rows(layer, _capture(reference, name, batch, output=True)))
+    return stats
 
 
 def _capture(module: nn.Module, name: str, batch: tuple[torch.Tensor, ...], output: bool) -> torch.Tensor:
@@ -175,17 +211,8 @@ def _input_rows(layer: nn.Module, t: torch.Tensor) -> torch.Tensor:
     if isinstance(layer, nn.Linear):
         rows = t.reshape(-1, t.shape[-1])
     else:
-        two_d = isinstance(layer, nn.Conv2d)
-        img = t if two_d else t.unsqueeze(2)
-        pick = (lambda v: tuple(v)) if two_d else (lambda v: (1, *v))
-        patches = functional.unfold(img, pick(layer.kernel_size), dilation=pick(layer.dilation),
-                                    padding=(0, *layer.padding) if not two_d else tuple(layer.padding),
-                                    stride=pick(layer.stride))
-        rows = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-    rows = rows.double()
-    if layer.bias is not None:
-        rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], 1)
-    return rows
+        rows = patches(t, layer.kernel_size, layer.stride, layer.padding, layer.dilation)
+    return with_bias(rows.double(), layer.bias is not None, 1.0)
 
 
 def _output_rows(layer: nn.Module, t: torch.Tensor) -> torch.Tensor:
@@ -203,11 +230,6 @@ def _unit_rows(mask: np.ndarray, layer: nn.Module) -> np.ndarray:
     return np.asarray(mask, dtype=bool).reshape(layer.weight.shape[0], -1)
 
 
-def _with_bias(keep: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-    """The keep-mask with the bias column (always kept) appended when the layer has a bias."""
-    return torch.cat([keep, torch.ones(len(keep), 1, dtype=torch.bool)], 1) if layer.bias is not None else keep
-
-
 def _rows(layer: nn.Module) -> torch.Tensor:
     w = layer.weight.detach().reshape(layer.weight.shape[0], -1).double()
     return torch.cat([w, layer.bias.detach().double()[:, None]], 1) if layer.bias is not None else w
@@ -221,10 +243,10 @@ def _write(layer: nn.Module, solved: torch.Tensor) -> None:
             layer.bias.copy_(solved[:, fan_in].to(layer.bias.dtype))
 
 
-def _error(w: torch.Tensor, h: torch.Tensor, g: torch.Tensor, yy: torch.Tensor) -> float:
+def _error(w: torch.Tensor, stats: Statistics) -> float:
     """‖XWᵀ - Y‖ / ‖Y‖ from the statistics: Σ_units w H wᵀ - 2 w G + ‖y‖²."""
-    sq = (w @ h * w).sum() - 2 * (w * g.T).sum() + yy.sum()
-    return float(torch.sqrt(sq.clamp(min=0)) / torch.sqrt(yy.sum()).clamp(min=1e-30))
+    sq = (w @ stats.h * w).sum() - 2 * (w * stats.g.T).sum() + stats.yy.sum()
+    return float(torch.sqrt(sq.clamp(min=0)) / torch.sqrt(stats.yy.sum()).clamp(min=1e-30))
 
 
 def _damped(h: torch.Tensor) -> torch.Tensor:

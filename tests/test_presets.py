@@ -139,7 +139,8 @@ def test_reconstruction_reaches_the_prune_stage_unless_problems_refuse_it(settin
     assert prune.reconstruct == ("none" if problem else settings.reconstruct)
     found = settings.problems("torch", True)
     assert (problem in found[0]) if problem else not found
-    assert "this model is ONNX" in settings.problems("onnx", True)[0]
+    if not settings.epochs:
+        assert settings.problems("onnx", True) == found           # ONNX graphs are solved too
     named = {"refit": "least-squares refit", "obs": "OBS reconstruction"}[settings.reconstruct]
     assert (named in settings.describe()) == (problem is None)
 

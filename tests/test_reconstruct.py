@@ -14,7 +14,7 @@ from workbench import zoo
 from workbench.data import Splits, digits_splits
 from workbench.errors import WorkbenchError
 from workbench.evaluate import score, torch_predict
-from workbench.pruning import compute_masks, prune_torch, torch_weights
+from workbench.pruning import compute_masks, onnx_weights, prune_torch, torch_weights
 from workbench.specs import PruneSpec, RunSpec, SpecError
 from workbench.stages import STAGE_RUNNERS, Context, Variant
 
@@ -157,11 +157,74 @@ def test_combinations_that_cannot_work_are_refused_naming_the_field(fields, mess
         RunSpec.from_dict({"model": "digits-mlp", "stages": [{"prune": fields}]})
 
 
-def test_an_onnx_variant_gets_a_clear_error(tiny_onnx):
-    import onnx
-
-    spec = RunSpec.from_dict({"model": "digits-mlp", "stages": [{"prune": {"reconstruct": "refit"}}]})
+def _onnx_stage(model, prune: dict, data: int = 256) -> Variant:
+    spec = RunSpec.from_dict({"model": "digits-mlp", "stages": [{"prune": prune}]})
     full = digits_splits()
-    ctx = Context(spec, full, (), lambda *_: None, lambda: False)
-    with pytest.raises(WorkbenchError, match="reconstruct: solving the kept weights needs a torch model"):
-        STAGE_RUNNERS["prune"](Variant(onnx_model=onnx.load(tiny_onnx)), spec.stages[0], ctx)
+    ctx = Context(spec, Splits(full.train.take(data), full.calib, full.test), (), lambda *_: None, lambda: False)
+    return STAGE_RUNNERS["prune"](Variant(onnx_model=model), spec.stages[0], ctx)
+
+
+def _onnx_accuracy(model) -> float:
+    from workbench.evaluate import make_session, predict
+
+    test = digits_splits().test
+    return score(predict(make_session(model), test), test.labels)["accuracy"]
+
+
+def test_onnx_graphs_are_solved_like_torch_models():
+    from workbench.export import export_onnx
+
+    test = digits_splits().test
+    exported = export_onnx(zoo.load_sample("digits-mlp"), (torch.from_numpy(test.inputs[0][:2]),))
+    plain = _onnx_stage(exported, {"sparsity": 0.8})
+    solved = _onnx_stage(exported, {"sparsity": 0.8, "reconstruct": "obs"})
+    assert _onnx_accuracy(plain.onnx_model) < 0.7 < 0.95 < _onnx_accuracy(solved.onnx_model)
+    assert any(n.startswith("reconstruct (obs)") and "fc2.weight" in n for n in solved.notes)
+    assert solved.history[-1]["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    weights = onnx_weights(solved.onnx_model)
+    assert set(weights) == set(onnx_weights(exported)) and all(w.dtype == np.float32 for w in weights.values())
+
+
+def test_onnx_conv_and_gemm_layouts_and_what_is_left_as_masked(tiny_onnx):
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from workbench.data import Dataset
+    from workbench.pruning import prune_onnx
+    from workbench.reconstruct_onnx import reconstruct_onnx
+
+    model = onnx.load(tiny_onnx)
+    graph = model.graph               # a second head: a MatMul fed through a Transpose is left as masked
+    graph.initializer.append(numpy_helper.from_array(np.ones((10, 10), np.float32), "extra.weight"))
+    graph.node.extend([helper.make_node("Transpose", ["extra.weight"], ["extra.t"]),
+                       helper.make_node("MatMul", ["logits", "extra.t"], ["out2"])])
+    graph.output.append(helper.make_tensor_value_info("out2", onnx.TensorProto.FLOAT, ["batch", 10]))
+    reference = onnx.ModelProto()
+    reference.CopyFrom(model)
+    masks = prune_onnx(model, PruneSpec(sparsity=0.5, scope="layer"))
+    calibration = Dataset("random", (np.random.default_rng(0).random((300, 1, 8, 8)).astype(np.float32),), None)
+    out, fits, skipped = reconstruct_onnx(model, reference, masks, calibration, "refit")
+    assert [f.name for f in fits] == ["conv.weight", "fc.weight"] and all(f.solved_error < f.masked_error for f in fits)
+    assert skipped == ["extra.weight (not the direct weight of a MatMul/Gemm/Conv)"]
+    assert all(np.array_equal(out[k], masks[k]) for k in masks)          # refit keeps the masks
+    conv = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "conv.weight"))
+    assert conv.shape == (8, 1, 3, 3) and np.all(conv[~masks["conv.weight"]] == 0)
+
+
+
+class Twice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 64)
+
+    def forward(self, x):
+        return self.fc(self.fc(x.flatten(1)))[:, :10]
+
+
+def test_a_model_with_no_layer_it_can_solve_fails_the_stage_naming_why():
+    spec = RunSpec.from_dict({"model": "digits-mlp", "stages": [{"prune": {"sparsity": 0.5, "reconstruct": "refit"}}]})
+    full = digits_splits()
+    ctx = Context(spec, Splits(full.train.take(64), full.calib, full.test.take(32)), (), lambda *_: None,
+                  lambda: False)
+    with pytest.raises(WorkbenchError, match=r"no layer could be solved \(fc \(called 2 times per forward\)\)"):
+        STAGE_RUNNERS["prune"](Variant(module=Twice()), spec.stages[0], ctx)

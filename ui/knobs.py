@@ -46,8 +46,8 @@ REWIND_HELP = ("How each round retrains. lr: restart the learning-rate schedule 
 RECONSTRUCT_HELP = ("After pruning, solve the kept weights layer by layer so each layer reproduces the unpruned "
                     "model's outputs on the training inputs: no labels, no training, seconds to a minute. "
                     "refit: least squares on the mask as chosen; obs: Optimal Brain Surgeon also picks which "
-                    "weights of each unit go (same count per unit; magnitude unstructured only). Torch Linear/Conv "
-                    "layers; the gain is still simulated (zeros stored densely)")
+                    "weights of each unit go (same count per unit; magnitude unstructured only). Linear/Conv "
+                    "layers of torch and ONNX models; the gain is still simulated (zeros stored densely)")
 
 
 def method_knobs() -> str:

@@ -332,12 +332,9 @@ class CompressSettings:
         if self.iterative and self.rewind == "weight" and self.epochs and not has_rewind_checkpoint:
             out.append("weight rewinding needs an early-training checkpoint (prune.rewind_weights), and this "
                        "model has none: use LR rewinding, or set rewind_weights in a recipe")
-        if self.technique in ("unstructured", "nm") and self.reconstruct != "none":
-            rewind = self.rewind if self.iterative and self.epochs else "lr"
-            if model_kind != "torch":
-                out.append("reconstruction solves the kept weights of torch layers; this model is ONNX (pick none)")
-            elif problem := self._reconstruct_problem(rewind):
-                out.append(problem)
+        if self.technique in ("unstructured", "nm") and (problem := self._reconstruct_problem(
+                self.rewind if self.iterative and self.epochs else "lr")):
+            out.append(problem)
         if len(self.classes) == 1:
             out.append("transfer: pick at least two classes (or none)")
         return out

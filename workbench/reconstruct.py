@@ -150,8 +150,11 @@ def solve(name: str, w: torch.Tensor, keep: torch.Tensor, before: torch.Tensor |
     """One layer: `w`, `keep` and `before` are (units, inputs) with the bias column last when `bias`.
     Returns the solved weights, their keep-mask and the fit."""
     masked = _error(w * keep, stats)
-    solved, keep = (_obs if mode == "obs" else _refit)(stats.h, stats.g, keep, before, bias)
-    return solved, keep, LayerFit(name, masked, _error(solved, stats))
+    solved, solved_keep = (_obs if mode == "obs" else _refit)(stats.h, stats.g, keep, before, bias)
+    error = _error(solved, stats)
+    if error >= masked:        # damping can cost more than it fixes where pruning changed little: keep the mask
+        return w * keep, keep, LayerFit(name, masked, masked)
+    return solved, solved_keep, LayerFit(name, masked, error)
 
 
 def patches(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...],

@@ -143,7 +143,8 @@ class PruneSpec:
     `reconstruct` re-fits the kept weights after every round, layer by layer, so each layer reproduces the
     unpruned model's outputs on calibration inputs (no labels, no training): "refit" solves least squares
     on the mask as chosen; "obs" keeps each output unit's number of pruned weights but lets Optimal Brain
-    Surgeon choose which (OBC, Frantar & Alistarh 2022), so it needs method magnitude and no N:M.
+    Surgeon choose which (OBC, Frantar & Alistarh 2022), so it needs method magnitude and no N:M. Torch
+    Linear/Conv layers and ONNX MatMul/Gemm/Conv initializers (workbench.reconstruct, reconstruct_onnx).
     """
 
     kind: ClassVar[str] = "prune"

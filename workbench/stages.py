@@ -86,7 +86,7 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
     """Prune round by round (one-shot, iterative or gradual targets), retraining between rounds as
     `spec.rewind` says; each round's sparsity and test accuracy go to the variant's history."""
     if variant.module is None:
-        return _prune_onnx(variant, spec)
+        return _prune_onnx(variant, spec, ctx)
     import copy
 
     from workbench.evaluate import score, torch_predict
@@ -121,9 +121,7 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
         ctx.progress(r / len(targets), f"round {r}/{len(targets)}: sparsity {record['sparsity']:.1%}")
     out.masks = masks or {}
     if fits:
-        errors = ", ".join(f"{f.name} {f.masked_error:.0%} → {f.solved_error:.1%}" for f in fits)
-        out.notes.append(f"reconstruct ({spec.reconstruct}): each layer's output error on the calibration inputs, "
-                         f"masked → solved (last round): {errors}")
+        _reconstruct_notes(out.notes, spec, fits, [])
     if spec.nm is not None:
         weights = {n: p.detach().numpy() for n, p in torch_weights(module).items()}
         out.notes.extend(nm_notes(weights, spec, torch_input_axes(module)))
@@ -140,11 +138,21 @@ def _reconstruct(module: Any, reference: Any, spec: PruneSpec, ctx: Context, mas
     masks, fits, skipped = reconstruct(module, reference, masks, data.inputs, spec.reconstruct, previous,
                                        ctx.cancelled)
     ctx.check()
+    _reconstruct_notes(notes, spec, [], skipped)
     if not fits:
         raise WorkbenchError(f"prune.reconstruct: no layer could be solved ({'; '.join(skipped) or 'no layers'})")
+    return masks, fits
+
+
+def _reconstruct_notes(notes: list[str], spec: PruneSpec, fits: list, skipped: list[str]) -> None:
+    """What reconstruction did, for the run's notes: each solved layer's output error, the layers it left."""
     if skipped:
         notes.append(f"reconstruct: left as masked: {'; '.join(skipped)}")
-    return masks, fits
+    if fits:
+        errors = ", ".join(f"{f.name} {f.masked_error:.1%} → {f.solved_error:.1%}" for f in fits)
+        last = " (last round)" if spec.schedule != "oneshot" else ""
+        notes.append(f"reconstruct ({spec.reconstruct}): each layer's output error on the calibration inputs, "
+                     f"masked → solved{last}: {errors}")
 
 
 def _retrain(module: Any, spec: PruneSpec, ctx: Context, masks: dict[str, np.ndarray], index: int,
@@ -201,7 +209,7 @@ def _rewind_weights(module: Any, checkpoint: dict[str, Any], masks: dict[str, np
             weights[name].mul_(torch.from_numpy(mask).to(weights[name].dtype))
 
 
-def _prune_onnx(variant: Variant, spec: PruneSpec) -> Variant:
+def _prune_onnx(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
     from workbench.pruning import nm_notes, onnx_input_axes, onnx_weights, prune_onnx, sparsity_of
 
     if spec.finetune is not None and spec.finetune.epochs > 0:
@@ -210,9 +218,6 @@ def _prune_onnx(variant: Variant, spec: PruneSpec) -> Variant:
     if spec.rewind == "weight":
         raise WorkbenchError("prune.rewind: weight rewinding needs a torch model; this variant is ONNX "
                              "(prune before quantize, or load a torch model)")
-    if spec.reconstruct != "none":
-        raise WorkbenchError("prune.reconstruct: solving the kept weights needs a torch model; this variant is "
-                             "ONNX (prune before quantize, or load a torch model)")
     weights = onnx_weights(variant.onnx_model)
     if not weights:
         raise WorkbenchError("prune: no float Linear/Conv weights to prune (prune before quantizing)")
@@ -220,6 +225,16 @@ def _prune_onnx(variant: Variant, spec: PruneSpec) -> Variant:
     model.CopyFrom(variant.onnx_model)
     out = variant.copy_meta(onnx_model=model)
     masks = prune_onnx(model, spec)
+    if spec.reconstruct != "none":
+        from workbench.reconstruct_onnx import reconstruct_onnx
+
+        data = ctx.splits.train if ctx.splits.train is not None else ctx.splits.calib
+        masks, fits, skipped = reconstruct_onnx(model, variant.onnx_model, masks, data, spec.reconstruct,
+                                                ctx.cancelled)
+        ctx.check()
+        if not fits:
+            raise WorkbenchError(f"prune.reconstruct: no layer could be solved ({'; '.join(skipped) or 'no layers'})")
+        _reconstruct_notes(out.notes, spec, fits, skipped)
     out.history.append({"round": 1, "target": spec.sparsity, "sparsity": round(sparsity_of(masks), 4)})
     if spec.schedule != "oneshot":
         out.notes.append(f"{spec.schedule} schedule without fine-tuning equals one-shot pruning on ONNX")

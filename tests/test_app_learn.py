@@ -66,4 +66,5 @@ def test_method_explainers_show_a_2_4_mask_and_a_rank():
     at.slider(key="learn_energy").set_value(99).run()
     assert int(metric(at, "rank kept").split()[0]) > low
     assert all(title in " ".join(e.label for e in at.expander) for title in
-               ("N:M (2:4)", "Rewinding", "Quantization-aware training", "Distillation", "Low-rank", "clustering"))
+               ("N:M (2:4)", "Rewinding", "Reconstruction", "Quantization-aware training", "Distillation", "Low-rank",
+                "clustering"))

@@ -103,6 +103,15 @@ with st.expander("Rewinding: how pruning rounds retrain"):
                 "rewinding** (the lottery ticket) also resets the surviving weights to an early-training "
                 "checkpoint before retraining. All three end in the same kind of model: masked zeros, stored "
                 "densely. Compare them with the per-round chart on **Compare**.")
+with st.expander("Reconstruction: repairing a mask without training"):
+    st.markdown("Pruning one shot breaks a model because each layer's output moves, and the next layer sees "
+                "inputs it was not trained for. **Reconstruction** solves each layer again, in order, so that it "
+                "reproduces the unpruned model's outputs on a few hundred inputs: a least-squares problem per "
+                "output unit (**refit**), needing no labels and no training. **obs** (Optimal Brain Surgeon, as in "
+                "OBC and SparseGPT) also chooses which weights go: the one whose removal raises the error least, "
+                "with the others corrected, one at a time. On the sample MLP it brings 90% one-shot pruning "
+                "from near chance to within 1.5 points of the original (BENCHMARKS.md, reconstruction section). "
+                "The zeros are still stored densely: a **simulated** gain, like any unstructured mask.")
 with st.expander("Quantization-aware training (QAT)"):
     st.markdown("Post-training quantization rounds the trained weights once; at 4 bits and below the rounding "
                 "error costs accuracy. QAT rounds the weights in the forward pass during a few epochs of training, "

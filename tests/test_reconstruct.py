@@ -72,6 +72,20 @@ def test_obs_keeps_each_units_count_and_fits_better_than_refit_on_the_magnitude_
     assert fits[0].solved_error < refit_fits[0].solved_error
 
 
+def test_obs_over_its_cost_limit_refits_the_magnitude_mask_and_the_run_says_so(monkeypatch):
+    pruned, reference, masks, x = _pair()
+    limit = rec.obs_cost(rec.with_bias(torch.from_numpy(masks["2.weight"]), True)) + 1   # layer 2 fits, 0 does not
+    monkeypatch.setattr(rec, "OBS_MAX_COST", limit)
+    out, fits, _ = rec.reconstruct(pruned, reference, masks, x, "obs")
+    assert [f.method for f in fits] == ["refit", "obs"]
+    assert np.array_equal(out["0.weight"], masks["0.weight"])
+    from workbench.stages import _reconstruct_notes
+
+    notes: list[str] = []
+    _reconstruct_notes(notes, PruneSpec(reconstruct="obs"), fits, [])
+    assert notes[-1].startswith("reconstruct: OBS would take too long on 0 (")
+
+
 def test_obs_removes_the_weights_pruned_in_earlier_rounds_first():
     pruned, reference, _, x = _pair(1)
     spec = PruneSpec(sparsity=0.8, scope="layer")

@@ -34,6 +34,7 @@ MAX_INPUTS = 2048           # inputs per output unit (in_features, or in_channel
 MAX_SAMPLES = 2048          # calibration samples used
 CHUNK = 256                 # samples per forward pass
 OBS_BLOCK = 2**24           # float64 elements of the per-unit inverse Hessians held at once (128 MiB)
+OBS_MAX_COST = 6e10         # OBS multiply-adds per layer (about 30 s on 2 vCPUs); a costlier layer is refit instead
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class LayerFit:
     name: str
     masked_error: float
     solved_error: float
+    method: str = "refit"      # how it was solved: "refit", "obs", or "mask" (solving fit worse: mask kept)
 
 
 class _Stop(Exception):
@@ -148,13 +150,21 @@ class Statistics:
 def solve(name: str, w: torch.Tensor, keep: torch.Tensor, before: torch.Tensor | None, bias: bool,
           stats: Statistics, mode: str) -> tuple[torch.Tensor, torch.Tensor, LayerFit]:
     """One layer: `w`, `keep` and `before` are (units, inputs) with the bias column last when `bias`.
-    Returns the solved weights, their keep-mask and the fit."""
+    Returns the solved weights, their keep-mask and the fit. OBS costs units x removals x inputs²; a layer
+    over `OBS_MAX_COST` is refit instead (its fit says so)."""
     masked = _error(w * keep, stats)
+    if mode == "obs" and obs_cost(keep) > OBS_MAX_COST:
+        mode = "refit"
     solved, solved_keep = (_obs if mode == "obs" else _refit)(stats.h, stats.g, keep, before, bias)
     error = _error(solved, stats)
     if error >= masked:        # damping can cost more than it fixes where pruning changed little: keep the mask
-        return w * keep, keep, LayerFit(name, masked, masked)
-    return solved, solved_keep, LayerFit(name, masked, error)
+        return w * keep, keep, LayerFit(name, masked, masked, "mask")
+    return solved, solved_keep, LayerFit(name, masked, error, mode)
+
+
+def obs_cost(keep: torch.Tensor) -> float:
+    """Multiply-adds of OBS on a layer with this keep-mask: every removal updates a unit's inputs² inverse."""
+    return float(len(keep)) * float((~keep).sum(1).max()) * float(keep.shape[1]) ** 2
 
 
 def patches(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...],

@@ -153,6 +153,9 @@ def _reconstruct_notes(notes: list[str], spec: PruneSpec, fits: list, skipped: l
         last = " (last round)" if spec.schedule != "oneshot" else ""
         notes.append(f"reconstruct ({spec.reconstruct}): each layer's output error on the calibration inputs, "
                      f"masked → solved{last}: {errors}")
+        if spec.reconstruct == "obs" and (refit := [f.name for f in fits if f.method == "refit"]):
+            notes.append(f"reconstruct: OBS would take too long on {', '.join(refit)} (units × removals × inputs² "
+                         "over the limit): refit on the magnitude mask instead")
 
 
 def _retrain(module: Any, spec: PruneSpec, ctx: Context, masks: dict[str, np.ndarray], index: int,

@@ -72,6 +72,10 @@ def test_presets_set_the_knobs():
     next(b for b in at.button if b.label == "Deep Compression: 90% + k=16 + packed").click().run()
     assert at.radio(key="technique").value == "unstructured" and at.select_slider(key="clusters").value == 16
     assert metric(at, "index bits") == "4 bits"
+    next(b for b in at.button if b.label == "No training: 90% + OBS repair").click().run()
+    assert at.radio(key="reconstruct").value == "obs" and at.slider(key="sparsity").value == 90
+    assert at.select_slider(key="clusters").value == 0 and at.slider(key="epochs").value == 0
+    assert "'reconstruct': 'obs'" in at.code[0].value
 
 
 def test_structured_knobs_give_a_structured_stage_and_an_estimate(isolated_home):

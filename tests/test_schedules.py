@@ -143,6 +143,7 @@ def test_recipes_load():
     assert prune["cnn-lottery-ticket"].rewind == "weight" and specs["cnn-lottery-ticket"].model.sample == "digits-cnn"
     assert prune["cnn-gradual"].schedule == "gradual"
     assert prune["mlp-2-4"].nm == "2:4" and specs["mlp-2-4"].model.sample == "digits-mlp"
+    assert prune["mlp-obs-no-training"].reconstruct == "obs" and prune["mlp-obs-no-training"].finetune is None
 
 
 def test_weight_rewinding_after_a_transfer_keeps_the_new_head(tmp_path):

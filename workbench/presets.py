@@ -410,6 +410,11 @@ PRESETS: dict[str, Preset] = {
         "prune 20% of the survivors per round (11 rounds to 90%), 2 epochs between rounds with the learning "
         "rate rewound to its start each round (LR rewinding), then static int8. The zeros are stored densely: "
         "smaller gzip, same raw file and speed until int8"),
+    "No training: 90% + OBS repair": Preset(
+        CompressSettings(sparsity=0.9, reconstruct="obs"),
+        "90% magnitude pruning in one shot, then Optimal Brain Surgeon re-solves each layer's kept weights to "
+        "reproduce the original outputs on the training inputs: no labels, no training, seconds. Torch and ONNX; "
+        "the zeros are stored densely, so the gain is simulated until a sparse format or int8"),
     "Real speed: structured 50%": Preset(
         CompressSettings(technique="structured", ratio=0.5, epochs=30),
         "remove half the channels/neurons of every layer (Torch-Pruning) + 30 epochs of recovery: a smaller "

@@ -127,6 +127,16 @@ def test_reconstruction_knob_reaches_the_recipe_and_refuses_what_cannot_work(iso
     assert (prune.reconstruct, prune.method, prune.sparsity) == ("refit", "random", 0.8)
 
 
+def test_the_preview_can_solve_the_kept_weights_on_request():
+    at = open_app(PAGE, query={"sparsity": "90", "reconstruct": "obs"})
+    assert not at.exception and "one-shot accuracy, solved" not in [m.label for m in at.metric]
+    assert float(metric(at, "one-shot accuracy")) < 0.5               # the plain mask
+    at.toggle(key="solve_preview").set_value(True).run()
+    assert not at.exception and float(metric(at, "one-shot accuracy, solved")) > 0.95
+    solved = next(m for m in at.metric if m.label == "one-shot accuracy, solved")
+    assert "after obs" in solved.proto.help and "fc2" in solved.proto.help
+
+
 def test_distill_and_lowrank_knobs(isolated_home):
     at = open_app(PAGE, query={"technique": "distill"})
     at.slider(key="width").set_value(25).run()

@@ -15,7 +15,7 @@ from workbench.data import Splits, digits_splits
 from workbench.errors import WorkbenchError
 from workbench.evaluate import score, torch_predict
 from workbench.pruning import compute_masks, onnx_weights, prune_torch, torch_weights
-from workbench.specs import PruneSpec, RunSpec, SpecError
+from workbench.specs import FinetuneSpec, ModelRef, PruneSpec, RunSpec, SpecError
 from workbench.stages import STAGE_RUNNERS, Context, Variant
 
 
@@ -242,3 +242,19 @@ def test_a_model_with_no_layer_it_can_solve_fails_the_stage_naming_why():
                   lambda: False)
     with pytest.raises(WorkbenchError, match=r"no layer could be solved \(fc \(called 2 times per forward\)\)"):
         STAGE_RUNNERS["prune"](Variant(module=Twice()), spec.stages[0], ctx)
+
+
+def test_the_repair_preview_runs_the_prune_stage_once_on_a_copy():
+    from workbench.models import load_model
+    from workbench.repair_preview import preview_repair
+
+    ref = ModelRef(sample="digits-mlp")
+    loaded = load_model(ref)
+    before = loaded.module.fc2.weight.detach().clone()
+    iterative = PruneSpec(sparsity=0.8, schedule="iterative", reconstruct="refit", finetune=FinetuneSpec(epochs=1))
+    solved = preview_repair(loaded, ref, iterative, digits_splits())
+    assert solved.accuracy > 0.95 and solved.seconds > 0
+    assert any(n.startswith("reconstruct (refit)") for n in solved.notes)
+    assert torch.equal(loaded.module.fc2.weight, before)              # the shared model is untouched
+    with pytest.raises(WorkbenchError, match="does not reconstruct"):
+        preview_repair(loaded, ref, PruneSpec(sparsity=0.8), digits_splits())

@@ -21,6 +21,7 @@ from workbench.measure import Measurement
 from workbench.models import LoadedModel
 from workbench.presets import CompressSettings
 from workbench.preview import Preview, Subject
+from workbench.repair_preview import RepairPreview
 from workbench.sensitivity import Sensitivity
 from workbench.specs import DataRef, MeasureSpec, ModelRef, RunSpec
 from workbench.store import Store
@@ -170,6 +171,22 @@ def preview_for(ref: ModelRef, data: DataRef, settings: CompressSettings) -> Pre
         subject = dataclasses.replace(subject, factors=_factors(key))
     with held.lock:
         return preview_settings(settings, subject)
+
+
+@st.cache_data(show_spinner="Solving the kept weights…", max_entries=16)
+def _repair(model_key: str, data_key: str, recipe: str) -> RepairPreview:
+    from workbench.repair_preview import preview_repair
+
+    spec = RunSpec.from_dict(json.loads(recipe))
+    prune = next(stage for stage in spec.stages if stage.kind == "prune")
+    held = _held(model_key)
+    with held.lock:
+        return preview_repair(held.loaded, spec.model, prune, _splits(model_key, data_key))
+
+
+def repair(ref: ModelRef, data: DataRef, spec: RunSpec) -> RepairPreview:
+    """`spec`'s prune stage run once on a copy of the model, with its reconstruction, and scored; cached."""
+    return _repair(_key(ref), _key(data), json.dumps(spec.to_dict(), sort_keys=True))
 
 
 @st.cache_resource(show_spinner="Measuring each layer's sensitivity…", max_entries=4)

@@ -46,9 +46,18 @@ with panel:
         view.preview_panel(cache.preview_for(ref, data, settings), cache.dense_preview(ref, data))
     st.caption("Instant and one-shot: no training, no export. A run measures latency with ONNX Runtime, "
                "the real file size and the accuracy after every stage.")
-    if settings.reconstruct != "none" and technique in ("unstructured", "nm"):
-        st.caption(f"The preview keeps the magnitude mask's weights; the run then solves them ({settings.reconstruct}) "
-                   "on the training inputs, and Runs/Compare show the accuracy after that.")
+    prune = next((stage for stage in settings.to_spec(ref, data).stages if stage.kind == "prune"), None)
+    if prune is not None and prune.reconstruct != "none":
+        st.caption(f"The numbers above are the mask before solving; the run then solves the kept weights "
+                   f"({prune.reconstruct}) on the training inputs.")
+        if st.toggle("Solve in the preview too (seconds per change)", key="solve_preview", persist_state="session",
+                     help="runs the prune stage once, one shot, on a copy of the model and measures the test "
+                          "accuracy: what the run's prune stage gives before any training"):
+            with view.guard():
+                solved = cache.repair(ref, data, settings.to_spec(ref, data))
+                st.metric("one-shot accuracy, solved", f"{solved.accuracy:.4f}",
+                          help=f"measured on the test split after {prune.reconstruct} ({solved.seconds:.1f} s); "
+                               + " ".join(solved.notes))
     if settings.layer_bits and not settings.uses_qat:
         st.info(f"Bits are per layer ({settings.layer_bits_method}: "
                 + ", ".join(f"{layer} {bits}" for layer, bits in settings.layer_bits)

@@ -115,7 +115,7 @@ def test_reconstruction_knob_reaches_the_recipe_and_refuses_what_cannot_work(iso
     at = open_app(PAGE, query={"sparsity": "80"})
     at.radio(key="reconstruct").set_value("obs").run()
     assert not at.exception and any("This setting" in t and "OBS reconstruction" in t for t in texts(at))
-    assert any("the run then solves them (obs)" in t for t in texts(at))
+    assert any("the run then solves the kept weights (obs)" in t for t in texts(at))
     assert any("no random-pruning baseline" in t for t in texts(at))
     assert "sweep_random" not in [c.key for c in at.checkbox]
     at.radio(key="method").set_value("random").run()

@@ -200,3 +200,13 @@ def test_nm_on_onnx_follows_a_transpose_and_prunes_conv_like_torch(tiny_onnx):
     masks = prune_onnx(conv, PruneSpec(nm="2:4", sparsity=0.5))
     assert masks["conv.weight"].all()                  # Conv 1 -> 8: one input channel, left dense
     assert (_groups(masks["fc.weight"], 1) == 2).all()  # Gemm transB=1: (out, in)
+
+
+def test_a_layer_the_global_ranking_all_but_empties_is_named(weights):
+    small = {"a.weight": weights["a.weight"], "b.weight": weights["b.weight"] / 100}   # b ranks last everywhere
+    spec = PruneSpec(sparsity=0.8)
+    notes = pruning.emptied_notes(compute_masks(small, spec), spec)
+    assert len(notes) == 1 and notes[0].startswith("global ranking all but emptied b.weight 100.0% at 80% overall")
+    for fine in (PruneSpec(sparsity=0.8, scope="layer"), PruneSpec(sparsity=0.8, overrides={"b": 0.5})):
+        assert not pruning.emptied_notes(compute_masks(small, fine), fine)
+    assert not pruning.emptied_notes(compute_masks(weights, spec), spec)

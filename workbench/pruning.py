@@ -179,6 +179,23 @@ def nm_notes(weights: dict[str, np.ndarray], spec: PruneSpec,
     return notes
 
 
+EMPTIED = 0.98    # a layer losing at least this share of its weights is named: it is all but cut from the model
+
+
+def emptied_notes(masks: dict[str, np.ndarray], spec: PruneSpec) -> list[str]:
+    """Layers a global ranking all but emptied (≥ EMPTIED pruned) while the target was lower: such a layer
+    passes (almost) nothing on, typically because its weights are smaller than the others' (e.g. BatchNorm
+    folded into the other layers of an ONNX graph), not because it matters less."""
+    if spec.scope != "global" or spec.nm is not None or spec.sparsity >= EMPTIED:
+        return []
+    emptied = [f"{name} {1 - m.mean():.1%}" for name, m in masks.items()
+               if 1 - m.mean() >= EMPTIED and not override_for(name, spec.overrides)]
+    if not emptied:
+        return []
+    return [f"global ranking all but emptied {', '.join(emptied)} at {spec.sparsity:.0%} overall: such a layer passes "
+            "almost nothing on; use scope: layer, exclude it, or give it an override"]
+
+
 def sparsity_of(masks: dict[str, np.ndarray]) -> float:
     total = sum(m.size for m in masks.values())
     return 1.0 - sum(int(m.sum()) for m in masks.values()) / total if total else 0.0

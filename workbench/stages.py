@@ -90,7 +90,15 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
     import copy
 
     from workbench.evaluate import score, torch_predict
-    from workbench.pruning import nm_notes, prune_torch, round_targets, sparsity_of, torch_input_axes, torch_weights
+    from workbench.pruning import (
+        emptied_notes,
+        nm_notes,
+        prune_torch,
+        round_targets,
+        sparsity_of,
+        torch_input_axes,
+        torch_weights,
+    )
 
     training = spec.finetune is not None and spec.finetune.epochs > 0
     if training and ctx.splits.train is None:
@@ -120,6 +128,7 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
         out.history.append(record)
         ctx.progress(r / len(targets), f"round {r}/{len(targets)}: sparsity {record['sparsity']:.1%}")
     out.masks = masks or {}
+    out.notes.extend(emptied_notes(out.masks, spec))
     if fits:
         _reconstruct_notes(out.notes, spec, fits, [])
     if spec.nm is not None:
@@ -213,7 +222,7 @@ def _rewind_weights(module: Any, checkpoint: dict[str, Any], masks: dict[str, np
 
 
 def _prune_onnx(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
-    from workbench.pruning import nm_notes, onnx_input_axes, onnx_weights, prune_onnx, sparsity_of
+    from workbench.pruning import emptied_notes, nm_notes, onnx_input_axes, onnx_weights, prune_onnx, sparsity_of
 
     if spec.finetune is not None and spec.finetune.epochs > 0:
         raise WorkbenchError("prune.finetune: fine-tuning needs a torch model; this variant is ONNX "
@@ -228,6 +237,7 @@ def _prune_onnx(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
     model.CopyFrom(variant.onnx_model)
     out = variant.copy_meta(onnx_model=model)
     masks = prune_onnx(model, spec)
+    out.notes.extend(emptied_notes(masks, spec))
     if spec.reconstruct != "none":
         from workbench.reconstruct_onnx import reconstruct_onnx
 

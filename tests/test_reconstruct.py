@@ -126,10 +126,12 @@ def test_layers_it_cannot_solve_keep_their_mask_and_are_named():
     assert all(np.array_equal(out[k], masks[k]) for k in masks)
 
 
-def _stage(prune: dict, model: str = "digits-mlp", data: int = 512) -> tuple[Variant, Variant]:
+def _stage(prune: dict, model: str = "digits-mlp", data: int = 512, progress: list | None = None
+           ) -> tuple[Variant, Variant]:
     spec = RunSpec.from_dict({"model": model, "stages": [{"prune": prune}]})
     full = digits_splits()
-    ctx = Context(spec, Splits(full.train.take(data), full.calib, full.test), (), lambda *_: None, lambda: False)
+    report = (lambda f, message: progress.append((round(f, 3), message))) if progress is not None else lambda *_: None
+    ctx = Context(spec, Splits(full.train.take(data), full.calib, full.test), (), report, lambda: False)
     source = Variant(module=zoo.load_sample(model))
     return source, STAGE_RUNNERS["prune"](source, spec.stages[0], ctx)
 
@@ -149,9 +151,13 @@ def test_reconstruction_rescues_one_shot_pruning_without_training():
 
 
 def test_reconstruction_runs_every_iterative_round_and_keeps_n_m_groups():
+    progress: list = []
     _, iterative = _stage({"sparsity": 0.6, "schedule": "iterative", "per_round": 0.5, "reconstruct": "refit"},
-                          data=256)
+                          data=256, progress=progress)
     assert [h["sparsity"] for h in iterative.history] == pytest.approx([0.5, 0.6], abs=1e-3)
+    solving = [p for p in progress if "solving" in p[1]]
+    assert solving[:3] == [(0.0, "round 1/2: solving fc1"), (0.167, "round 1/2: solving fc2"),
+                           (0.333, "round 1/2: solving fc3")] and solving[-1] == (0.833, "round 2/2: solving fc3")
     assert _accuracy(iterative) > 0.95
     _, nm = _stage({"sparsity": 0.5, "nm": "2:4", "reconstruct": "refit"}, model="digits-cnn", data=128)
     weight = nm.module.features[1][0].weight.detach().numpy()

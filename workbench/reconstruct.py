@@ -53,13 +53,14 @@ class _Stop(Exception):
 
 def reconstruct(pruned: nn.Module, reference: nn.Module, masks: dict[str, np.ndarray],
                 inputs: tuple[np.ndarray, ...], mode: str, previous: dict[str, np.ndarray] | None = None,
-                cancelled: Callable[[], bool] = lambda: False) -> tuple[dict[str, np.ndarray], list[LayerFit],
-                                                                       list[str]]:
+                cancelled: Callable[[], bool] = lambda: False,
+                progress: Callable[[float, str], None] = lambda *_: None) -> tuple[dict[str, np.ndarray],
+                                                                                   list[LayerFit], list[str]]:
     """Solve the kept weights of `pruned` (in place) against `reference` (the unpruned model, same layer
     names). `masks` are the round's keep-masks by weight name, `previous` the masks before the round
     ("obs" removes those weights first). Returns the keep-masks after solving ("obs" may choose other
     weights than `masks`, never more of them per unit), one `LayerFit` per solved layer, and the names of
-    the layers left as masked with the reason."""
+    the layers left as masked with the reason. `progress(fraction, layer)` follows each solved layer."""
     if mode not in ("refit", "obs"):
         raise WorkbenchError(f"prune.reconstruct: unknown '{mode}' (known: refit, obs)")
     x = tuple(torch.from_numpy(np.asarray(a[:MAX_SAMPLES], dtype=np.float32)) for a in inputs)
@@ -69,9 +70,10 @@ def reconstruct(pruned: nn.Module, reference: nn.Module, masks: dict[str, np.nda
     for m, _ in states:
         m.eval()
     try:
-        for name in layers:
+        for done, name in enumerate(layers):
             if cancelled():
                 break
+            progress(done / len(layers), name)
             layer = pruned.get_submodule(name)
             key, bias = f"{name}.weight", layer.bias is not None
             keep = with_bias(torch.from_numpy(_unit_rows(masks[key], layer)), bias)

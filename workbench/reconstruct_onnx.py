@@ -40,7 +40,8 @@ class _Layer:
 
 
 def reconstruct_onnx(model: onnx.ModelProto, reference: onnx.ModelProto, masks: dict[str, np.ndarray],
-                     data: Dataset, mode: str, cancelled: Callable[[], bool] = lambda: False
+                     data: Dataset, mode: str, cancelled: Callable[[], bool] = lambda: False,
+                     progress: Callable[[float, str], None] = lambda *_: None
                      ) -> tuple[dict[str, np.ndarray], list[LayerFit], list[str]]:
     """Solve the kept weights of `model` (in place; its masked initializers) against `reference` (the
     graph before pruning, same tensor names). Returns the keep-masks after solving, the fits and the
@@ -49,9 +50,10 @@ def reconstruct_onnx(model: onnx.ModelProto, reference: onnx.ModelProto, masks: 
     layers, skipped = _layers(model, masks)
     ref_session = make_session(_exposing(reference, [layer.node.output[0] for layer in layers]))
     out, fits = dict(masks), []
-    for layer in layers:
+    for done, layer in enumerate(layers):
         if cancelled():
             break
+        progress(done / len(layers), layer.name)
         session = make_session(_exposing(model, [layer.node.input[0]]))
         stats = _statistics(layer, session, ref_session, data)
         inits = initializers(model)

@@ -116,7 +116,9 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
         ctx.check()
         previous, masks = masks, prune_torch(module, spec, target, masks)
         if spec.reconstruct != "none":
-            masks, fits = _reconstruct(module, variant.module, spec, ctx, masks, previous, out.notes if r == 1 else [])
+            masks, fits = _reconstruct(module, variant.module, spec, ctx, masks, previous, out.notes if r == 1 else [],
+                                       lambda f, layer, r=r: ctx.progress((r - 1 + f) / len(targets),
+                                                                          f"round {r}/{len(targets)}: solving {layer}"))
         if checkpoint is not None:
             _rewind_weights(module, checkpoint, masks)
         record: dict[str, Any] = {"round": r, "target": round(target, 4), "sparsity": round(sparsity_of(masks), 4),
@@ -138,14 +140,15 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
 
 
 def _reconstruct(module: Any, reference: Any, spec: PruneSpec, ctx: Context, masks: dict[str, np.ndarray],
-                 previous: dict[str, np.ndarray] | None, notes: list[str]) -> tuple[dict[str, np.ndarray], list]:
+                 previous: dict[str, np.ndarray] | None, notes: list[str],
+                 progress: Callable[[float, str], None]) -> tuple[dict[str, np.ndarray], list]:
     """Solve the round's kept weights against the model before this stage (workbench.reconstruct) on the
     training inputs (else the calibration split); layers it cannot solve go to `notes`."""
     from workbench.reconstruct import reconstruct
 
     data = ctx.splits.train if ctx.splits.train is not None else ctx.splits.calib
     masks, fits, skipped = reconstruct(module, reference, masks, data.inputs, spec.reconstruct, previous,
-                                       ctx.cancelled)
+                                       ctx.cancelled, progress)
     ctx.check()
     _reconstruct_notes(notes, spec, [], skipped)
     if not fits:
@@ -243,7 +246,7 @@ def _prune_onnx(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
 
         data = ctx.splits.train if ctx.splits.train is not None else ctx.splits.calib
         masks, fits, skipped = reconstruct_onnx(model, variant.onnx_model, masks, data, spec.reconstruct,
-                                                ctx.cancelled)
+                                                ctx.cancelled, lambda f, layer: ctx.progress(f, f"solving {layer}"))
         ctx.check()
         if not fits:
             raise WorkbenchError(f"prune.reconstruct: no layer could be solved ({'; '.join(skipped) or 'no layers'})")

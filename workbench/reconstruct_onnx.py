@@ -58,10 +58,10 @@ def reconstruct_onnx(model: onnx.ModelProto, reference: onnx.ModelProto, masks: 
         stats = _statistics(layer, session, ref_session, data)
         inits = initializers(model)
         bias = layer.bias is not None
-        keep = with_bias(torch.from_numpy(_mask_rows(layer, np.asarray(masks[layer.weight], bool))), bias)
+        keep = with_bias(torch.from_numpy(_as_rows(layer, np.asarray(masks[layer.weight], bool))), bias)
         solved, keep, fit = solve(layer.name, _rows(layer, inits), keep, None, bias, stats, mode)
         _write(layer, inits, solved)
-        out[layer.weight] = _mask_back(layer, keep[:, :_fan_in(layer)].numpy())
+        out[layer.weight] = _as_weight(layer, keep[:, :_fan_in(layer)].numpy())
         fits.append(fit)
     return out, fits, skipped
 
@@ -159,19 +159,19 @@ def _output_rows(layer: _Layer, y: np.ndarray) -> torch.Tensor:
 def _rows(layer: _Layer, inits: dict) -> torch.Tensor:
     """The weight as (units, inputs) float64 rows, with the bias as the last column if there is one."""
     w = numpy_helper.to_array(inits[layer.weight]).astype(np.float64)
-    rows = torch.from_numpy(np.ascontiguousarray(_mask_rows(layer, w)))
+    rows = torch.from_numpy(np.ascontiguousarray(_as_rows(layer, w)))
     if layer.bias is None:
         return rows
     bias = numpy_helper.to_array(inits[layer.bias]).astype(np.float64).reshape(-1, 1)
     return torch.cat([rows, torch.from_numpy(bias)], 1)
 
 
-def _mask_rows(layer: _Layer, array: np.ndarray) -> np.ndarray:
+def _as_rows(layer: _Layer, array: np.ndarray) -> np.ndarray:
     """A weight-shaped array as (units, inputs) rows."""
     return array.T if layer.transposed else array.reshape(array.shape[0], -1)
 
 
-def _mask_back(layer: _Layer, rows: np.ndarray) -> np.ndarray:
+def _as_weight(layer: _Layer, rows: np.ndarray) -> np.ndarray:
     """(units, inputs) rows back to the weight's shape."""
     return np.ascontiguousarray(rows.T) if layer.transposed else rows.reshape(layer.shape)
 
@@ -179,7 +179,7 @@ def _mask_back(layer: _Layer, rows: np.ndarray) -> np.ndarray:
 def _write(layer: _Layer, inits: dict, solved: torch.Tensor) -> None:
     tensor = inits[layer.weight]
     dtype = numpy_helper.to_array(tensor).dtype
-    weight = _mask_back(layer, solved[:, :_fan_in(layer)].numpy()).astype(dtype)
+    weight = _as_weight(layer, solved[:, :_fan_in(layer)].numpy()).astype(dtype)
     tensor.CopyFrom(numpy_helper.from_array(weight, layer.weight))
     if layer.bias is not None:
         old = numpy_helper.to_array(inits[layer.bias])

@@ -214,6 +214,21 @@ def test_sweep_repeats_over_seeds_with_a_random_baseline(isolated_home):
     assert combos == sorted((p, m, seed, seed) for p in (0.5, 0.9) for m in ("magnitude", "random") for seed in (0, 1))
 
 
+def test_sweep_adds_the_unsolved_mask_beside_the_reconstruction(isolated_home):
+    at = open_app(PAGE, query={"reconstruct": "refit"})
+    at.multiselect(key="sweep_sparsity").set_value([80, 90]).run()
+    at.multiselect(key="sweep_bits").set_value([32]).run()
+    at.checkbox(key="sweep_unsolved").check().run()
+    assert at.button(key="launch_sweep").label == "Launch sweep (4 runs)"
+    at.button(key="launch_sweep").click().run()
+    assert not at.exception
+    specs = [RunSpec.from_dict(r.spec) for r in Store(isolated_home).list()]
+    assert sorted((s.stages[0].sparsity, s.stages[0].reconstruct) for s in specs) == \
+        [(0.8, "none"), (0.8, "refit"), (0.9, "none"), (0.9, "refit")]
+    at = open_app(PAGE)
+    assert "sweep_unsolved" not in [c.key for c in at.checkbox]
+
+
 def test_structured_sweep_varies_the_ratio(isolated_home):
     at = open_app(PAGE, query={"technique": "structured"})
     at.multiselect(key="sweep_ratio").set_value([25, 50]).run()

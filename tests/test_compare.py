@@ -313,3 +313,11 @@ def test_every_stage_kind_has_a_label_and_a_short_tag():
         assert text in label
     short = compare.short_label(3, compare.settings_of(spec))
     assert short == "#3 struct 50% · k=16 · QAT 4b · student 0.5x · transfer · SVD 90% · 50% · int8 · ft"
+
+
+def test_the_prune_label_says_how_the_kept_weights_were_solved():
+    label = compare.method_label({"stages": [{"prune": {"sparsity": 0.9, "reconstruct": "obs"}}]})
+    assert label == "prune 90% global magnitude + OBS"
+    nm = compare.method_label({"stages": [{"prune": {"sparsity": 0.5, "nm": "2:4", "reconstruct": "refit"}}]})
+    assert nm == "prune 2:4 N:M magnitude + least-squares refit"
+    assert compare.method_label({"stages": [{"prune": {"sparsity": 0.5}}]}) == "prune 50% global magnitude"

@@ -108,13 +108,17 @@ with sweep:
     with_random = technique in ("unstructured", "nm") and settings.reconstruct != "obs" and st.checkbox(
         "Add the random-pruning baseline", key="sweep_random", persist_state="session",
         help="each setting again with random instead of magnitude pruning: Compare shows what magnitude buys")
+    with_unsolved = technique in ("unstructured", "nm") and settings.reconstruct != "none" and st.checkbox(
+        "Add the unsolved mask", key="sweep_unsolved", persist_state="session",
+        help=f"each setting again without reconstruction: Compare shows what {settings.reconstruct} buys")
     count = max(len(chosen), 1) * max(len(widths), 1) if chosen or widths else 0
-    count *= int(seeds) * (2 if with_random else 1)
+    count *= int(seeds) * (2 if with_random else 1) * (2 if with_unsolved else 1)
     if st.button(f"Launch sweep ({count} runs)", key="launch_sweep", disabled=not count or bool(problems)):
         with view.guard():
             base, grid = settings.sweep(ref, [v / 100 for v in chosen], widths, data, state.measure_spec(),
                                         name=f"{label} sweep")
             grid |= {"prune.method": ["magnitude", "random"]} if with_random else {}
+            grid |= {"prune.reconstruct": ["none", settings.reconstruct]} if with_unsolved else {}
             grid |= {"seed": list(range(int(seeds)))} if seeds > 1 else {}
             sweep_id, runs = launch.launch_sweep(base, grid)
             st.success(f"Sweep {sweep_id}: {len(runs)} runs queued.")

@@ -84,15 +84,17 @@ def settings_of(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _prune_label(body: dict[str, Any]) -> str:
-    if body.get("nm"):
-        return f"prune {body['nm']} N:M {body.get('method', 'magnitude')}"
     schedule = body.get("schedule", "oneshot")
     sched = {"iterative": f", iterative {body.get('per_round', 0.2):.0%}/round",
              "gradual": f", gradual {body.get('steps', 10)} steps"}.get(schedule, "")
     if schedule != "oneshot" and (body.get("finetune") or {}).get("epochs"):
         sched += {"lr": " + LR rewinding", "none": " + fine-tuning", "weight": " + weight rewinding"}.get(
             body.get("rewind", "lr"), "")
-    return f"prune {body.get('sparsity', 0):.0%} {body.get('scope', 'global')} {body.get('method', 'magnitude')}{sched}"
+    solved = {"refit": " + least-squares refit", "obs": " + OBS"}.get(body.get("reconstruct", "none"), "")
+    if body.get("nm"):
+        return f"prune {body['nm']} N:M {body.get('method', 'magnitude')}{solved}"
+    return (f"prune {body.get('sparsity', 0):.0%} {body.get('scope', 'global')} {body.get('method', 'magnitude')}"
+            f"{sched}{solved}")
 
 
 def _quant_label(body: dict[str, Any]) -> str:

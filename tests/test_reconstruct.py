@@ -81,8 +81,7 @@ def test_obs_over_its_cost_limit_refits_the_magnitude_mask_and_the_run_says_so(m
     assert np.array_equal(out["0.weight"], masks["0.weight"])
     from workbench.stages import _reconstruct_notes
 
-    notes: list[str] = []
-    _reconstruct_notes(notes, PruneSpec(reconstruct="obs"), fits, [])
+    notes = _reconstruct_notes(PruneSpec(reconstruct="obs"), fits, [])
     assert notes[-1].startswith("reconstruct: OBS would take too long on 0 (")
 
 

@@ -46,7 +46,8 @@ with panel:
         view.preview_panel(cache.preview_for(ref, data, settings), cache.dense_preview(ref, data))
     st.caption("Instant and one-shot: no training, no export. A run measures latency with ONNX Runtime, "
                "the real file size and the accuracy after every stage.")
-    prune = next((stage for stage in settings.to_spec(ref, data).stages if stage.kind == "prune"), None)
+    recipe = settings.to_spec(ref, data)
+    prune = next((stage for stage in recipe.stages if stage.kind == "prune"), None)
     if prune is not None and prune.reconstruct != "none":
         st.caption(f"The numbers above are the mask before solving; the run then solves the kept weights "
                    f"({prune.reconstruct}) on the training inputs.")
@@ -54,7 +55,7 @@ with panel:
                      help="runs the prune stage once, one shot, on a copy of the model and measures the test "
                           "accuracy: what the run's prune stage gives before any training"):
             with view.guard():
-                solved = cache.repair(ref, data, settings.to_spec(ref, data))
+                solved = cache.repair(ref, data, recipe)
                 st.metric("one-shot accuracy, solved", f"{solved.accuracy:.4f}",
                           help=f"measured on the test split after {prune.reconstruct} ({solved.seconds:.1f} s); "
                                + " ".join(solved.notes))

@@ -177,25 +177,28 @@ class CompressSettings:
             main = PruneSpec(method=self.method, sparsity=0.5, nm=NM, exclude=self.exclude,
                              reconstruct=self._reconstruct())
         elif self.sparsity > 0 or always_prune:
-            # rewinding only says how rounds retrain: without training, keep the default
-            rewind = self.rewind if self.iterative and recovery else "lr"
             main = PruneSpec(method=self.method, scope=self.scope, sparsity=self.sparsity, schedule=self.schedule,
-                             per_round=self.per_round, steps=self.steps, rewind=rewind,
+                             per_round=self.per_round, steps=self.steps, rewind=self._rewind,
                              finetune=recovery if self.iterative else None, exclude=self.exclude,
-                             overrides=dict(self.overrides), reconstruct=self._reconstruct(rewind))
+                             overrides=dict(self.overrides), reconstruct=self._reconstruct())
         else:
             return []
         return [main, recovery] if recovery and not self.iterative else [main]
 
-    def _reconstruct(self, rewind: str = "lr") -> str:
-        """The prune stage's `reconstruct`: the chosen one, or "none" where `problems` refuses the mix."""
-        return "none" if self._reconstruct_problem(rewind) else self.reconstruct
+    @property
+    def _rewind(self) -> str:
+        """The prune stage's `rewind`: it only says how rounds retrain, so without training the default."""
+        return self.rewind if self.iterative and self.epochs else "lr"
 
-    def _reconstruct_problem(self, rewind: str = "lr") -> str | None:
+    def _reconstruct(self) -> str:
+        """The prune stage's `reconstruct`: the chosen one, or "none" where `problems` refuses the mix."""
+        return "none" if self._reconstruct_problem() else self.reconstruct
+
+    def _reconstruct_problem(self) -> str | None:
         if self.reconstruct == "obs" and (self.method != "magnitude" or self.technique == "nm"):
             return ("OBS reconstruction chooses the pruned weights itself: use it with unstructured magnitude "
                     "pruning, or pick refit")
-        if self.reconstruct != "none" and rewind == "weight":
+        if self.reconstruct != "none" and self._rewind == "weight":
             return ("weight rewinding resets the solved weights every round: use LR rewinding or fine-tuning with "
                     "reconstruction")
         return None
@@ -286,8 +289,7 @@ class CompressSettings:
 
     def _describe_method(self) -> str:
         t = self.technique
-        solved = {"none": "", "refit": " + least-squares refit", "obs": " + OBS reconstruction"}[self._reconstruct(
-            self.rewind if self.iterative and self.epochs else "lr")]
+        solved = {"none": "", "refit": " + least-squares refit", "obs": " + OBS reconstruction"}[self._reconstruct()]
         if t == "nm":
             return f"{NM} {self.method}{solved}"
         if t == "structured":
@@ -332,8 +334,7 @@ class CompressSettings:
         if self.iterative and self.rewind == "weight" and self.epochs and not has_rewind_checkpoint:
             out.append("weight rewinding needs an early-training checkpoint (prune.rewind_weights), and this "
                        "model has none: use LR rewinding, or set rewind_weights in a recipe")
-        if self.technique in ("unstructured", "nm") and (problem := self._reconstruct_problem(
-                self.rewind if self.iterative and self.epochs else "lr")):
+        if self.technique in ("unstructured", "nm") and (problem := self._reconstruct_problem()):
             out.append(problem)
         if len(self.classes) == 1:
             out.append("transfer: pick at least two classes (or none)")

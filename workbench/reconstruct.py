@@ -157,7 +157,8 @@ def solve(name: str, w: torch.Tensor, keep: torch.Tensor, before: torch.Tensor |
     masked = _error(w * keep, stats)
     if mode == "obs" and obs_cost(keep) > OBS_MAX_COST:
         mode = "refit"
-    solved, solved_keep = (_obs if mode == "obs" else _refit)(stats.h, stats.g, keep, before, bias)
+    solved, solved_keep = _obs(stats.h, stats.g, keep, before, bias) if mode == "obs" else \
+        _refit(stats.h, stats.g, keep)
     error = _error(solved, stats)
     if error >= masked:        # damping can cost more than it fixes where pruning changed little: keep the mask
         return w * keep, keep, LayerFit(name, masked, masked, "mask")
@@ -268,10 +269,9 @@ def _damped(h: torch.Tensor) -> torch.Tensor:
     return h + DAMPING * h.diagonal().mean().clamp(min=1e-12) * torch.eye(len(h), dtype=h.dtype)
 
 
-def _refit(h: torch.Tensor, g: torch.Tensor, keep: torch.Tensor, before: torch.Tensor | None, bias: bool
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least squares per unit on its kept inputs; units sharing a mask share one solve. (`before` and
-    `bias` are already in `keep`.)"""
+def _refit(h: torch.Tensor, g: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least squares per unit on its kept inputs (the bias column is kept); units sharing a mask share one
+    solve."""
     h = _damped(h)
     w = torch.zeros(keep.shape, dtype=torch.float64)
     patterns, which = torch.unique(keep, dim=0, return_inverse=True)

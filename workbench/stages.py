@@ -111,14 +111,15 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
                          "transferred values; the checkpoint's head is for the original classes")
     masks = dict(variant.masks) or None
     targets = round_targets(spec)
-    fits = []
+    fits, skipped = [], []
     for r, target in enumerate(targets, start=1):
         ctx.check()
         previous, masks = masks, prune_torch(module, spec, target, masks)
         if spec.reconstruct != "none":
-            masks, fits = _reconstruct(module, variant.module, spec, ctx, masks, previous, out.notes if r == 1 else [],
-                                       lambda f, layer, r=r: ctx.progress((r - 1 + f) / len(targets),
-                                                                          f"round {r}/{len(targets)}: solving {layer}"))
+            step = f"round {r}/{len(targets)}: solving"
+            masks, fits, skipped = _reconstruct(module, variant.module, spec, ctx, masks, previous,
+                                                lambda f, layer, r=r, step=step: ctx.progress(
+                                                    (r - 1 + f) / len(targets), f"{step} {layer}"))
         if checkpoint is not None:
             _rewind_weights(module, checkpoint, masks)
         record: dict[str, Any] = {"round": r, "target": round(target, 4), "sparsity": round(sparsity_of(masks), 4),
@@ -131,8 +132,7 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
         ctx.progress(r / len(targets), f"round {r}/{len(targets)}: sparsity {record['sparsity']:.1%}")
     out.masks = masks or {}
     out.notes.extend(emptied_notes(out.masks, spec))
-    if fits:
-        _reconstruct_notes(out.notes, spec, fits, [])
+    out.notes.extend(_reconstruct_notes(spec, fits, skipped))
     if spec.nm is not None:
         weights = {n: p.detach().numpy() for n, p in torch_weights(module).items()}
         out.notes.extend(nm_notes(weights, spec, torch_input_axes(module)))
@@ -140,26 +140,32 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
 
 
 def _reconstruct(module: Any, reference: Any, spec: PruneSpec, ctx: Context, masks: dict[str, np.ndarray],
-                 previous: dict[str, np.ndarray] | None, notes: list[str],
-                 progress: Callable[[float, str], None]) -> tuple[dict[str, np.ndarray], list]:
-    """Solve the round's kept weights against the model before this stage (workbench.reconstruct) on the
-    training inputs (else the calibration split); layers it cannot solve go to `notes`."""
+                 previous: dict[str, np.ndarray] | None, progress: Callable[[float, str], None]
+                 ) -> tuple[dict[str, np.ndarray], list, list[str]]:
+    """Solve the round's kept weights against the model before this stage (workbench.reconstruct):
+    (keep-masks, fits, layers left as masked)."""
     from workbench.reconstruct import reconstruct
 
-    data = ctx.splits.train if ctx.splits.train is not None else ctx.splits.calib
-    masks, fits, skipped = reconstruct(module, reference, masks, data.inputs, spec.reconstruct, previous,
-                                       ctx.cancelled, progress)
+    masks, fits, skipped = reconstruct(module, reference, masks, _solving_data(ctx).inputs, spec.reconstruct,
+                                       previous, ctx.cancelled, progress)
+    _check_solved(ctx, fits, skipped)
+    return masks, fits, skipped
+
+
+def _solving_data(ctx: Context):
+    """The inputs reconstruction fits on: the training split, else the calibration split (labels unused)."""
+    return ctx.splits.train if ctx.splits.train is not None else ctx.splits.calib
+
+
+def _check_solved(ctx: Context, fits: list, skipped: list[str]) -> None:
     ctx.check()
-    _reconstruct_notes(notes, spec, [], skipped)
     if not fits:
         raise WorkbenchError(f"prune.reconstruct: no layer could be solved ({'; '.join(skipped) or 'no layers'})")
-    return masks, fits
 
 
-def _reconstruct_notes(notes: list[str], spec: PruneSpec, fits: list, skipped: list[str]) -> None:
-    """What reconstruction did, for the run's notes: each solved layer's output error, the layers it left."""
-    if skipped:
-        notes.append(f"reconstruct: left as masked: {'; '.join(skipped)}")
+def _reconstruct_notes(spec: PruneSpec, fits: list, skipped: list[str]) -> list[str]:
+    """What reconstruction did, for the run's notes: the layers it left, each solved layer's output error."""
+    notes = [f"reconstruct: left as masked: {'; '.join(skipped)}"] if skipped else []
     if fits:
         errors = ", ".join(f"{f.name} {f.masked_error:.1%} → {f.solved_error:.1%}" for f in fits)
         last = " (last round)" if spec.schedule != "oneshot" else ""
@@ -168,6 +174,7 @@ def _reconstruct_notes(notes: list[str], spec: PruneSpec, fits: list, skipped: l
         if spec.reconstruct == "obs" and (refit := [f.name for f in fits if f.method == "refit"]):
             notes.append(f"reconstruct: OBS would take too long on {', '.join(refit)} (units × removals × inputs² "
                          "over the limit): refit on the magnitude mask instead")
+    return notes
 
 
 def _retrain(module: Any, spec: PruneSpec, ctx: Context, masks: dict[str, np.ndarray], index: int,
@@ -244,13 +251,11 @@ def _prune_onnx(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
     if spec.reconstruct != "none":
         from workbench.reconstruct_onnx import reconstruct_onnx
 
-        data = ctx.splits.train if ctx.splits.train is not None else ctx.splits.calib
-        masks, fits, skipped = reconstruct_onnx(model, variant.onnx_model, masks, data, spec.reconstruct,
-                                                ctx.cancelled, lambda f, layer: ctx.progress(f, f"solving {layer}"))
-        ctx.check()
-        if not fits:
-            raise WorkbenchError(f"prune.reconstruct: no layer could be solved ({'; '.join(skipped) or 'no layers'})")
-        _reconstruct_notes(out.notes, spec, fits, skipped)
+        masks, fits, skipped = reconstruct_onnx(model, variant.onnx_model, masks, _solving_data(ctx),
+                                                spec.reconstruct, ctx.cancelled,
+                                                lambda f, layer: ctx.progress(f, f"solving {layer}"))
+        _check_solved(ctx, fits, skipped)
+        out.notes.extend(_reconstruct_notes(spec, fits, skipped))
     out.history.append({"round": 1, "target": spec.sparsity, "sparsity": round(sparsity_of(masks), 4)})
     if spec.schedule != "oneshot":
         out.notes.append(f"{spec.schedule} schedule without fine-tuning equals one-shot pruning on ONNX")

@@ -135,6 +135,14 @@ def test_the_preview_can_solve_the_kept_weights_on_request():
     assert not at.exception and float(metric(at, "one-shot accuracy, solved")) > 0.95
     solved = next(m for m in at.metric if m.label == "one-shot accuracy, solved")
     assert "after obs" in solved.proto.help and "fc2" in solved.proto.help
+    assert float(solved.proto.delta) < 0    # compared with the dense model, like the mask
+
+
+def test_big_counts_are_short_in_the_preview_with_the_exact_value_on_hover():
+    at = open_app(PAGE, query={"model": "digits-cnn"})
+    macs = next(m for m in at.metric if m.label == "MACs")
+    assert not at.exception and macs.value == "2.38 M" and "exactly 2,382,848" in macs.proto.help
+    assert metric(at, "parameters") == "97,568"              # under a million: in full
 
 
 def test_distill_and_lowrank_knobs(isolated_home):

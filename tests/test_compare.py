@@ -146,6 +146,11 @@ def test_layer_sparsity_from_the_exported_model(finished):
     assert compare.layer_frame(store, 2).empty  # failed: no model.onnx
 
 
+def test_layer_names_line_up_across_quantizers():
+    names = ["fc1.weight", "fc1.weight_quantized", "fc1.weight_KxN_Q4", "fc1.weight_KxN_Q2", "fc1_fp16"]
+    assert {compare.layer_name(n) for n in names} == {"fc1"}
+
+
 def test_history_claims_and_sweep_frames(finished, frame):
     store, info = finished
     report = compare.load_report(store, 1)

@@ -44,6 +44,9 @@ def guard() -> Iterator[None]:
         st.error(f"Something went wrong: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 
 
+PREVIEW_COLUMNS = 3   # four squeezed big numbers ("2,382,8…") into the panel at laptop widths
+
+
 def fmt(number: Number) -> str:
     if number.unit == "bytes":
         return kb(number.value)
@@ -53,11 +56,29 @@ def fmt(number: Number) -> str:
         return f"{number.value:.3f}"
     if number.unit == "bits":
         return f"{number.value:g} bits"
-    return f"{int(number.value):,}"
+    return count(number.value)
+
+
+def count(value: float) -> str:
+    """A count as it fits a metric: 97,568 in full, 2.38 M from a million up."""
+    return f"{int(value):,}" if abs(value) < 1e6 else f"{value / 1e6:,.2f} M"
 
 
 def kb(value: float) -> str:
     return f"{value / 1024:,.1f} KB" if value < 1024**2 * 10 else f"{value / 1024**2:,.1f} MB"
+
+
+def _reference(number: Number, reference: Preview | None) -> Number | None:
+    """The uncompressed model's number to compare `number` with (its one-shot accuracy for any accuracy)."""
+    if reference is None:
+        return None
+    label = "one-shot accuracy" if number.label.startswith("one-shot accuracy") else number.label
+    return next((n for n in reference.numbers if n.label == label), None)
+
+
+def _help(number: Number) -> str | None:
+    exact = f"exactly {int(number.value):,}" if not number.unit and abs(number.value) >= 1e6 else ""
+    return " · ".join(part for part in (number.note, exact) if part) or None
 
 
 def _delta(number: Number, reference: Number | None) -> str | None:
@@ -74,15 +95,17 @@ def _delta(number: Number, reference: Number | None) -> str | None:
     return None
 
 
-def preview_panel(preview: Preview, reference: Preview | None = None) -> None:
-    """Each number with its badge (computed / estimate / measured), deltas vs no compression, the gains, and
-    per-layer bars: sparsity, or weights now and after for methods that change shapes."""
-    columns = st.columns(4)
-    for i, number in enumerate(preview.numbers):
-        ref = next((n for n in reference.numbers if n.label == number.label), None) if reference else None
-        with columns[i % 4]:
-            st.metric(number.label, fmt(number), _delta(number, ref), delta_color="off", help=number.note or None)
-            st.markdown(badge(number.kind))
+def preview_panel(preview: Preview, reference: Preview | None = None, extra: tuple[Number, ...] = ()) -> None:
+    """Each number (and the `extra` ones after them) with its badge (computed / estimate / measured), deltas vs
+    no compression, the gains, and per-layer bars: sparsity, or weights now and after for methods that change
+    shapes. One row of columns per line of numbers, so a number's badge never pushes the next row out of line."""
+    numbers = (*preview.numbers, *extra)
+    for start in range(0, len(numbers), PREVIEW_COLUMNS):
+        for column, number in zip(st.columns(PREVIEW_COLUMNS), numbers[start:start + PREVIEW_COLUMNS], strict=False):
+            with column:
+                st.metric(number.label, fmt(number), _delta(number, _reference(number, reference)),
+                          delta_color="off", help=_help(number))
+                st.markdown(badge(number.kind))
     st.markdown("**What would be real, what simulated**")
     for aspect, kind, reason in preview.gains or (("setting", "none", "no compression chosen"),):
         st.markdown(f"{badge(kind)} **{aspect}**: {reason}")

@@ -6,6 +6,7 @@ import streamlit as st
 from ui import cache, knobs, launch, sensitivity_view, state, uploads, view
 from workbench.codegen import python_script
 from workbench.presets import BITWIDTHS, PRESETS, QAT_BITS
+from workbench.preview import Number
 from workbench.search import OBJECTIVES, SPACE, candidates
 from workbench.sensitivity import layer_key
 from workbench.specs import dump_recipe
@@ -42,23 +43,24 @@ settings = state.compress_settings()
 
 with panel:
     st.subheader("Preview")
-    with view.guard():
-        view.preview_panel(cache.preview_for(ref, data, settings), cache.dense_preview(ref, data))
-    st.caption("Instant and one-shot: no training, no export. A run measures latency with ONNX Runtime, "
-               "the real file size and the accuracy after every stage.")
     recipe = settings.to_spec(ref, data)
     prune = next((stage for stage in recipe.stages if stage.kind == "prune"), None)
+    solved = ()
     if prune is not None and prune.reconstruct != "none":
-        st.caption(f"The numbers above are the mask before solving; the run then solves the kept weights "
+        st.caption(f"**one-shot accuracy** is the mask before solving; the run then solves the kept weights "
                    f"({prune.reconstruct}) on the training inputs.")
         if st.toggle("Solve in the preview too (seconds per change)", key="solve_preview", persist_state="session",
                      help="runs the prune stage once, one shot, on a copy of the model and measures the test "
                           "accuracy: what the run's prune stage gives before any training"):
             with view.guard():
-                solved = cache.repair(ref, data, recipe)
-                st.metric("one-shot accuracy, solved", f"{solved.accuracy:.4f}",
-                          help=f"measured on the test split after {prune.reconstruct} ({solved.seconds:.1f} s); "
-                               + " ".join(solved.notes))
+                repaired = cache.repair(ref, data, recipe)
+                solved = (Number("one-shot accuracy, solved", repaired.accuracy, "", "measured",
+                                 f"measured on the test split after {prune.reconstruct} ({repaired.seconds:.1f} s); "
+                                 + " ".join(repaired.notes)),)
+    with view.guard():
+        view.preview_panel(cache.preview_for(ref, data, settings), cache.dense_preview(ref, data), extra=solved)
+    st.caption("Instant and one-shot: no training, no export. A run measures latency with ONNX Runtime, "
+               "the real file size and the accuracy after every stage.")
     if settings.layer_bits and not settings.uses_qat:
         st.info(f"Bits are per layer ({settings.layer_bits_method}: "
                 + ", ".join(f"{layer} {bits}" for layer, bits in settings.layer_bits)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ ARTIFACTS = {"model": "model.onnx", "recipe": "recipe.yaml", "report": "report.j
              "packed": "weights.packed"}
 CLAIM_ASPECTS = ("file size", "compressed size", "minimum storage", "latency @ batch 1", "accuracy")
 LAYER_SUFFIXES = ("_quantized", "_fp16", "_DequantizeLinear", ".weight")
+NBITS_SUFFIX = re.compile(r"_KxN_Q\d+$")   # what ORT's MatMulNBits quantizer appends: fc1.weight_KxN_Q4
 
 
 # --- reading one run ---------------------------------------------------------------------------
@@ -363,6 +365,8 @@ def tradeoff_frame(df: pd.DataFrame, x: str, y: str = "accuracy", minimize_x: bo
 # --- per layer, per round, per sweep -----------------------------------------------------------
 
 def layer_name(name: str) -> str:
+    """The layer a weight initializer belongs to, whatever a quantizer renamed it to (fc1.weight_KxN_Q4 -> fc1)."""
+    name = NBITS_SUFFIX.sub("", name)
     for suffix in LAYER_SUFFIXES:
         name = name.removesuffix(suffix)
     return name

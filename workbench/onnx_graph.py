@@ -71,10 +71,8 @@ def weight_tensors(model: onnx.ModelProto) -> list[WeightTensor]:
                 continue
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             k, n, bits = int(attrs["K"]), int(attrs["N"]), int(attrs["bits"])
-            packed = numpy_helper.to_array(tensor)
-            # a zero weight is not visible in packed codes; count codes equal to the zero point (approx.)
             seen[tensor.name] = WeightTensor(tensor.name, node.name or node.output[0], node.op_type,
-                                             (k, n), k * n, k * n if packed.any() else 0, bits)
+                                             (k, n), k * n, _nbits_nonzero(node, inits, k, bits), bits)
             continue
         if node.op_type not in COMPUTE_OPS and node.op_type not in QUANTIZED_KERNEL_OPS:
             continue
@@ -91,6 +89,35 @@ def weight_tensors(model: onnx.ModelProto) -> list[WeightTensor]:
         seen[name] = WeightTensor(name, node.name or node.output[0], node.op_type, tuple(array.shape),
                                   int(array.size), int(np.count_nonzero(array)), _bits(tensor))
     return list(seen.values())
+
+
+def _codes(packed: np.ndarray, bits: int, rows: int) -> np.ndarray:
+    """Unpack `bits`-bit codes stored low-first in bytes: (rows, ...) uint8 -> (rows, codes) ints."""
+    per_byte = 8 // bits
+    flat = packed.reshape(rows, -1).astype(np.int16)
+    shifts = np.arange(per_byte, dtype=np.int16) * bits
+    return ((flat[:, :, None] >> shifts) & (2**bits - 1)).reshape(rows, -1)
+
+
+def _nbits_nonzero(node: onnx.NodeProto, inits: dict, k: int, bits: int) -> int:
+    """Weights of a MatMulNBits node that dequantize to nonzero, (code - zero_point) * scale != 0, per block
+    of K; the zero point is 2^(bits-1) when the node has none. The padding past K in the last block is not counted."""
+    packed = numpy_helper.to_array(inits[node.input[1]])
+    n, blocks = packed.shape[0], packed.shape[1]
+    codes = _codes(packed, bits, n).reshape(n, blocks, -1)
+    scales = numpy_helper.to_array(inits[node.input[2]]).reshape(n, blocks) if node.input[2] in inits else None
+    zero_name = node.input[3] if len(node.input) > 3 and node.input[3] else None
+    if zero_name is None:
+        zero = np.full((n, blocks), 2 ** (bits - 1))
+    elif zero_name not in inits:      # computed at run time: cannot tell, count every weight
+        return k * n
+    else:
+        stored = numpy_helper.to_array(inits[zero_name])
+        zero = stored.reshape(n, blocks) if stored.dtype.kind == "f" else _codes(stored, bits, n)[:, :blocks]
+    nonzero = codes != zero[:, :, None]
+    if scales is not None:
+        nonzero &= scales[:, :, None] != 0
+    return int(nonzero.reshape(n, -1)[:, :k].sum())
 
 
 @dataclass(frozen=True)

@@ -78,18 +78,22 @@ def test_presets_set_the_knobs():
     assert "'reconstruct': 'obs'" in at.code[0].value
 
 
-def test_structured_knobs_give_a_structured_stage_and_an_estimate(isolated_home):
-    at = open_app(PAGE)
+def test_structured_knobs_give_a_structured_stage_and_a_counted_preview(isolated_home):
+    at = open_app(PAGE, query={"model": "digits-cnn"})
     at.radio(key="technique").set_value("structured").run()
     at.slider(key="ratio").set_value(70).run()
     at.toggle(key="round8").set_value(True).run()
     assert not at.exception
     params = next(m for m in at.metric if m.label == "parameters")
-    assert "fewer" in params.proto.delta and ":orange-badge[estimate]" in [m.value for m in at.markdown]
-    assert "real" in gain(at, "size and MACs") and "measured in a run" in gain(at, "accuracy")
-    assert any(s.get("title") == "Weights per layer: now and after (estimate)" for s in chart_specs(at))
+    assert "fewer" in params.proto.delta and ":blue-badge[computed]" in [m.value for m in at.markdown]
+    assert "real" in gain(at, "size and MACs") and float(metric(at, "one-shot accuracy")) < 0.9   # before recovery
+    assert any(s.get("title") == "Weights per layer: now and after (computed)" for s in chart_specs(at))
+    at.multiselect(key="exclude").set_value(["features.1.0"]).run()
+    assert "features.0.0 (coupled to excluded layer features.1.0)" in gain(at, "layers left whole")
+    assert int(metric(at, "parameters").replace(",", "")) > int(params.value.replace(",", ""))
     (stage,) = launched_spec(at, isolated_home).stages
     assert stage.kind == "structured" and stage.ratio == 0.7 and stage.round_to == 8
+    assert stage.exclude == ("features.1.0",)
 
 
 def test_nm_shows_the_mask_and_says_there_is_no_cpu_kernel(isolated_home):

@@ -21,7 +21,7 @@ def splits():
 
 
 def _ctx(splits, cancelled=lambda: False) -> Context:
-    return Context(RunSpec.from_dict({"model": "digits-mlp"}), splits, example_inputs(splits),
+    return Context(RunSpec.from_dict({"model": "digits-mlp"}), splits, example_inputs(splits.test),
                    lambda f, msg: None, cancelled)
 
 
@@ -58,7 +58,7 @@ def test_student_is_narrower_and_learns_digits_quickly(splits):
 
 
 def test_random_init_differs_from_the_teacher_init_and_is_reproducible(splits):
-    teacher, example = load_sample("digits-mlp"), example_inputs(splits)
+    teacher, example = load_sample("digits-mlp"), example_inputs(splits.test)
     kept, _ = make_student(teacher, example, DistillSpec(width=0.5, init="teacher"))
     fresh, report = make_student(teacher, example, DistillSpec(width=0.5, init="random", seed=3))
     again, _ = make_student(teacher, example, DistillSpec(width=0.5, init="random", seed=3))
@@ -88,7 +88,7 @@ def test_parameters_no_module_resets_are_redrawn_and_named():
 
 def test_width_one_distills_into_a_same_size_copy(splits):
     teacher = load_sample("digits-mlp")
-    student, report = make_student(teacher, example_inputs(splits), DistillSpec(width=1.0))
+    student, report = make_student(teacher, example_inputs(splits.test), DistillSpec(width=1.0))
     assert report["params_after"] == report["params_before"] == _params(teacher)
     assert student is not teacher and torch.equal(student.fc1.weight, teacher.fc1.weight)
 
@@ -99,7 +99,7 @@ def test_onnx_variant_and_missing_training_data_are_clear_errors(tiny_onnx, spli
     with pytest.raises(WorkbenchError, match="distill: needs a torch teacher"):
         run_distill(Variant(onnx_model=onnx.load(str(tiny_onnx))), DistillSpec(), _ctx(splits))
     no_train = Context(RunSpec.from_dict({"model": "digits-mlp"}), splits.__class__(None, splits.calib, splits.test),
-                       example_inputs(splits), lambda f, msg: None, lambda: False)
+                       example_inputs(splits.test), lambda f, msg: None, lambda: False)
     with pytest.raises(WorkbenchError, match="data.train_path"):
         run_distill(Variant(module=load_sample("digits-mlp")), DistillSpec(), no_train)
 

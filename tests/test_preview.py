@@ -84,22 +84,44 @@ def cnn():
     return loaded, make_subject(loaded, digits_splits().test)
 
 
-def test_structured_estimate_is_close_to_what_the_stage_removes(cnn):
+def test_structured_preview_counts_what_the_stage_removes(cnn):
     from workbench.pruning import torch_weights
     from workbench.specs import StructuredSpec
     from workbench.structured import prune_structured
 
     loaded, subject = cnn
     p = preview_settings(CompressSettings(technique="structured", ratio=0.5), subject)
-    assert p.get("parameters").kind == "estimate" and p.get("MACs").kind == "estimate"
+    assert p.get("parameters").kind == "computed" and p.get("MACs").kind == "computed" and p.after_kind == "computed"
     pruned, report = prune_structured(loaded.module, (torch.zeros(1, 1, 8, 8),), StructuredSpec(ratio=0.5))
-    real = sum(w.numel() for w in torch_weights(pruned).values())
-    assert p.get("parameters").value == pytest.approx(real, rel=0.1)
-    macs_ratio = report["macs_after"] / report["macs_before"]
-    assert p.get("MACs").value / sum(subject.macs.values()) == pytest.approx(macs_ratio, rel=0.1)
-    assert p.layer_kind == "params" and {g[0]: g[1] for g in p.gains} == {"size and MACs": "real", "accuracy": "run"}
+    real = {n: w.numel() for n, w in torch_weights(pruned).items()}
+    assert p.get("parameters").value == sum(real.values())
+    assert {row["layer"] + ".weight": row["after"] for row in p.layers} == real
+    conv_macs = p.get("MACs").value / sum(subject.macs.values())
+    assert conv_macs == pytest.approx(report["macs_after"] / report["macs_before"], rel=0.05)   # TP counts BN too
+    accuracy = p.get("one-shot accuracy")   # half the channels gone, before any recovery: measured, and it shows
+    assert accuracy.kind == "measured" and accuracy.value < 0.5 and "before recovery" in accuracy.note
+    assert p.layer_kind == "params" and {g[0]: g[1] for g in p.gains} == {"size and MACs": "real"}
     student = preview_settings(CompressSettings(technique="distill", width=0.5), subject)
     assert student.get("parameters").value == p.get("parameters").value   # the student keeps half the channels
+    assert {g[0]: g[1] for g in student.gains} == {"size and MACs": "real", "accuracy": "run"}
+
+
+def test_structured_preview_follows_the_layers_left_whole(cnn):
+    """Excluding a layer keeps it and the layers coupled to it whole, in the preview as in the run."""
+    _, subject = cnn
+    plain = preview_settings(CompressSettings(technique="structured", ratio=0.5), subject)
+    spared = preview_settings(CompressSettings(technique="structured", ratio=0.5, exclude=("features.1.0",)), subject)
+    assert spared.get("parameters").value > 2 * plain.get("parameters").value
+    whole = dict((g[0], g[2]) for g in spared.gains)["layers left whole"]
+    assert "features.1.0 (excluded by pattern" in whole and "features.0.0 (coupled to excluded layer" in whole
+    assert spared.get("one-shot accuracy").value > plain.get("one-shot accuracy").value
+
+
+def test_structured_preview_without_a_torch_model_is_an_estimate(cnn):
+    _, subject = cnn
+    p = preview_settings(CompressSettings(technique="structured", ratio=0.5), dataclasses.replace(subject, module=None))
+    assert p.get("parameters").kind == "estimate" and p.after_kind == "estimate"
+    assert {g[0]: g[1] for g in p.gains} == {"size and MACs": "real", "accuracy": "run"}
 
 
 def test_nm_preview_keeps_two_of_every_four_and_says_no_cpu_kernel(mlp):

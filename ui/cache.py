@@ -162,11 +162,18 @@ def _factors(model_key: str) -> dict:
 
 
 def preview_for(ref: ModelRef, data: DataRef, settings: CompressSettings) -> Preview:
-    """The instant preview of `settings` (one-shot, whatever the schedule): counts, sizes, accuracy."""
+    """The instant preview of `settings` (one-shot, whatever the schedule): counts, sizes, accuracy; cached,
+    since structured and distill settings prune a copy of the model with Torch-Pruning."""
+    model(ref)  # loads it, or raises the model's own error
+    return _preview(_key(ref), _key(data), settings)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _preview(key: str, data_key: str, settings: CompressSettings) -> Preview:
     from workbench.preview import preview_settings
 
-    held, key = model(ref), _key(ref)
-    subject = _subject(key, _key(data))
+    held = _held(key)
+    subject = _subject(key, data_key)
     if settings.technique == "lowrank":
         subject = dataclasses.replace(subject, factors=_factors(key))
     with held.lock:

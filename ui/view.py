@@ -110,7 +110,7 @@ def preview_panel(preview: Preview, reference: Preview | None = None, extra: tup
     for aspect, kind, reason in preview.gains or (("setting", "none", "no compression chosen"),):
         st.markdown(f"{badge(kind)} **{aspect}**: {reason}")
     if preview.layer_kind == "params":
-        st.altair_chart(charts.preview_layer_params(preview.layers), width="stretch")
+        st.altair_chart(charts.preview_layer_params(preview.layers, preview.after_kind), width="stretch")
     else:  # a step per layer: Streamlit's fit-to-container shrinks a small fixed height under a title to nothing
         chart = charts.preview_layer_sparsity(preview.layers).properties(height=alt.Step(24))
         st.altair_chart(chart, width="stretch")

@@ -20,6 +20,6 @@ def measure_baseline(loaded: LoadedModel, spec: RunSpec, splits: Splits | None =
     if loaded.module is not None:
         from workbench.export import export_onnx
 
-        model = export_onnx(loaded.module, example_inputs(splits))
+        model = export_onnx(loaded.module, example_inputs(splits.test))
     result, _ = measure(model, splits.test, spec.measure, module=loaded.module)
     return result

@@ -238,21 +238,23 @@ def preview_layer_sparsity(layers: list[dict] | tuple[dict, ...]) -> alt.Chart:
     )
 
 
-def preview_layer_params(layers: list[dict] | tuple[dict, ...]) -> alt.Chart:
-    """Horizontal bars per layer, in model order: its weights now (grey) and after the change (blue, an
-    estimate), for methods that change shapes (structured channels, students, low-rank factors)."""
+def preview_layer_params(layers: list[dict] | tuple[dict, ...], kind: str = "estimate") -> alt.Chart:
+    """Horizontal bars per layer, in model order: its weights now (grey) and after the change (blue; `kind`
+    says how that was found: estimate or computed), for methods that change shapes (structured channels,
+    students, low-rank factors)."""
     frame = pd.DataFrame(list(layers), columns=["layer", "params", "after"])
     order = list(frame.layer)
+    after = f"after ({kind})"
     long = frame.melt(id_vars=["layer"], value_vars=["params", "after"], var_name="when", value_name="weights")
-    long["when"] = long["when"].map({"params": "now", "after": "after (estimate)"})
+    long["when"] = long["when"].map({"params": "now", "after": after})
     return (
-        alt.Chart(long, title="Weights per layer: now and after (estimate)")
+        alt.Chart(long, title=f"Weights per layer: now and {after}")
         .mark_bar()
         .encode(
             y=alt.Y("layer:N", sort=order, title=None),
-            yOffset=alt.YOffset("when:N", sort=["now", "after (estimate)"]),
+            yOffset=alt.YOffset("when:N", sort=["now", after]),
             x=alt.X("weights:Q", title="weights"),
-            color=alt.Color("when:N", sort=["now", "after (estimate)"], scale=alt.Scale(range=[BASELINE, "#4c78a8"]),
+            color=alt.Color("when:N", sort=["now", after], scale=alt.Scale(range=[BASELINE, "#4c78a8"]),
                             legend=alt.Legend(orient="bottom", title=None)),
             tooltip=["layer:N", "when:N", alt.Tooltip("weights:Q", format=",")],
         )

@@ -82,11 +82,11 @@ def _shaped(data: Dataset, shape: tuple[int, ...]) -> Dataset:
     return dataclasses.replace(data, inputs=(x,))
 
 
-def example_inputs(splits: Splits) -> tuple:
-    """Two test samples as torch tensors: what a torch model is exported with."""
+def example_inputs(test: Dataset) -> tuple:
+    """Two test samples as torch tensors: what a torch model is exported (and traced for pruning) with."""
     import torch
 
-    return tuple(torch.from_numpy(np.ascontiguousarray(x[:2])) for x in splits.test.inputs)
+    return tuple(torch.from_numpy(np.ascontiguousarray(x[:2])) for x in test.inputs)
 
 
 def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
@@ -101,7 +101,7 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
     loaded = load_model(spec.model)
     splits = load_splits(spec, loaded)
     variant = Variant(module=loaded.module, onnx_model=loaded.onnx_model)
-    ctx = Context(spec, splits, example_inputs(splits) if loaded.module is not None else (),
+    ctx = Context(spec, splits, example_inputs(splits.test) if loaded.module is not None else (),
                   lambda f, msg: None, cancelled)
 
     stages = list(enumerate(spec.stages, start=1))

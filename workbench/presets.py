@@ -165,6 +165,12 @@ class CompressSettings:
         return QuantSpec(method=self.layer_bits_method, weight_bits=max(bits.values()),
                          per_channel=self.layer_bits_method == "fake", overrides=bits)
 
+    @property
+    def method_stage(self):
+        """The stage that applies the method, without recovery (None when nothing is pruned)."""
+        stages = self._method_stages(None, False)
+        return stages[0] if stages else None
+
     def _method_stages(self, recovery: FinetuneSpec | None, always_prune: bool) -> list:
         t = self.technique
         if t == "distill":

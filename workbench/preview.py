@@ -31,6 +31,7 @@ from workbench.pruning import compute_masks, override_for
 from workbench.size import tensor_min_bits
 from workbench.specs import LowRankSpec, PruneSpec
 
+LISTED = 6                          # layers named in a preview line before "and N more"
 ACCURACY_PARAM_LIMIT = 5_000_000  # above this, a preview does not run the model (nor factorizes it)
 REAL_BITS = {32: "float32 storage", 16: "fp16 weights", 8: "int8 kernels (ORT)", 4: "MatMulNBits 4-bit (ORT)",
              2: "MatMulNBits 2-bit (ORT)"}
@@ -52,6 +53,7 @@ class Preview:
     layers: tuple[dict, ...]           # name, params, and sparsity (layer_kind "sparsity") or after ("params")
     gains: tuple[tuple[str, str, str], ...] = field(default=())   # (aspect, real|simulated|none|run, reason)
     layer_kind: str = "sparsity"
+    after_kind: str = "estimate"                  # layer_kind "params": how the "after" counts were found
 
     def get(self, label: str) -> Number:
         return next(n for n in self.numbers if n.label == label)
@@ -340,37 +342,80 @@ def _keep_shares(weights: dict[str, np.ndarray], keep: float) -> dict[str, float
     return {n: (keep if i else 1.0) * (keep if i < len(names) - 1 else 1.0) for i, n in enumerate(names)}
 
 
+def _reshaped(s: CompressSettings, subject: Subject):
+    """The torch model as the run's method stage first shapes it, on a copy: structured channel removal with
+    the setting's ratio, round_to and layers left whole, or the distilled student's architecture (the same
+    Torch-Pruning calls as the run). (module, report), or None without a torch model and test inputs."""
+    if subject.module is None or subject.test is None:
+        return None
+    from workbench.pipeline import example_inputs
+
+    example = example_inputs(subject.test)
+    stage = s.method_stage
+    if s.technique == "structured":
+        from workbench.structured import prune_structured
+
+        return prune_structured(subject.module, example, stage)
+    from workbench.distill import make_student
+
+    return make_student(subject.module, example, stage)
+
+
 def _narrower(s: CompressSettings, subject: Subject) -> Preview:
-    """Structured channels or a distilled student: counts after the change, estimated."""
+    """Structured channels or a distilled student: counts after the change. With a torch model they are
+    counted on the reshaped copy (and a structured model's one-shot accuracy is measured); otherwise
+    estimated from the keep share."""
     keep = s.width if s.technique == "distill" else 1 - s.ratio
-    shares = _keep_shares(subject.weights, keep)
-    after = {n: int(round(w.size * shares[n])) for n, w in subject.weights.items()}
-    total, other = sum(after.values()), int(round(subject.other_params * keep))
-    how = (f"every layer keeps {keep:.0%} of its channels (inputs and outputs), except the model's input and the "
-           "classifier's outputs" + ("; round_to moves the counts a little" if s.round_to else ""))
+    reshaped = _reshaped(s, subject)
+    if reshaped is not None:
+        module, report = reshaped
+        kept = dict(module.named_parameters())
+        after = {n: int(kept[n].numel()) if n in kept else 0 for n in subject.weights}
+        other, kind = sum(p.numel() for p in module.parameters()) - sum(after.values()), "computed"
+        how = "Torch-Pruning's plan, run here on a copy of the model"
+    else:
+        module, report, shares = None, None, _keep_shares(subject.weights, keep)
+        after = {n: int(round(w.size * shares[n])) for n, w in subject.weights.items()}
+        other, kind = int(round(subject.other_params * keep)), "estimate"
+        how = (f"every layer keeps {keep:.0%} of its channels (inputs and outputs), except the model's input and "
+               "the classifier's outputs" + ("; round_to moves the counts a little" if s.round_to else ""))
+    total = sum(after.values())
     bits_of, file_bits, real = _widths(s, subject.weights)
     width = file_bits if isinstance(file_bits, dict) else dict.fromkeys(after, file_bits)
     bits_number, bits_gains = _bits_findings(s.bits, bits_of, after, real)
     at = f"{file_bits} bits" if isinstance(file_bits, int) else "each layer's stored bits"
-    numbers = [Number("parameters", total, "", "estimate", f"weights of Linear/Conv layers after: {how}")]
+    numbers = [Number("parameters", total, "", kind, f"weights of Linear/Conv layers after: {how}")]
     if subject.macs:
-        numbers.append(_macs_number(subject.macs, "estimate", f"multiply-adds per sample after: {how}", shares))
+        numbers.append(_macs_number(subject.macs, kind, f"multiply-adds per sample after: {how}",
+                                    {n: after[n] / w.size for n, w in subject.weights.items()}))
     numbers += [
         bits_number,
         Number("raw size", (sum(after[n] * width[n] for n in after) + other * 32) / 8 + _overhead(subject), "bytes",
-               "estimate", f"the smaller dense tensors at {at}; other parameters scaled alike"),
+               "estimate", f"the smaller dense tensors at {at}, other parameters at 32 bits, plus the graph"),
         Number("minimum storage", (sum(after[n] * bits_of[n] for n in after) + other * 32) / 8, "bytes",
                "estimate", "weights x bits (dense: no index needed)"),
     ]
+    structured = s.technique == "structured"
+    if structured and module is not None:
+        weights = {n: fake_quantize(kept[n].detach().numpy(), bits_of[n]) for n in subject.weights if n in kept}
+        numbers += _accuracy_number(module, weights, subject.test, total, min(bits_of.values()),
+                                    "channels removed, before recovery fine-tuning")
     layers = tuple({"layer": n.removesuffix(".weight"), "params": int(w.size), "after": after[n]}
                    for n, w in subject.weights.items())
-    what = ("channels/neurons/heads physically removed (Torch-Pruning)" if s.technique == "structured"
+    what = ("channels/neurons/heads physically removed (Torch-Pruning)" if structured
             else f"a student {keep:g}x as wide, trained on the model's softened outputs")
-    training = "recovery fine-tuning" if s.technique == "structured" else "distillation"
-    gains = (("size and MACs", "real", f"{what}: a smaller dense model, so fewer weights and multiply-adds in the "
-              "exported file; the numbers here are estimates, the run measures them and the speed"),
-             ("accuracy", "run", f"not previewed: it depends on the training ({training}) the run does"))
-    return Preview(tuple(numbers), layers, gains + bits_gains, "params")
+    counted = "counted here on a pruned copy" if module is not None else "the numbers here are estimates"
+    gains = [("size and MACs", "real", f"{what}: a smaller dense model, so fewer weights and multiply-adds in the "
+              f"exported file; {counted}, the run measures the file and the speed")]
+    if not structured or module is None:
+        training = "recovery fine-tuning" if structured else "distillation"
+        gains.append(("accuracy", "run", f"not previewed: it depends on the training ({training}) the run does"))
+    whole = {n.removesuffix(".weight") for n, w in subject.weights.items() if after[n] == w.size}
+    skipped = [f"{name} ({why})" for name, why in (report or {}).get("skipped", []) if name in whole]
+    if skipped:
+        gains.append(("layers left whole", "none", "; ".join(skipped[:LISTED]) +
+                      (f"; and {len(skipped) - LISTED} more" if len(skipped) > LISTED else "")))
+    return Preview(tuple(numbers), layers, (*gains, *bits_gains), "params", kind)
 
 
 def _overhead(subject: Subject) -> float:

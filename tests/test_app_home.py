@@ -30,6 +30,12 @@ def test_home_explains_links_and_lists_recent_runs(isolated_home):
     assert any("auto-start off" in t for t in texts(at))  # loading a page never starts a worker
 
 
+def test_the_sidebar_names_a_worker_started_outside_the_app(isolated_home):
+    Store(isolated_home).register_worker("terminal")       # as `workbench worker` in a terminal does
+    at = open_app()
+    assert not at.exception and any("served by 1 worker(s) started outside the app" in t for t in texts(at))
+
+
 def test_every_page_renders_without_exception():
     at = open_app()
     for page in PAGES:

@@ -275,6 +275,25 @@ def test_ensure_worker_starts_at_most_one_and_it_stops_cleanly(tmp_path):
     _stop_auto_worker(home)
 
 
+def test_no_auto_worker_while_another_worker_serves_the_store(tmp_path):
+    """A worker started by hand (or on Ray) is enough: a second one would share the cores and skew latency."""
+    home = tmp_path / "home"
+    store = Store(home)
+    store.register_worker("by-hand")              # this process, heartbeat now
+    assert [w["id"] for w in store.live_workers()] == ["by-hand"]
+    assert ensure_worker(home) is False and auto_worker_pid(home) is None
+    store.stop_worker("by-hand")
+    assert store.live_workers() == []
+    assert ensure_worker(home) is True            # gone: the app starts its own again
+    _stop_auto_worker(home)
+
+
+def test_a_silent_worker_does_not_count_as_serving(tmp_path):
+    store = Store(tmp_path / "home")
+    store.register_worker("quiet")
+    assert store.live_workers(stale_after=10.0) and not store.live_workers(stale_after=-1.0)
+
+
 def _reap(pid: int, timeout: float = 30) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -61,9 +61,16 @@ def worker_status() -> str:
     """One line for the sidebar: is a background worker serving the data dir, and what is queued."""
     from workbench.worker import auto_worker_pid
 
-    counts = cache.store().counts()
-    pid = auto_worker_pid(state.home())
-    who = f"worker running (pid {pid})" if pid else "no background worker (one starts when you launch a run)"
-    if os.environ.get(AUTO_WORKER_ENV) == "0" and not pid:
+    store = cache.store()
+    counts, pid = store.counts(), auto_worker_pid(state.home())
+    others = [w for w in store.live_workers() if w["pid"] != pid]
+    if pid:
+        who = f"worker running (pid {pid})"
+    elif others:
+        who = f"served by {len(others)} worker(s) started outside the app (pid " + \
+            ", ".join(f"{w['pid']} on {w['host']}" for w in others) + ")"
+    elif os.environ.get(AUTO_WORKER_ENV) == "0":
         who = "auto-start off (WORKBENCH_AUTO_WORKER=0): run `workbench worker`"
+    else:
+        who = "no background worker (one starts when you launch a run)"
     return f"{who} · {counts['queued']} queued · {counts['running']} running"

@@ -298,6 +298,15 @@ class Store:
         with self._db(write=True) as conn:
             conn.execute("UPDATE workers SET stopped = ? WHERE id = ?", (time.time(), worker_id))
 
+    def live_workers(self, stale_after: float = 10.0) -> list[dict[str, Any]]:
+        """Workers serving this store now: not stopped, a heartbeat within `stale_after` s and, on this host,
+        a live process. Each as {id, host, pid}."""
+        host, _ = worker_identity()
+        with self._db() as conn:
+            rows = conn.execute("SELECT id, host, pid FROM workers WHERE stopped IS NULL AND heartbeat >= ?",
+                                (time.time() - stale_after,)).fetchall()
+        return [dict(row) for row in rows if row["host"] != host or _alive(row["pid"])]
+
     def reap(self, stale_after: float = 30.0) -> list[int]:
         """Mark runs `interrupted` whose worker is gone: its process died (same host) or its heartbeat
         is older than `stale_after` seconds. Returns the run ids reaped."""

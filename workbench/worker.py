@@ -376,7 +376,9 @@ def auto_worker_pid(home: Path) -> int | None:
 
 
 def ensure_worker(home: Path, concurrency: int = 1) -> bool:
-    """Start a detached `workbench worker --auto` for `home` unless one holds its lock; True if started.
+    """Start a detached `workbench worker --auto` for `home` unless one holds its lock or another worker
+    (`workbench worker` in a terminal, a Ray head) serves the store already; True if started. A second
+    worker would run jobs side by side on the same cores and skew every latency they measure.
 
     The lock is taken here and handed to the child (an inherited fd), so two quick calls cannot both start one.
     """
@@ -384,7 +386,7 @@ def ensure_worker(home: Path, concurrency: int = 1) -> bool:
     home.mkdir(parents=True, exist_ok=True)
     fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        if not _try_lock(fd):
+        if not _try_lock(fd) or Store(home).live_workers():
             return False
         cmd = [sys.executable, "-m", "workbench", "worker", "--auto", "--lock-fd", str(fd), "--home", str(home),
                "--concurrency", str(concurrency)]

@@ -115,6 +115,17 @@ def test_gradual_schedule_with_weight_rewinding(isolated_home):
     assert prune.finetune.epochs == 2
 
 
+def test_lamp_ranking_reaches_the_recipe_works_with_obs_and_has_no_random_pairing(isolated_home):
+    at = open_app(PAGE, query={"sparsity": "90", "method": "lamp", "reconstruct": "obs"})
+    assert not at.exception and not at.warning and not at.button(key="launch_run").disabled
+    assert "sweep_random" not in [c.key for c in at.checkbox]
+    at.radio(key="reconstruct").set_value("none").run()
+    assert any("paired with magnitude pruning" in t for t in texts(at)) and "sweep_random" not in \
+        [c.key for c in at.checkbox]
+    (prune,) = launched_spec(at, isolated_home).stages
+    assert (prune.method, prune.sparsity, prune.scope) == ("lamp", 0.9, "global")
+
+
 def test_reconstruction_knob_reaches_the_recipe_and_refuses_what_cannot_work(isolated_home):
     at = open_app(PAGE, query={"sparsity": "80"})
     at.radio(key="reconstruct").set_value("obs").run()

@@ -210,3 +210,28 @@ def test_a_layer_the_global_ranking_all_but_empties_is_named(weights):
     for fine in (PruneSpec(sparsity=0.8, scope="layer"), PruneSpec(sparsity=0.8, overrides={"b": 0.5})):
         assert not pruning.emptied_notes(compute_masks(small, fine), fine)
     assert not pruning.emptied_notes(compute_masks(weights, spec), spec)
+
+
+def test_lamp_scores_each_weight_against_the_larger_ones_of_its_layer():
+    scores = PRUNERS["lamp"](np.array([[2.0, -1.0, 3.0]]), np.random.default_rng(0))
+    assert scores == pytest.approx(np.array([[4 / 13, 1 / 14, 1.0]]))     # w² / sum of w² of the weights >= it
+
+
+def test_lamp_ranks_like_magnitude_inside_a_layer_and_ignores_each_layers_scale(weights):
+    for name in weights:   # one layer alone: the same order as |w|, so the same mask
+        one = {name: weights[name]}
+        assert np.array_equal(compute_masks(one, PruneSpec(sparsity=0.6, method="lamp"))[name],
+                              compute_masks(one, PruneSpec(sparsity=0.6))[name])
+    scaled = {"a.weight": weights["a.weight"], "b.weight": weights["b.weight"] / 100}
+    lamp, lamp_scaled = (compute_masks(w, PruneSpec(sparsity=0.9, method="lamp")) for w in (weights, scaled))
+    assert all(np.array_equal(lamp[n], lamp_scaled[n]) for n in weights)      # rescaling a layer changes nothing
+    assert sparsity_of(lamp) == pytest.approx(0.9, abs=1e-3)
+
+
+def test_lamp_keeps_the_layer_global_magnitude_empties(weights):
+    """A layer at 1/100 of the others' scale (BatchNorm folded into a conv, say): |w| takes all of it."""
+    small = {"a.weight": weights["a.weight"], "b.weight": weights["b.weight"] / 100}
+    spec = PruneSpec(sparsity=0.8, method="lamp")
+    lamp, magnitude = compute_masks(small, spec), compute_masks(small, PruneSpec(sparsity=0.8))
+    assert magnitude["b.weight"].mean() == 0 and lamp["b.weight"].mean() > 0.05
+    assert not pruning.emptied_notes(lamp, spec)

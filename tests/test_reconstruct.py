@@ -176,6 +176,16 @@ def test_combinations_that_cannot_work_are_refused_naming_the_field(fields, mess
         RunSpec.from_dict({"model": "digits-mlp", "stages": [{"prune": fields}]})
 
 
+def test_obs_solves_a_lamp_mask_keeping_each_units_count():
+    source, pruned = _stage({"sparsity": 0.9, "method": "lamp", "reconstruct": "obs"})
+    solved = dict(pruned.module.named_parameters())
+    original = {n: p.detach().numpy() for n, p in torch_weights(source.module).items()}
+    for name, keep in compute_masks(original, PruneSpec(sparsity=0.9, method="lamp")).items():
+        # LAMP decides how many weights each unit loses, OBS which ones
+        assert np.array_equal((solved[name].detach().numpy() != 0).sum(1), keep.sum(1))
+    assert _accuracy(pruned) > 0.9
+
+
 def _onnx_stage(model, prune: dict, data: int = 256) -> Variant:
     spec = RunSpec.from_dict({"model": "digits-mlp", "stages": [{"prune": prune}]})
     full = digits_splits()

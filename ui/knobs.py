@@ -46,7 +46,7 @@ REWIND_HELP = ("How each round retrains. lr: restart the learning-rate schedule 
 RECONSTRUCT_HELP = ("After pruning, solve the kept weights layer by layer so each layer reproduces the unpruned "
                     "model's outputs on the training inputs: no labels, no training, seconds to a minute. "
                     "refit: least squares on the mask as chosen; obs: Optimal Brain Surgeon also picks which "
-                    "weights of each unit go (same count per unit; magnitude unstructured only). Linear/Conv "
+                    "weights of each unit go (same count per unit; magnitude or lamp, unstructured only). Linear/Conv "
                     "layers of torch and ONNX models; the gain is still simulated (zeros stored densely)")
 
 
@@ -69,7 +69,9 @@ def _unstructured() -> None:
                    "sparse format (minimum storage, an estimate) shrink")
     with st.expander("Pruning options", expanded=st.session_state.get("schedule", "oneshot") != "oneshot"):
         st.radio("Pruning", PRUNE_METHODS, key="method", horizontal=True, **SHARED,
-                 help="magnitude: drop the smallest |weight|; random: a baseline to compare with")
+                 help="magnitude: drop the smallest |weight|; random: a baseline to compare with; lamp: "
+                      "magnitude rescaled per layer (Lee et al. 2021), so a global cut spreads over the layers "
+                      "whatever their scale and never empties one")
         st.radio("Scope", PRUNE_SCOPES, key="scope", horizontal=True, **SHARED,
                  help="global: rank all weights together; layer: prune every layer to the same sparsity")
         schedule = st.radio("Schedule", PRUNE_SCHEDULES, key="schedule", horizontal=True, **SHARED,
@@ -94,7 +96,8 @@ def _nm() -> None:
     st.caption("2:4 keeps the 2 largest of every 4 consecutive input weights: exactly 50% zeros. Simulated here: "
                "ONNX Runtime's CPU provider has no 2:4 kernel (sparse tensor cores on recent NVIDIA GPUs do).")
     st.radio("Pruning", PRUNE_METHODS, key="method", horizontal=True, **SHARED,
-             help="magnitude: keep the 2 largest |weight| of each group of 4; random: a baseline")
+             help="magnitude: keep the 2 largest |weight| of each group of 4; random: a baseline; lamp ranks "
+                  "like magnitude inside a layer, so its 2:4 mask is magnitude's")
     _reconstruct()
 
 

@@ -106,12 +106,15 @@ with sweep:
                                 persist_state="session")
     seeds = st.number_input("Seeds per setting", 1, 5, 1, key="sweep_seeds", persist_state="session",
                             help="repeat every setting with seeds 0, 1, …: Compare shows mean ± std over them")
-    if technique in ("unstructured", "nm") and settings.reconstruct == "obs":
+    masked = technique in ("unstructured", "nm")
+    if masked and settings.reconstruct == "obs":
         st.caption("OBS reconstruction picks the pruned weights itself, so there is no random-pruning baseline.")
-    with_random = technique in ("unstructured", "nm") and settings.reconstruct != "obs" and st.checkbox(
+    elif masked and settings.method == "lamp":
+        st.caption("The random-pruning baseline is paired with magnitude pruning: pick magnitude to add it.")
+    with_random = masked and settings.reconstruct != "obs" and settings.method != "lamp" and st.checkbox(
         "Add the random-pruning baseline", key="sweep_random", persist_state="session",
         help="each setting again with random instead of magnitude pruning: Compare shows what magnitude buys")
-    with_unsolved = technique in ("unstructured", "nm") and settings.reconstruct != "none" and st.checkbox(
+    with_unsolved = masked and settings.reconstruct != "none" and st.checkbox(
         "Add the unsolved mask", key="sweep_unsolved", persist_state="session",
         help=f"each setting again without reconstruction: Compare shows what {settings.reconstruct} buys")
     count = max(len(chosen), 1) * max(len(widths), 1) if chosen or widths else 0

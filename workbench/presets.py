@@ -201,9 +201,9 @@ class CompressSettings:
         return "none" if self._reconstruct_problem() else self.reconstruct
 
     def _reconstruct_problem(self) -> str | None:
-        if self.reconstruct == "obs" and (self.method != "magnitude" or self.technique == "nm"):
+        if self.reconstruct == "obs" and (self.method == "random" or self.technique == "nm"):
             return ("OBS reconstruction chooses the pruned weights itself: use it with unstructured magnitude "
-                    "pruning, or pick refit")
+                    "or lamp pruning, or pick refit")
         if self.reconstruct != "none" and self._rewind == "weight":
             return ("weight rewinding resets the solved weights every round: use LR rewinding or fine-tuning with "
                     "reconstruction")

@@ -43,6 +43,21 @@ def random_scores(weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return rng.random(weight.shape)
 
 
+@pruner("lamp")
+def lamp_scores(weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Layer-adaptive magnitude pruning (LAMP, Lee et al. 2021): w² over the sum of w² of this layer's
+    weights at least as large. Within a layer it ranks like magnitude; across layers the scores do not
+    depend on each layer's scale (BatchNorm folded into a conv, say), and each layer's largest weight
+    scores 1, so a global cut keeps every layer alive where magnitude would empty one."""
+    squares = weight.astype(np.float64).ravel() ** 2
+    order = np.argsort(squares, kind="stable")
+    ascending = squares[order]
+    tail = np.cumsum(ascending[::-1])[::-1]          # per position: that weight and every larger one
+    scores = np.empty_like(squares)
+    scores[order] = np.divide(ascending, tail, out=np.zeros_like(ascending), where=tail > 0)
+    return scores.reshape(weight.shape)
+
+
 def _matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
     """Whether a glob pattern matches weight `name`, its layer (the name without '.weight') or a module
     that holds the layer: 'fc1' also covers 'fc1.0' and 'fc1.1', the factors low-rank splits fc1 into."""
@@ -193,7 +208,8 @@ def emptied_notes(masks: dict[str, np.ndarray], spec: PruneSpec) -> list[str]:
     if not emptied:
         return []
     return [f"global ranking all but emptied {', '.join(emptied)} at {spec.sparsity:.0%} overall: such a layer passes "
-            "almost nothing on; use scope: layer, exclude it, or give it an override"]
+            "almost nothing on; use method: lamp (ranks each layer on its own scale), scope: layer, exclude it, "
+            "or give it an override"]
 
 
 def sparsity_of(masks: dict[str, np.ndarray]) -> float:

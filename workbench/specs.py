@@ -19,7 +19,7 @@ from workbench.errors import WorkbenchError
 
 SPEC_VERSION = 1
 MODEL_SUFFIXES = (".onnx", ".pt2", ".pt", ".ts", ".safetensors")
-PRUNE_METHODS = ("magnitude", "random")
+PRUNE_METHODS = ("magnitude", "random", "lamp")
 PRUNE_SCOPES = ("global", "layer")
 PRUNE_SCHEDULES = ("oneshot", "iterative", "gradual")
 REWINDS = ("lr", "none", "weight")
@@ -128,6 +128,8 @@ class FinetuneSpec:
 class PruneSpec:
     """Unstructured pruning of Linear/Conv (MatMul/Gemm/Conv) weights.
 
+    `method` scores the weights: "magnitude" |w|, "random" (a baseline), "lamp" (Lee et al. 2021: |w|
+    rescaled per layer, so a global ranking does not favour layers by their scale and never empties one).
     `scope="global"` ranks all weights together; `"layer"` prunes each layer to the same sparsity.
     `overrides` sets a sparsity per layer (glob patterns on layer names; a module's name covers the layers
     inside it), `exclude` leaves layers dense.
@@ -143,7 +145,8 @@ class PruneSpec:
     `reconstruct` re-fits the kept weights after every round, layer by layer, so each layer reproduces the
     unpruned model's outputs on calibration inputs (no labels, no training): "refit" solves least squares
     on the mask as chosen; "obs" keeps each output unit's number of pruned weights but lets Optimal Brain
-    Surgeon choose which (OBC, Frantar & Alistarh 2022), so it needs method magnitude and no N:M. Torch
+    Surgeon choose which (OBC, Frantar & Alistarh 2022), so it needs method magnitude (or lamp, which only
+    moves the counts between layers) and no N:M. Torch
     Linear/Conv layers and ONNX MatMul/Gemm/Conv initializers (workbench.reconstruct, reconstruct_onnx).
     """
 
@@ -185,8 +188,8 @@ class PruneSpec:
                    "N:M masks are one-shot and apply to every pruned layer (no schedule, no overrides)")
         _check(self.reconstruct in RECONSTRUCTIONS, "reconstruct",
                f"unknown '{self.reconstruct}' (known: {', '.join(RECONSTRUCTIONS)})")
-        _check(self.reconstruct != "obs" or (self.method == "magnitude" and self.nm is None), "reconstruct",
-               "obs chooses the pruned weights itself: it needs method magnitude and no nm (use refit)")
+        _check(self.reconstruct != "obs" or (self.method in ("magnitude", "lamp") and self.nm is None), "reconstruct",
+               "obs chooses the pruned weights itself: it needs method magnitude or lamp and no nm (use refit)")
         _check(self.reconstruct == "none" or self.rewind != "weight" or self.finetune is None, "reconstruct",
                "weight rewinding resets the solved weights every round; use rewind: lr with reconstruct")
 

@@ -391,7 +391,8 @@ def _narrower(s: CompressSettings, subject: Subject) -> Preview:
     numbers += [
         bits_number,
         Number("raw size", (sum(after[n] * width[n] for n in after) + other * 32) / 8 + _overhead(subject), "bytes",
-               "estimate", f"the smaller dense tensors at {at}, other parameters at 32 bits, plus the graph"),
+               "estimate", f"the smaller dense tensors at {at}, other parameters at 32 bits "
+               f"({'as counted' if module is not None else 'scaled alike'}), plus the graph"),
         Number("minimum storage", (sum(after[n] * bits_of[n] for n in after) + other * 32) / 8, "bytes",
                "estimate", "weights x bits (dense: no index needed)"),
     ]

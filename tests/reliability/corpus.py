@@ -432,6 +432,13 @@ RECIPE_CASES = [
          "stages[0].finetune.lr: expected a number, got 'fast'", level="spec", entries=RECIPE_ENTRIES),
     Case("recipe-zero-batch", "recipe", _recipe("batch", {"model": "digits-mlp", "measure": {"batch_sizes": [0]}}),
          "measure.batch_sizes: must be a non-empty list of positive integers", level="spec", entries=RECIPE_ENTRIES),
+    Case("recipe-reconstruct-unknown", "recipe", _stage_recipe("recon", [{"prune": {"reconstruct": "exact"}}]),
+         "stages[0].prune.reconstruct: unknown 'exact' (known: none, refit, obs)", level="spec",
+         entries=RECIPE_ENTRIES),
+    # OBS picks each unit's pruned weights itself: with random scores it would silently not be a random baseline
+    Case("recipe-obs-random", "recipe", _stage_recipe("obsrandom", [{"prune": {
+        "method": "random", "reconstruct": "obs"}}]),
+         "stages[0].prune.reconstruct: obs chooses the pruned weights itself", level="spec", entries=RECIPE_ENTRIES),
     # a layer pattern with a typo would otherwise do nothing, silently (the run would not be what was asked)
     Case("recipe-prune-exclude-typo", "recipe", _stage_recipe("pexclude", [{"prune": {"sparsity": 0.5,
                                                                                      "exclude": ["fc9"]}}]),

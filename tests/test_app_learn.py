@@ -44,7 +44,7 @@ def test_explainers_follow_their_sliders():
 
 def test_cpu_flags_and_no_runs_of_our_own():
     at = page()
-    flags = at.dataframe[-1].value
+    flags = next(d.value for d in at.dataframe if "flag" in d.value.columns)
     assert {"avx2", "avx512_vnni", "amx_int8"} <= set(flags["flag"])
     assert not any("Your own pruned runs" in m.value for m in at.markdown)
 
@@ -66,5 +66,15 @@ def test_method_explainers_show_a_2_4_mask_and_a_rank():
     at.slider(key="learn_energy").set_value(99).run()
     assert int(metric(at, "rank kept").split()[0]) > low
     assert all(title in " ".join(e.label for e in at.expander) for title in
-               ("N:M (2:4)", "Rewinding", "Reconstruction", "Quantization-aware training", "Distillation", "Low-rank",
-                "clustering"))
+               ("N:M (2:4)", "Rewinding", "Reconstruction", "magnitude vs LAMP", "Quantization-aware training",
+                "Distillation", "Low-rank", "clustering"))
+
+
+def test_the_lamp_explainer_shows_each_rankings_share_per_layer():
+    at = page()
+    at.slider(key="learn_lamp_sparsity").set_value(95).run()
+    table = next(d.value for d in at.dataframe if list(d.value.columns) == ["magnitude", "lamp"])
+    assert list(table.index) == ["fc1", "fc2", "fc3"] and not table["magnitude"].equals(table["lamp"])
+    sizes = [64 * 300, 300 * 100, 100 * 10]   # digits-mlp: both rankings remove 95% overall, spread differently
+    for ranking in table:
+        assert sum(table[ranking] * sizes) / sum(sizes) == pytest.approx(0.95, abs=1e-3)

@@ -10,8 +10,8 @@ from workbench import charts, compare
 from workbench.environment import FLAGS, environment
 from workbench.lowrank import choose_rank, saves_weights
 from workbench.preview import fake_quantize
-from workbench.pruning import nm_mask
-from workbench.specs import LowRankSpec, ModelRef
+from workbench.pruning import compute_masks, nm_mask
+from workbench.specs import LowRankSpec, ModelRef, PruneSpec
 from workbench.zoo import sample_names
 
 st.title("Learn")
@@ -112,6 +112,18 @@ with st.expander("Reconstruction: repairing a mask without training"):
                 "with the others corrected, one at a time. On the sample MLP it brings 90% one-shot pruning "
                 "from near chance to within 1.5 points of the original (BENCHMARKS.md, reconstruction section). "
                 "The zeros are still stored densely: a **simulated** gain, like any unstructured mask.")
+with st.expander("Global ranking: magnitude vs LAMP"):
+    st.markdown("A **global** cut ranks every weight of every layer together. By |w| alone, a layer whose weights "
+                "are small (BatchNorm folded into a convolution shrinks or grows a whole layer) loses far more than "
+                "its share, up to all of it. **LAMP** (Lee et al. 2021) scores each weight against the larger "
+                "weights of its own layer: the same order inside a layer, but no layer's scale counts as "
+                "importance, and each layer keeps its largest weight. Per layer, the share each ranking prunes:")
+    with view.guard():
+        overall = st.slider("Overall sparsity (%)", 50, 98, 90, key="learn_lamp_sparsity") / 100
+        shares = {method: {n.removesuffix(".weight"): 1 - keep.mean() for n, keep in
+                           compute_masks(weights, PruneSpec(sparsity=overall, method=method)).items()}
+                  for method in ("magnitude", "lamp")}
+        st.dataframe(pd.DataFrame(shares).style.format("{:.1%}"), width="stretch")
 with st.expander("Quantization-aware training (QAT)"):
     st.markdown("Post-training quantization rounds the trained weights once; at 4 bits and below the rounding "
                 "error costs accuracy. QAT rounds the weights in the forward pass during a few epochs of training, "

@@ -24,6 +24,7 @@ BADGES = {
     "real": ":green-badge[real]", "simulated": ":orange-badge[simulated]", "none": ":gray-badge[no change]",
     "run": ":violet-badge[measured in a run]",
 }
+PREVIEW_COLUMNS = 3   # four squeezed big numbers ("2,382,8…") into the panel at laptop widths
 STATUS_ICONS = {"queued": "⏳", "running": "⚙️", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️",
                 "interrupted": "⚠️"}
 
@@ -42,9 +43,6 @@ def guard() -> Iterator[None]:
     except Exception as exc:  # a bug, not bad input: still one line on screen, the traceback in the log
         log.exception("page section failed")
         st.error(f"Something went wrong: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-
-
-PREVIEW_COLUMNS = 3   # four squeezed big numbers ("2,382,8…") into the panel at laptop widths
 
 
 def fmt(number: Number) -> str:

@@ -113,10 +113,10 @@ def findings(rows: list[dict]) -> list[str]:
     behind = sum(r["lamp"] < r["magnitude"] for r in torch_rows)
     if ahead and behind:
         out.append("- On the torch models, whose layers share a scale, neither ranking wins everywhere (LAMP ahead "
-                   f"in {ahead}, behind in {behind} of {len(torch_rows)} masks): LAMP moves pruning from the big "
-                   "layers to the small ones, which helps some settings and hurts others. It is the ranking for "
-                   "layers of different scale (folded BatchNorm, mixed architectures) or where the emptied-layer "
-                   "warning names a layer.")
+                   f"in {ahead}, behind in {behind} of {len(torch_rows)} masks): LAMP spreads the cut differently "
+                   "over the layers (the emptiest columns), which helps some settings and hurts others. It is the "
+                   "ranking for layers of different scale (folded BatchNorm, mixed architectures) or where the "
+                   "emptied-layer warning names a layer.")
     else:
         out.append(f"- On the torch models LAMP's mask is {'ahead' if ahead else 'never ahead'} in {ahead} of "
                    f"{len(torch_rows)} settings and behind in {behind}.")

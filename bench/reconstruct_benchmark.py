@@ -148,8 +148,8 @@ def findings(rows: list[dict], onnx_rows: list[dict]) -> list[str]:
                           for r, t in folded)
         out.append(f"- On ONNX graphs the *mask* can be much worse than on the torch model ({names}). The exporter "
                    "folds BatchNorm into the convolution weights, so global magnitude ranks rescaled weights and "
-                   "can all but empty a layer, and reconstruction starts from that mask. For such graphs, prune "
-                   "the torch model or use layer scope.")
+                   "can all but empty a layer, and reconstruction starts from that mask. For such graphs, rank "
+                   "with method: lamp (the LAMP section), use layer scope, or prune the torch model.")
     return out
 
 

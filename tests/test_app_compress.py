@@ -126,6 +126,14 @@ def test_lamp_ranking_reaches_the_recipe_works_with_obs_and_has_no_random_pairin
     assert (prune.method, prune.sparsity, prune.scope) == ("lamp", 0.9, "global")
 
 
+def test_the_preview_warns_about_a_layer_the_global_cut_empties():
+    at = open_app(PAGE, query={"model": "digits-cnn", "sparsity": "97"})
+    assert not at.exception and "features.3.0" in gain(at, "emptied layer") and ":red-badge[warning]" in \
+        " ".join(texts(at))
+    at.radio(key="method").set_value("lamp").run()
+    assert not [t for t in texts(at) if "emptied layer" in t]
+
+
 def test_reconstruction_knob_reaches_the_recipe_and_refuses_what_cannot_work(isolated_home):
     at = open_app(PAGE, query={"sparsity": "80"})
     at.radio(key="reconstruct").set_value("obs").run()

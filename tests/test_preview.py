@@ -17,7 +17,7 @@ from workbench.preview import (
     preview_settings,
     svd_factors,
 )
-from workbench.specs import ModelRef
+from workbench.specs import ModelRef, PruneSpec
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +237,13 @@ def test_shape_changing_methods_count_each_layer_at_its_bits(mlp, technique):
     assert real.gains[-1][:2] == ("bitwidth", "real") and fake.gains[-1][:2] == ("bitwidth", "simulated")
     if technique == "lowrank":   # the one-shot accuracy of the truncated weights rounds fc1 to 2 bits
         assert fake.get("one-shot accuracy").value < uniform.get("one-shot accuracy").value
+
+
+def test_the_preview_warns_when_the_global_cut_empties_a_layer_and_lamp_does_not():
+    rng = np.random.default_rng(0)
+    weights = {"a.weight": rng.normal(size=(100, 50)), "b.weight": rng.normal(size=(10, 100)) / 100}
+    plain = preview(weights, 0, 0.8, 32, spec=PruneSpec(sparsity=0.8))
+    (warning,) = [g for g in plain.gains if g[1] == "warning"]
+    assert warning[0] == "emptied layer" and "b.weight 100.0%" in warning[2] and "method: lamp" in warning[2]
+    lamp = preview(weights, 0, 0.8, 32, spec=PruneSpec(sparsity=0.8, method="lamp"))
+    assert not [g for g in lamp.gains if g[1] == "warning"]

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 BADGES = {
     "computed": ":blue-badge[computed]", "estimate": ":orange-badge[estimate]", "measured": ":green-badge[measured]",
     "real": ":green-badge[real]", "simulated": ":orange-badge[simulated]", "none": ":gray-badge[no change]",
-    "run": ":violet-badge[measured in a run]",
+    "run": ":violet-badge[measured in a run]", "warning": ":red-badge[warning]",
 }
 PREVIEW_COLUMNS = 3   # four squeezed big numbers ("2,382,8…") into the panel at laptop widths
 STATUS_ICONS = {"queued": "⏳", "running": "⚙️", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️",

@@ -27,7 +27,7 @@ import numpy as np
 
 from workbench.data import Dataset
 from workbench.presets import CompressSettings
-from workbench.pruning import compute_masks, override_for
+from workbench.pruning import compute_masks, emptied_notes, override_for
 from workbench.size import tensor_min_bits
 from workbench.specs import LowRankSpec, PruneSpec
 
@@ -51,7 +51,7 @@ class Number:
 class Preview:
     numbers: tuple[Number, ...]
     layers: tuple[dict, ...]           # name, params, and sparsity (layer_kind "sparsity") or after ("params")
-    gains: tuple[tuple[str, str, str], ...] = field(default=())   # (aspect, real|simulated|none|run, reason)
+    gains: tuple[tuple[str, str, str], ...] = field(default=())   # (aspect, real|simulated|none|run|warning, why)
     layer_kind: str = "sparsity"
     after_kind: str = "estimate"                  # layer_kind "params": how the "after" counts were found
 
@@ -175,7 +175,8 @@ def preview(weights: dict[str, np.ndarray], other_params: int, sparsity: float, 
     layers = tuple({"layer": n.removesuffix(".weight"), "params": int(w.size), "sparsity": float(1 - masks[n].mean())}
                    for n, w in weights.items())
     method = (_nm_gain(spec.nm),) if spec.nm else (SPARSITY_GAIN,) if sparsity > 0 else ()
-    return Preview(tuple(numbers), layers, method + bits_gains)
+    emptied = tuple(("emptied layer", "warning", note) for note in emptied_notes(masks, spec))
+    return Preview(tuple(numbers), layers, method + emptied + bits_gains)
 
 
 def _layer_bits_gains(bits_of: dict[str, int], real: bool) -> tuple[tuple[str, str, str], ...]:

@@ -200,8 +200,9 @@ EMPTIED = 0.98    # a layer losing at least this share of its weights is named: 
 def emptied_notes(masks: dict[str, np.ndarray], spec: PruneSpec) -> list[str]:
     """Layers a global ranking all but emptied (≥ EMPTIED pruned) while the target was lower: such a layer
     passes (almost) nothing on, typically because its weights are smaller than the others' (e.g. BatchNorm
-    folded into the other layers of an ONNX graph), not because it matters less."""
-    if spec.scope != "global" or spec.nm is not None or spec.sparsity >= EMPTIED:
+    folded into the other layers of an ONNX graph), not because it matters less. LAMP ranks each layer on its
+    own scale, so a layer it prunes that far is its allocation, not a scale effect: no note."""
+    if spec.scope != "global" or spec.nm is not None or spec.sparsity >= EMPTIED or spec.method == "lamp":
         return []
     emptied = [f"{name} {1 - m.mean():.1%}" for name, m in masks.items()
                if 1 - m.mean() >= EMPTIED and not override_for(name, spec.overrides)]

@@ -64,7 +64,7 @@ def unstructured_sparsity(model: str, width: float) -> float:
     from workbench.zoo import load_sample
 
     teacher = load_sample(model)
-    student, _ = make_student(teacher, example_inputs(digits_splits()), DistillSpec(width=width))
+    student, _ = make_student(teacher, example_inputs(digits_splits().test), DistillSpec(width=width))
     return 1 - weight_count(student) / weight_count(teacher)
 
 

@@ -26,7 +26,7 @@ def new_task():
 
 
 def _ctx(splits) -> Context:
-    return Context(RunSpec.from_dict({"model": "digits-cnn"}), splits, example_inputs(splits),
+    return Context(RunSpec.from_dict({"model": "digits-cnn"}), splits, example_inputs(splits.test),
                    lambda f, msg: None, lambda: False)
 
 

@@ -72,7 +72,7 @@ def weight_tensors(model: onnx.ModelProto) -> list[WeightTensor]:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             k, n, bits = int(attrs["K"]), int(attrs["N"]), int(attrs["bits"])
             seen[tensor.name] = WeightTensor(tensor.name, node.name or node.output[0], node.op_type,
-                                             (k, n), k * n, _nbits_nonzero(node, inits, k, bits), bits)
+                                             (k, n), k * n, _nbits_nonzero(node, inits, k, n, bits), bits)
             continue
         if node.op_type not in COMPUTE_OPS and node.op_type not in QUANTIZED_KERNEL_OPS:
             continue
@@ -99,11 +99,13 @@ def _codes(packed: np.ndarray, bits: int, rows: int) -> np.ndarray:
     return ((flat[:, :, None] >> shifts) & (2**bits - 1)).reshape(rows, -1)
 
 
-def _nbits_nonzero(node: onnx.NodeProto, inits: dict, k: int, bits: int) -> int:
+def _nbits_nonzero(node: onnx.NodeProto, inits: dict, k: int, n: int, bits: int) -> int:
     """Weights of a MatMulNBits node that dequantize to nonzero, (code - zero_point) * scale != 0, per block
     of K; the zero point is 2^(bits-1) when the node has none. The padding past K in the last block is not counted."""
+    if 8 % bits:                      # codes that straddle bytes: a layout this does not decode, count every weight
+        return k * n
     packed = numpy_helper.to_array(inits[node.input[1]])
-    n, blocks = packed.shape[0], packed.shape[1]
+    blocks = packed.shape[1]
     codes = _codes(packed, bits, n).reshape(n, blocks, -1)
     scales = numpy_helper.to_array(inits[node.input[2]]).reshape(n, blocks) if node.input[2] in inits else None
     zero_name = node.input[3] if len(node.input) > 3 and node.input[3] else None

@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -247,3 +248,20 @@ def test_the_preview_warns_when_the_global_cut_empties_a_layer_and_lamp_does_not
     assert warning[0] == "emptied layer" and "b.weight 100.0%" in warning[2] and "method: lamp" in warning[2]
     lamp = preview(weights, 0, 0.8, 32, spec=PruneSpec(sparsity=0.8, method="lamp"))
     assert not [g for g in lamp.gains if g[1] == "warning"]
+
+
+def test_an_onnx_upload_gets_its_one_shot_accuracy_through_onnx_runtime(tmp_path):
+    """The same mask on the exported graph scores as on the torch model: an ONNX user sees what the cut costs."""
+    from workbench.export import export_onnx
+    from workbench.zoo import load_sample
+
+    test = digits_splits().test
+    path = tmp_path / "mlp.onnx"
+    onnx.save(export_onnx(load_sample("digits-mlp"), (torch.from_numpy(test.inputs[0][:2]),)), str(path))
+    graph = make_subject(load_model(ModelRef(path=str(path))), test)
+    eager = make_subject(load_model(ModelRef(sample="digits-mlp")), test)
+    setting = CompressSettings(sparsity=0.9)
+    onnx_accuracy = preview_settings(setting, graph).get("one-shot accuracy")
+    assert onnx_accuracy.kind == "measured" and onnx_accuracy.note.startswith("ONNX Runtime")
+    assert onnx_accuracy.value == pytest.approx(preview_settings(setting, eager).get("one-shot accuracy").value)
+    assert onnx_accuracy.value < preview_settings(CompressSettings(sparsity=0.5), graph).get("one-shot accuracy").value

@@ -24,8 +24,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import onnx
 
 from workbench.data import Dataset
+from workbench.oneshot import oneshot_accuracy
 from workbench.presets import CompressSettings
 from workbench.pruning import compute_masks, emptied_notes, override_for
 from workbench.size import tensor_min_bits
@@ -71,6 +73,12 @@ class Subject:
     macs: dict[str, int] | None = None                # per weight name: multiply-adds per sample
     in_axes: dict[str, int | None] | None = None      # ONNX: the input axis of each weight (N:M groups)
     factors: dict[str, Factors] | None = None         # low-rank only: svd_factors(weights)
+    onnx_model: Any = None                            # an ONNX graph (no torch module): accuracy through ORT
+
+    @property
+    def runnable(self) -> Any:
+        """What one-shot accuracy runs: the torch module, else the ONNX graph."""
+        return self.module if self.module is not None else self.onnx_model
 
 
 def model_weights(loaded) -> tuple[dict[str, np.ndarray], int]:
@@ -105,7 +113,8 @@ def make_subject(loaded, test: Dataset | None = None, summary=None) -> Subject:
 
         in_axes = onnx_input_axes(loaded.onnx_model)
     return Subject(weights, other, loaded.module, test, loaded.file_bytes,
-                   macs if all(m is not None for m in macs.values()) else None, in_axes)
+                   macs if all(m is not None for m in macs.values()) else None, in_axes,
+                   onnx_model=loaded.onnx_model if loaded.module is None else None)
 
 
 def fake_quantize(w: np.ndarray, bits: int) -> np.ndarray:
@@ -138,7 +147,8 @@ def preview(weights: dict[str, np.ndarray], other_params: int, sparsity: float, 
     clustering) and rounding them to `bits`, stored at `file_bits` per value (default: `bits` where ONNX
     Runtime has a kernel for it, else float32). `layer_bits` ({layer pattern: bits}, as quantize.overrides)
     rounds the matching layers to their own bits instead, stored at those bits when `layer_bits_real`
-    (MatMulNBits), else as float32 (fake)."""
+    (MatMulNBits), else as float32 (fake). With `module` (a torch module or an ONNX graph whose weights
+    these are) and `test`, the one-shot accuracy is measured too."""
     spec = spec or PruneSpec(sparsity=sparsity)
     if sparsity > 0 or spec.nm:
         masks = compute_masks(weights, spec, sparsity, in_axes=in_axes)
@@ -251,12 +261,14 @@ def _sizes(stored: dict[str, np.ndarray], other_params: int, file_bits: int | di
                    "gzip of the stored weight values")]
 
 
-def _accuracy_number(module, weights: dict[str, np.ndarray], test: Dataset | None, params: int, bits: int,
+def _accuracy_number(model, weights: dict[str, np.ndarray], test: Dataset | None, params: int, bits: int,
                      what: str) -> list[Number]:
-    if module is None or test is None or test.labels is None or params > ACCURACY_PARAM_LIMIT:
+    """The one-shot accuracy of `model` (torch module or ONNX graph) with `weights` swapped in, when it can run."""
+    if model is None or test is None or test.labels is None or params > ACCURACY_PARAM_LIMIT:
         return []
-    return [Number("one-shot accuracy", _accuracy(module, weights, test), "", "measured",
-                   f"torch, test split, {what}" + ("; quantization simulated" if bits < 32 else ""))]
+    engine = "ONNX Runtime" if isinstance(model, onnx.ModelProto) else "torch"
+    return [Number("one-shot accuracy", oneshot_accuracy(model, weights, test), "", "measured",
+                   f"{engine}, test split, {what}" + ("; quantization simulated" if bits < 32 else ""))]
 
 
 def preview_settings(settings: CompressSettings, subject: Subject) -> Preview:
@@ -271,7 +283,7 @@ def preview_settings(settings: CompressSettings, subject: Subject) -> Preview:
             PruneSpec(method=s.method, scope=s.scope, sparsity=s.sparsity, exclude=s.exclude,
                       overrides=dict(s.overrides))
         base = preview(subject.weights, subject.other_params, spec.sparsity, s.bits, spec=spec,
-                       module=subject.module, test=subject.test, baseline_file_bytes=subject.file_bytes,
+                       module=subject.runnable, test=subject.test, baseline_file_bytes=subject.file_bytes,
                        clusters=s.clusters, in_axes=subject.in_axes, file_bits=_qat_file_bits(s),
                        layer_bits=dict(s.layer_bits) if s.layer_bits and not s.uses_qat else None,
                        layer_bits_real=s.layer_bits_method == "weight_only")
@@ -482,27 +494,10 @@ def _lowrank(s: CompressSettings, subject: Subject) -> Preview:
     numbers.append(Number("minimum storage", (sum(after[n] * bits_of[n] for n in after) + subject.other_params * 32)
                           / 8, "bytes", "estimate", "the factors' weights x bits (dense: no index needed)"))
     if vectors:
-        numbers += _accuracy_number(subject.module, {n: fake_quantize(v, bits_of[n]) for n, v in values.items()},
+        numbers += _accuracy_number(subject.runnable, {n: fake_quantize(v, bits_of[n]) for n, v in values.items()},
                                     subject.test, params, min(bits_of.values()), "truncated SVD, no fine-tuning")
     done = sum(row["rank"] is not None for row in layers)
     gain = (("size and MACs", "real", f"{done} of {len(layers)} layers become two smaller layers: fewer weights and "
              "multiply-adds in the exported file (estimated here; the run measures them and the speed)") if done
             else ("size and MACs", "none", "no layer saves weights at this energy: nothing would be factorized"))
     return Preview(tuple(numbers), tuple(layers), (gain, *bits_gains), "params")
-
-
-def _accuracy(module, weights: dict[str, np.ndarray], test: Dataset) -> float:
-    import torch
-
-    params = dict(module.named_parameters())
-    saved = {n: params[n].detach().clone() for n in weights}
-    try:
-        with torch.no_grad():
-            for n, w in weights.items():
-                params[n].copy_(torch.from_numpy(w.astype(np.float32)))
-            logits = module(*(torch.from_numpy(x) for x in test.inputs))
-        return float((logits.argmax(1).numpy() == test.labels).mean())
-    finally:
-        with torch.no_grad():
-            for n, w in saved.items():
-                params[n].copy_(w)

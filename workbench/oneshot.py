@@ -1,0 +1,50 @@
+"""One-shot accuracy for previews: a model with some of its weights replaced, scored on the test split, the
+model left as it was. A torch module gets the weights swapped into its parameters and back; an ONNX graph is
+copied with the initializers replaced and run by ONNX Runtime, as a run would measure it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from workbench.data import Dataset
+
+
+def oneshot_accuracy(model: Any, weights: dict[str, np.ndarray], test: Dataset) -> float:
+    """Test accuracy of `model` (a torch module or an onnx.ModelProto) with `weights` (parameter or initializer
+    name -> array) in place of its own."""
+    if isinstance(model, onnx.ModelProto):
+        return _onnx_accuracy(model, weights, test)
+    return _torch_accuracy(model, weights, test)
+
+
+def _torch_accuracy(module, weights: dict[str, np.ndarray], test: Dataset) -> float:
+    import torch
+
+    params = dict(module.named_parameters())
+    saved = {n: params[n].detach().clone() for n in weights}
+    try:
+        with torch.no_grad():
+            for n, w in weights.items():
+                params[n].copy_(torch.from_numpy(w.astype(np.float32)))
+            logits = module(*(torch.from_numpy(x) for x in test.inputs))
+        return float((logits.argmax(1).numpy() == test.labels).mean())
+    finally:
+        with torch.no_grad():
+            for n, w in saved.items():
+                params[n].copy_(w)
+
+
+def _onnx_accuracy(model: onnx.ModelProto, weights: dict[str, np.ndarray], test: Dataset) -> float:
+    from workbench.evaluate import make_session, predict, score
+
+    changed = onnx.ModelProto()
+    changed.CopyFrom(model)
+    for tensor in changed.graph.initializer:
+        if tensor.name in weights:
+            dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            tensor.CopyFrom(numpy_helper.from_array(np.asarray(weights[tensor.name], dtype=dtype), tensor.name))
+    return score(predict(make_session(changed), test), test.labels)["accuracy"]

@@ -35,6 +35,7 @@ from sections import write_section
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 PAGES = ["home", "model", "compress", "runs", "compare", "learn"]
+ONNX_MODEL = "digits-cnn"   # also previewed as an ONNX upload (one-shot accuracy through ONNX Runtime)
 FAST = {"batch_sizes": [1, 256], "warmup": 2, "repeats": 20, "threads": 1, "min_time_s": 0}
 
 
@@ -44,21 +45,23 @@ def slider_values() -> list[tuple[float, int]]:
     return [(s / 100, 32) for s in range(0, 100, 3)] + [(0.9, b) for b in (32, 16, 8, 7, 6, 5, 4, 3, 2)]
 
 
-def preview_latency(model: str) -> dict:
+def preview_latency(model: str, path: Path | None = None) -> dict:
+    """Slider moves on `model` (a sample), or on the ONNX file at `path` (accuracy through ONNX Runtime)."""
     from workbench.models import load_model
     from workbench.pipeline import load_splits
-    from workbench.preview import model_weights, preview
+    from workbench.preview import make_subject, model_weights, preview
     from workbench.specs import ModelRef, PruneSpec, RunSpec
 
-    ref = ModelRef(sample=model)
+    ref = ModelRef(path=str(path)) if path else ModelRef(sample=model)
     loaded = load_model(ref)
     weights, other = model_weights(loaded)
     test = load_splits(RunSpec(model=ref), loaded).test
-    preview(weights, other, 0.5, 8, module=loaded.module, test=test)  # warm-up (first torch call)
+    runnable = make_subject(loaded, test).runnable
+    preview(weights, other, 0.5, 8, module=runnable, test=test)  # warm-up (first torch call)
     times = []
     for sparsity, bits in slider_values():
         start = time.perf_counter()
-        preview(weights, other, sparsity, bits, spec=PruneSpec(sparsity=sparsity), module=loaded.module, test=test,
+        preview(weights, other, sparsity, bits, spec=PruneSpec(sparsity=sparsity), module=runnable, test=test,
                 baseline_file_bytes=loaded.file_bytes)
         times.append((time.perf_counter() - start) * 1000)
     params = sum(w.size for w in weights.values())
@@ -104,6 +107,21 @@ def method_preview_latency(model: str, repeats: int = 10) -> list[dict]:
         rows.append({"model": model, "method": name, "p50": float(np.percentile(times, 50)),
                      "p95": float(np.percentile(times, 95))})
     return rows
+
+
+def onnx_export(folder: Path) -> Path:
+    """`ONNX_MODEL` exported to a file, as a user would upload it."""
+    import onnx
+    import torch
+
+    from workbench.data import digits_splits
+    from workbench.export import export_onnx
+    from workbench.zoo import load_sample
+
+    path = folder / f"{ONNX_MODEL}.onnx"
+    example = (torch.from_numpy(digits_splits().test.inputs[0][:2]),)
+    onnx.save(export_onnx(load_sample(ONNX_MODEL), example), str(path))
+    return path
 
 
 # --- 50 runs in a store ------------------------------------------------------------------------
@@ -234,6 +252,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     previews = [preview_latency(m) for m in args.models]
     methods = [row for m in args.models for row in method_preview_latency(m)]
+    with tempfile.TemporaryDirectory() as tmp:
+        previews.append(preview_latency(f"{ONNX_MODEL} (its ONNX export, as an upload)", onnx_export(Path(tmp))))
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         os.environ["WORKBENCH_HOME"] = str(home)

@@ -105,7 +105,13 @@ def _run(model: nn.Module, example: tuple) -> torch.Tensor:
 
 def _classifier(model: nn.Module, example: tuple) -> str:
     """The weight layer that ran last: its outputs are the model's outputs."""
+    import torch
+
     layers = _weight_layers(model)
+    if not layers and isinstance(model, torch.fx.GraphModule):
+        raise WorkbenchError("structured: a torch.export program (.pt2) keeps no Linear/Conv modules to remove "
+                             "channels from (its layers are traced into plain ops); load the model as safetensors + "
+                             "its architecture, or use unstructured pruning, low-rank or quantization")
     order: list[str] = []
     hooks = [m.register_forward_hook(lambda *_, n=n: order.append(n)) for n, m in layers.items()]
     try:

@@ -96,6 +96,25 @@ def test_structured_knobs_give_a_structured_stage_and_a_counted_preview(isolated
     assert stage.exclude == ("features.1.0",)
 
 
+def test_a_structured_setting_the_model_cannot_take_disables_the_launch(isolated_home):
+    """A .pt2 upload has no Linear/Conv modules: the preview's Torch-Pruning call (the run's own) refuses, and
+    the page says so under Run it instead of letting a run fail."""
+    import torch
+
+    from ui import uploads
+    from workbench import zoo
+
+    program = torch.export.export(zoo.load_sample("digits-mlp").eval(), (torch.zeros(2, 64),))
+    buffer = isolated_home / "mlp.pt2"
+    torch.export.save(program, str(buffer))
+    saved = uploads.save_upload(buffer.read_bytes(), "mlp.pt2", isolated_home / "uploads", (".pt2",))
+    at = open_app(PAGE, query={"model": saved.name, "technique": "structured"})
+    assert not at.exception and at.button(key="launch_run").disabled
+    assert any("torch.export program (.pt2)" in w.value for w in at.warning)
+    at.radio(key="technique").set_value("unstructured").run()
+    assert not at.button(key="launch_run").disabled
+
+
 def test_nm_shows_the_mask_and_says_there_is_no_cpu_kernel(isolated_home):
     at = open_app(PAGE, query={"technique": "nm", "epochs": "2"})
     assert not at.exception

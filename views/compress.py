@@ -5,6 +5,7 @@ import streamlit as st
 
 from ui import cache, knobs, launch, sensitivity_view, state, uploads, view
 from workbench.codegen import python_script
+from workbench.errors import WorkbenchError
 from workbench.presets import BITWIDTHS, PRESETS, QAT_BITS
 from workbench.preview import Number
 from workbench.search import OBJECTIVES, SPACE, candidates
@@ -57,8 +58,14 @@ with panel:
                 solved = (Number("one-shot accuracy, solved", repaired.accuracy, "", "measured",
                                  f"measured on the test split after {prune.reconstruct} ({repaired.seconds:.1f} s); "
                                  + " ".join(repaired.notes)),)
+    cannot = None   # structured and distill previews make the run's own Torch-Pruning call: its refusal is the run's
     with view.guard():
-        view.preview_panel(cache.preview_for(ref, data, settings), cache.dense_preview(ref, data), extra=solved)
+        try:
+            shown = cache.preview_for(ref, data, settings)
+        except WorkbenchError as exc:
+            cannot = str(exc).splitlines()[0] if technique in ("structured", "distill") else None
+            raise
+        view.preview_panel(shown, cache.dense_preview(ref, data), extra=solved)
     st.caption("Instant and one-shot: no training, no export. A run measures latency with ONNX Runtime, "
                "the real file size and the accuracy after every stage.")
     if settings.layer_bits and not settings.uses_qat:
@@ -74,7 +81,7 @@ if layers.open:
 
 st.subheader("Run it")
 problems = settings.problems(held.loaded.kind, has_train_data=data.builtin is not None or data.train_path is not None,
-                             has_rewind_checkpoint=ref.sample is not None)
+                             has_rewind_checkpoint=ref.sample is not None) + ([cannot] if cannot else [])
 for problem in problems:
     st.warning(problem)
 spec = settings.to_spec(ref, data, state.measure_spec(), name=f"{label} · {settings.describe()}")

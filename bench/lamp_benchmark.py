@@ -14,35 +14,26 @@ from __future__ import annotations
 
 import datetime
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import onnx
 import torch
-from sections import write_section
+from reconstruct_benchmark import measure as accuracy
+from sections import progress_logging, write_section
 
 from workbench import zoo
 from workbench.data import digits_splits
 from workbench.environment import environment
 from workbench.export import export_onnx
-from workbench.pipeline import run_pipeline
 from workbench.pruning import compute_masks, onnx_weights, torch_weights
-from workbench.specs import FinetuneSpec, MeasureSpec, ModelRef, PruneSpec, RunSpec
+from workbench.specs import FinetuneSpec, ModelRef, PruneSpec
 
 GRID = {"digits-mlp": (0.8, 0.9, 0.95), "digits-cnn": (0.8, 0.9, 0.95), "digits-vit": (0.7, 0.8, 0.9)}
 ONNX_MODEL = "digits-cnn"
 METHODS = ("magnitude", "lamp")
 RECOVERY = FinetuneSpec(epochs=5, lr=0.01, label_smoothing=0.1)
-MEASURE = MeasureSpec(batch_sizes=(1,), warmup=1, repeats=3, min_time_s=0, torch_eager=False)
-
-
-def accuracy(ref: ModelRef, stages: tuple) -> tuple[float, float]:
-    """(baseline accuracy, final accuracy) of one run."""
-    with tempfile.TemporaryDirectory() as tmp:
-        report = run_pipeline(RunSpec(model=ref, stages=stages, measure=MEASURE), out_dir=tmp)
-    return report.baseline.measurement.metrics["accuracy"], report.final.measurement.metrics["accuracy"]
 
 
 def emptiest(weights: dict, prune: PruneSpec) -> tuple[float, str]:
@@ -149,9 +140,7 @@ def render(rows: list[dict], env: dict, minutes: float) -> str:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-    for noisy in ("workbench", "torch", "onnxruntime"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    progress_logging()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         rows = run(Path(folder))

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import datetime
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import onnx
 import torch
-from sections import write_section
+from sections import progress_logging, write_section
 
 from workbench import zoo
 from workbench.data import digits_splits
@@ -154,9 +153,7 @@ def findings(rows: list[dict], onnx_rows: list[dict]) -> list[str]:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-    for noisy in ("workbench", "torch", "onnxruntime"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    progress_logging()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         rows, onnx_rows = run(Path(folder))

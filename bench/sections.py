@@ -4,7 +4,9 @@ its own part without losing the others'. A section sits between `<!-- name:start
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
@@ -34,3 +36,10 @@ def cell(key: str, value) -> str:
             return f"{value:g}"
         return f"{value:.3f}" if key.startswith(("ms", "base ms")) and value < 1 else f"{value:.2f}"
     return str(value)
+
+
+def progress_logging() -> None:
+    """One line per finished cell on stderr; the libraries' own logs at warnings only."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    for noisy in ("workbench", "torch", "onnxruntime"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -77,3 +77,56 @@ def test_save_upload_names_files_by_content(tmp_path):
         uploads.save_upload(b"", "m.onnx", tmp_path, (".onnx",))
     with pytest.raises(WorkbenchError, match=r"^w.safetensors: arch"):
         uploads.accept_model(b"not weights", "w.safetensors", tmp_path, arch=None)
+
+
+def _npz(data, classes, labels=True) -> bytes:
+    """Digits samples of `classes`, relabelled 0..k-1, as .npz bytes (flattened to 64 features)."""
+    import io
+
+    keep = np.isin(data.labels, classes)
+    arrays = {"x": data.inputs[0][keep].reshape(-1, 64)}
+    if labels:
+        arrays["y"] = np.searchsorted(np.asarray(classes), data.labels[keep])
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def test_training_file_lets_a_run_re_train_the_head_and_fine_tune_on_the_users_task(isolated_home):
+    """Own evaluation data + a labelled training file: training knobs are allowed, the transfer is offered and
+    the launched run re-trains the head on that file, fine-tunes, and succeeds."""
+    from tests.app_fixtures import drain_queue, rerun_until
+    from workbench.data import digits_splits
+    from workbench.specs import RunSpec
+    from workbench.store import Store
+
+    splits, classes = digits_splits(), [2, 4, 6]
+    at = open_app(PAGE)
+    at.radio(key="data_source").set_value("Upload .npz / .csv").run()
+    at.file_uploader(key="data_upload").upload("eval.npz", _npz(splits.test, classes)).run()
+    assert any("runs cannot fine-tune" in t for t in texts(at))
+    at.file_uploader(key="train_upload").upload("unlabelled.npz", _npz(splits.train, classes, labels=False)).run()
+    assert [e.value for e in at.error] == ["unlabelled.npz: training data needs labels (a 'y' array in .npz, or a "
+                                           "label column in .csv)"]
+    assert "train_path" not in at.session_state["data_ref"]
+    at.file_uploader(key="train_upload").upload("train.npz", _npz(splits.train, classes)).run()
+    assert not at.exception and not at.error
+    assert at.session_state["data_ref"]["train_path"].endswith(".npz") and at.query_params["train"].endswith(".npz")
+    assert any("Training on **train.npz**" in t for t in texts(at))
+
+    at.switch_page("views/compress.py").run()
+    at.slider(key="sparsity").set_value(50).run()
+    at.slider(key="epochs").set_value(1).run()
+    at.checkbox(key="retrain_head").check().run()
+    assert not at.exception and not at.warning and "training data's classes" in next(
+        t for t in texts(at) if "**transfer**" in t)
+    at.button(key="launch_run").click().run()
+    (run,) = Store(isolated_home).list()
+    spec = RunSpec.from_dict(run.spec)
+    assert [s.kind for s in spec.stages] == ["transfer", "prune", "finetune"] and spec.data.train_path
+    drain_queue(isolated_home)
+    rerun_until(at, lambda a: any(f"Run #{run.id}" in t and "succeeded" in t for t in texts(a)))
+    done = Store(isolated_home).get(run.id)
+    assert done.status == "succeeded", done.error
+    baseline = done.metrics["rows"][0]
+    assert baseline["variant"] == "baseline (after transfer)" and baseline["accuracy"] > 0.9  # 3 classes, not 10

@@ -59,3 +59,13 @@ def test_adapt_to_shape_reshapes_or_explains():
     assert adapt_to_shape(x, ["batch", 1, 8, 8], np.dtype(np.float32), "d").shape == (4, 1, 8, 8)
     with pytest.raises(WorkbenchError, match="the model expects"):
         adapt_to_shape(np.zeros((4, 10)), ["batch", 1, 8, 8], np.dtype(np.float32), "d")
+
+
+def test_spread_keeps_every_part_of_a_sorted_set():
+    from workbench.data import Dataset
+
+    data = Dataset("d", (np.arange(100, dtype=np.float32).reshape(100, 1),), np.repeat(np.arange(10), 10))
+    few = data.spread(20)
+    assert len(few) == 20 and sorted(set(few.labels)) == list(range(10))
+    assert few.inputs[0][0, 0] == 0 and few.inputs[0][-1, 0] == 99
+    assert data.spread(500) is data

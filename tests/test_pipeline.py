@@ -135,6 +135,34 @@ def test_data_classes_keep_those_samples_relabelled_in_the_given_order():
         load_splits(missing, load_model(missing.model))
 
 
+def test_user_training_file_calibrates_and_a_misfit_one_is_refused_up_front(tmp_path):
+    """With a training file, calibration samples come from it (spread over a class-sorted file), never from
+    the data that is scored; a training file without labels, or shaped unlike the evaluation data, stops
+    the run before anything is computed."""
+    from workbench.data import digits_splits
+    from workbench.models import load_model
+    from workbench.pipeline import USER_CALIB_SAMPLES, load_splits
+
+    s = digits_splits()
+    order = np.argsort(s.train.labels, kind="stable")   # sorted by class: the first rows are all zeros
+    x, y = s.train.inputs[0][order].reshape(-1, 64), s.train.labels[order]
+    np.savez(tmp_path / "test.npz", x=s.test.inputs[0].reshape(-1, 64), y=s.test.labels)
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    data = {"path": str(tmp_path / "test.npz"), "train_path": str(tmp_path / "train.npz")}
+    spec = _spec("digits-mlp", [], data=data)
+    splits = load_splits(spec, load_model(spec.model))
+    assert len(splits.train) == len(y) and len(splits.calib) == USER_CALIB_SAMPLES < len(y)
+    assert sorted(set(splits.calib.labels)) == list(range(10))   # every class, not just the first rows
+    for name, arrays, message in (("nolabels.npz", {"x": x}, "nolabels.npz: training data needs labels"),
+                                  ("wide.npz", {"x": np.zeros((4, 65), np.float32), "y": np.zeros(4, int)},
+                                   r"wide.npz: samples have shape \(65,\), the evaluation data's \(test.npz\) "
+                                   r"\(64,\)")):
+        np.savez(tmp_path / name, **arrays)
+        bad = _spec("digits-mlp", [], data={**data, "train_path": str(tmp_path / name)})
+        with pytest.raises(WorkbenchError, match=message):
+            load_splits(bad, load_model(bad.model))
+
+
 def test_first_stage_transfer_becomes_the_baseline_and_later_stages_compare_with_it(tmp_path):
     from workbench.compare import report_row
     from workbench.report import render_text

@@ -55,6 +55,12 @@ def test_stage_fields_follow_the_knobs():
     assert (qat.weight_bits, qat.activation_bits, qat.epochs) == (3, 8, 7)
     spec = CompressSettings(classes=(5, 9)).to_spec(MLP, DataRef())
     assert spec.data.classes == (5, 9) and spec.stages[0].kind == "transfer"
+    own = CompressSettings(retrain_head=True, sparsity=0.5).to_spec(MLP, DataRef(path="e.npz", train_path="t.npz"))
+    assert [s.kind for s in own.stages] == ["transfer", "prune"] and own.data.classes is None
+    assert CompressSettings(retrain_head=True).describe() == "transfer (head re-trained on the training data)"
+    assert CompressSettings(retrain_head=True).problems("torch", has_train_data=False) == [
+        "transfer needs training data; the chosen data has none (add a labelled training file on the Model page, "
+        "data.train_path in a recipe, or use the built-in data)"]
 
 
 def test_bad_knobs_name_the_field():
@@ -82,7 +88,8 @@ def test_from_spec_reads_every_method_back():
                                       clusters=32, cluster_epochs=2),
                      CompressSettings(classes=(0, 7), sparsity=0.5, bits=16),
                      CompressSettings(sparsity=0.9, schedule="iterative", epochs=2, reconstruct="obs"),
-                     CompressSettings(technique="nm", reconstruct="refit")):
+                     CompressSettings(technique="nm", reconstruct="refit"),
+                     CompressSettings(retrain_head=True, sparsity=0.5, epochs=2)):
         assert CompressSettings.from_spec(settings.to_spec(MLP)) == settings
 
 

@@ -98,3 +98,15 @@ def test_user_data_transfer_through_the_pipeline(tmp_path):
     missing = dataclasses.replace(spec, data=dataclasses.replace(spec.data, train_path=None))
     with pytest.raises(WorkbenchError, match="transfer: no training data.*data.train_path"):
         run_pipeline(missing)
+
+
+def test_evaluation_class_the_training_labels_lack_is_a_clear_error(tmp_path):
+    """A head sized to the training labels has no output for a class only the evaluation data has."""
+    s = digits_splits()
+    data = {"path": _write(tmp_path / "test.npz", s.test, (1, 3, 7)),
+            "train_path": _write(tmp_path / "train.npz", s.train, (1, 3))}
+    spec = RunSpec.from_dict({"model": "digits-mlp", "data": data, "measure": FAST_MEASURE,
+                              "stages": [{"transfer": {"epochs": 1}}]})
+    with pytest.raises(WorkbenchError, match=r"transfer: the evaluation data \(test.npz\) has class 2, but the "
+                                             r"training labels \(train.npz\) stop at 1"):
+        run_pipeline(spec, out_dir=tmp_path / "run")

@@ -28,6 +28,7 @@ from workbench.specs import (
     RECONSTRUCTIONS,
     REWINDS,
     STUDENT_INITS,
+    DataRef,
 )
 
 SHARED = {"bind": "query-params", "persist_state": "session"}   # in the URL, kept across pages
@@ -160,14 +161,24 @@ def cluster_knobs() -> None:
                       help="train the k values per layer with each weight's index fixed; torch models")
 
 
-def transfer_knobs(builtin_data: bool) -> None:
-    with st.expander("Transfer to a subset of the classes first", expanded=bool(st.session_state.get("classes"))):
-        if not builtin_data:
-            st.caption("With your own data, set `data.classes` and a `transfer` stage in a recipe.")
-            return
-        st.multiselect("Digits to keep (in this order)", DIGITS_CLASSES, key="classes", **SHARED,
-                       help="re-train the classification head on these digits (relabelled 0..k-1) before "
-                            "compressing; the run's baseline is then the transferred model")
+def transfer_knobs(data: DataRef) -> None:
+    """Built-in digits: keep a subset of the digits. The user's data: re-train the head on its training file's
+    classes. The other kind's choice, still in the session from before, is cleared so a run never carries it."""
+    builtin = data.builtin is not None
+    st.session_state["retrain_head" if builtin else "classes"] = False if builtin else []
+    opened = bool(st.session_state.get("classes") or st.session_state.get("retrain_head"))
+    with st.expander("Transfer to a new task first" if not builtin else "Transfer to a subset of the classes first",
+                     expanded=opened):
+        if builtin:
+            st.multiselect("Digits to keep (in this order)", DIGITS_CLASSES, key="classes", **SHARED,
+                           help="re-train the classification head on these digits (relabelled 0..k-1) before "
+                                "compressing; the run's baseline is then the transferred model")
+        elif data.train_path:
+            st.checkbox("Re-train the head on the training data's classes", key="retrain_head", **SHARED,
+                        help="a new last Linear layer sized to the training labels, trained with the rest of the "
+                             "model frozen; the run's baseline is then the transferred model")
+        else:
+            st.caption("Add a labelled training file on the Model page to re-train the head for your classes.")
 
 
 def layer_knobs(layers: list[str]) -> None:

@@ -10,11 +10,13 @@ Session-state keys other pages may read:
   "last_sweep" sweep id of the last sweep launched from this session
   COMPRESS_DEFAULTS and COMPRESS_VALUES keys: the Compress page widgets (bound to the URL under the same names)
 URL: ?model=<sample name | uploaded file name>&arch=<arch>&data=<digits | uploaded file name>&label=<column>
+     &train=<uploaded training file name>
      plus the bound widgets: technique, sparsity (percent), bits, method, scope, int8, calibration, epochs,
      schedule, per_round (percent), steps, rewind, reconstruct, ratio (percent), round8, width (percent),
-     distill_epochs, init, energy (percent), clusters, cluster_epochs, qat, qat_epochs, qat_act8, classes and exclude
-     (repeated), overrides (JSON {layer: sparsity}, set by the sensitivity allocation, not a widget) and
-     layer_bits (JSON {"method": "fake" | "weight_only", "bits": {layer: bits}}, set by the bits allocation).
+     distill_epochs, init, energy (percent), clusters, cluster_epochs, qat, qat_epochs, qat_act8, retrain_head,
+     classes and exclude (repeated), overrides (JSON {layer: sparsity}, set by the sensitivity allocation, not a
+     widget) and layer_bits (JSON {"method": "fake" | "weight_only", "bits": {layer: bits}}, set by the bits
+     allocation).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ DEFAULT_SAMPLE = "digits-mlp"
 COMPRESS_DEFAULTS = {"technique": "unstructured", "sparsity": 0, "bits": 32, "method": "magnitude",
                      "scope": "global", "int8": "static", "calibration": "minmax", "epochs": 0, "schedule": "oneshot",
                      "rewind": "lr", "reconstruct": "none", "init": "teacher", "round8": False, "clusters": 0,
-                     "cluster_epochs": 0, "qat": False, "qat_act8": False, "classes": [], "exclude": []}
+                     "cluster_epochs": 0, "qat": False, "qat_act8": False, "retrain_head": False, "classes": [],
+                     "exclude": []}
 # ...and those whose default is not their first option: the page passes it as the widget's value (percent
 # for fractions), so they are not put into the session state before the widget exists
 COMPRESS_VALUES = {"per_round": 20, "steps": 10, "ratio": 50, "width": 50, "distill_epochs": 30, "energy": 90,
@@ -102,7 +105,8 @@ def sync_url() -> None:
     """Write the current model and data to the URL (only what changed), so the link can be shared."""
     model, data = current_model(), current_data()
     wanted = {"model": model.sample or _upload_token(model.path), "arch": model.arch,
-              "data": data.builtin or _upload_token(data.path), "label": data.label_column}
+              "data": data.builtin or _upload_token(data.path), "label": data.label_column,
+              "train": _upload_token(data.train_path)}
     for key, value in wanted.items():
         if value is None and key in st.query_params:
             del st.query_params[key]
@@ -123,9 +127,12 @@ def _model_from_url() -> dict | None:
 
 
 def _data_from_url() -> dict | None:
-    token = st.query_params.get("data", "")
+    token, train = st.query_params.get("data", ""), st.query_params.get("train", "")
     if UPLOAD_NAME.match(token) and (uploads_dir() / token).is_file():
-        return _fields(DataRef(path=str(uploads_dir() / token), label_column=st.query_params.get("label") or None))
+        train_path = str(uploads_dir() / train) if UPLOAD_NAME.match(train) and (uploads_dir() / train).is_file() \
+            else None
+        return _fields(DataRef(path=str(uploads_dir() / token), train_path=train_path,
+                               label_column=st.query_params.get("label") or None))
     return None
 
 
@@ -148,6 +155,7 @@ def compress_settings() -> CompressSettings:
         round_to=8 if v["round8"] else None, width=v["width"] / 100, distill_epochs=v["distill_epochs"],
         init=v["init"], energy=v["energy"] / 100, clusters=v["clusters"], cluster_epochs=v["cluster_epochs"],
         qat=v["qat"], qat_epochs=v["qat_epochs"], qat_act8=v["qat_act8"], classes=tuple(v["classes"]),
+        retrain_head=v["retrain_head"],
         exclude=tuple(v["exclude"]), overrides=tuple(overrides().items()), layer_bits=tuple(bits.items()),
         layer_bits_method=method)
 
@@ -162,7 +170,8 @@ def apply_settings(settings: CompressSettings) -> None:
         reconstruct=s.reconstruct, ratio=round(s.ratio * 100),
         round8=s.round_to == 8, width=round(s.width * 100), distill_epochs=s.distill_epochs, init=s.init,
         energy=round(s.energy * 100), clusters=s.clusters, cluster_epochs=s.cluster_epochs, qat=s.qat,
-        qat_epochs=s.qat_epochs, qat_act8=s.qat_act8, classes=list(s.classes), exclude=list(s.exclude))
+        qat_epochs=s.qat_epochs, qat_act8=s.qat_act8, retrain_head=s.retrain_head, classes=list(s.classes),
+        exclude=list(s.exclude))
     set_overrides(dict(s.overrides))
     set_layer_bits(s.layer_bits_method, dict(s.layer_bits))
 

@@ -9,6 +9,7 @@ The functions take bytes and a name, so they work (and are tested) without a bro
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -117,3 +118,21 @@ def accept_data(data: bytes, name: str, folder: Path, label_column: str | None =
     except Exception as exc:
         raise one_line(exc, path, name) from None
     return DataRef(path=str(path), label_column=label_column or None)
+
+
+def accept_training_data(data: bytes, name: str, folder: Path, evaluation: DataRef) -> DataRef:
+    """Save an uploaded training file for the evaluation data `evaluation` (read with its label column),
+    check that it has labels and samples shaped like the evaluation data's, and return the combined ref."""
+    from workbench.data import check_training_data, load_user_data
+
+    path = None
+    try:
+        path = save_upload(data, name, folder, DATA_SUFFIXES)
+        train = load_user_data(path, label_column=evaluation.label_column)
+        test = load_user_data(evaluation.path, label_column=evaluation.label_column)
+        check_training_data(dataclasses.replace(train, name=name),
+                            dataclasses.replace(test, name=data_label(evaluation)))
+    except Exception as exc:
+        raise one_line(exc, path, name) from None
+    return dataclasses.replace(evaluation, train_path=str(path))
+

@@ -38,7 +38,7 @@ with left:
     technique = knobs.method_knobs()
     knobs.bits_knobs()
     knobs.cluster_knobs()
-    knobs.transfer_knobs(data.builtin == "digits")
+    knobs.transfer_knobs(data)
     knobs.layer_knobs([layer_key(n) for n in cache.weights(ref)[0]])
 settings = state.compress_settings()
 

@@ -1,6 +1,8 @@
 """Model: pick a sample or upload a model, pick the evaluation data, then see the layers, the measured
 baseline and the weight histogram."""
 
+import dataclasses
+
 import pandas as pd
 import streamlit as st
 
@@ -55,10 +57,27 @@ with pick_data:
         if upload is not None:
             with view.guard():
                 ref = uploads.accept_data(upload.getvalue(), upload.name, state.uploads_dir(), label)
-                if ref != data:
-                    state.set_data(ref)
-                st.caption("Without labels, runs report fidelity to this model instead of accuracy. "
-                           "Recovery fine-tuning needs the built-in data.")
+                if ref.path != data.path or ref.label_column != data.label_column:
+                    state.set_data(dataclasses.replace(ref, train_path=data.train_path if data.path else None))
+                st.caption("Without labels, runs report fidelity to this model instead of accuracy.")
+        data = state.current_data()
+        if data.path:
+            training = st.file_uploader(
+                "Training data (optional): labelled, shaped like the evaluation data", type=["npz", "csv"],
+                key="train_upload", help="lets runs train: recovery fine-tuning, distillation, quantization-aware "
+                                         "training and re-training the head for your classes; static int8 then "
+                                         "calibrates on it instead of on the evaluation data")
+            if training is not None:
+                with view.guard():
+                    ref = uploads.accept_training_data(training.getvalue(), training.name, state.uploads_dir(), data)
+                    if ref != data:
+                        state.set_data(ref)
+            if state.current_data().train_path:
+                st.caption(f"Training on **{uploads.display_name(state.current_data().train_path)}**; "
+                           "the evaluation data is only scored.")
+            else:
+                st.caption("Without training data, runs cannot fine-tune: one-shot pruning, quantization and "
+                           "low-rank still work.")
 
 ref, data = state.current_model(), state.current_data()
 label = uploads.model_label(ref)

@@ -42,6 +42,15 @@ class Dataset:
         labels = None if self.labels is None else self.labels[:n]
         return Dataset(self.name, tuple(x[:n] for x in self.inputs), labels)
 
+    def spread(self, n: int) -> Dataset:
+        """At most `n` samples, evenly spaced over the set: a user's file may be sorted by class, and its
+        first `n` rows would then hold only the first classes."""
+        if len(self) <= n:
+            return self
+        index = np.unique(np.linspace(0, len(self) - 1, n).round().astype(np.int64))
+        labels = None if self.labels is None else self.labels[index]
+        return Dataset(self.name, tuple(x[index] for x in self.inputs), labels)
+
 
 @dataclass(frozen=True)
 class Splits:
@@ -88,6 +97,22 @@ def load_user_data(path: str | Path, input_names: list[str] | None = None,
     if suffix == ".csv":
         return _load_csv(path, label_column)
     raise WorkbenchError(f"{path.name}: unsupported data format '{suffix}' (use .npz with x/y or .csv)")
+
+
+def check_training_data(train: Dataset, test: Dataset) -> None:
+    """A training file must carry labels and samples that fit where the evaluation data's fit: the same
+    number of inputs, each with as many values per sample."""
+    if train.labels is None:
+        raise WorkbenchError(f"{train.name}: training data needs labels (a 'y' array in .npz, or a label column "
+                             "in .csv)")
+    if len(train.inputs) != len(test.inputs):
+        raise WorkbenchError(f"{train.name}: {len(train.inputs)} input(s), the evaluation data ({test.name}) has "
+                             f"{len(test.inputs)}")
+    for i, (a, b) in enumerate(zip(train.inputs, test.inputs, strict=True)):
+        if math.prod(a.shape[1:]) != math.prod(b.shape[1:]):
+            which = f"input {i}: " if len(train.inputs) > 1 else ""
+            raise WorkbenchError(f"{train.name}: {which}samples have shape {tuple(a.shape[1:])}, the evaluation "
+                                 f"data's ({test.name}) {tuple(b.shape[1:])}")
 
 
 def _load_npz(path: Path, input_names: list[str]) -> Dataset:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench.claims import Facts, claims_for
-from workbench.data import Dataset, Splits, adapt_to_shape, digits_splits, load_user_data
+from workbench.data import Dataset, Splits, adapt_to_shape, check_training_data, digits_splits, load_user_data
 from workbench.environment import environment
 from workbench.errors import WorkbenchError
 from workbench.measure import measure
@@ -37,6 +37,7 @@ from workbench.stages import STAGE_RUNNERS, Context, Variant, to_onnx
 
 log = logging.getLogger(__name__)
 BASELINE_AFTER_TRANSFER = "baseline (after transfer)"
+USER_CALIB_SAMPLES = 512   # calibration samples drawn from a user's training file
 Progress = Callable[[float, str, str], None]
 
 
@@ -49,7 +50,10 @@ def load_splits(spec: RunSpec, model: LoadedModel) -> Splits:
     else:
         test = load_user_data(ref.path, names, ref.label_column)
         train = load_user_data(ref.train_path, names, ref.label_column) if ref.train_path else None
-        splits = Splits(train=train, calib=test, test=test)
+        if train is not None:
+            check_training_data(train, test)
+        # calibration ranges come from the training data when there is some, never from the data scored
+        splits = Splits(train=train, calib=test if train is None else train.spread(USER_CALIB_SAMPLES), test=test)
     if ref.classes is not None:
         splits = Splits(*(None if d is None else select_classes(d, ref.classes)
                           for d in (splits.train, splits.calib, splits.test)))

@@ -93,6 +93,7 @@ class CompressSettings:
     qat_epochs: int = 5
     qat_act8: bool = False         # QAT: int8 activations too
     classes: tuple[int, ...] = ()  # transfer first: re-train the head on these classes (empty: no transfer)
+    retrain_head: bool = False     # transfer first: re-train the head on the training data's own classes
     exclude: tuple[str, ...] = ()  # layers left dense (unstructured, N:M, structured) or whole (low-rank)
     overrides: tuple[tuple[str, float], ...] = ()   # unstructured: per-layer sparsity (layer pattern, sparsity)
     layer_bits: tuple[tuple[str, int], ...] = ()   # per-layer weight bits (layer pattern, bits): replace `bits`
@@ -137,13 +138,18 @@ class CompressSettings:
         return self.technique == "unstructured" and self.schedule != "oneshot"
 
     @property
+    def transfers(self) -> bool:
+        """A transfer stage comes first: to a class subset, or to the classes of the user's training data."""
+        return len(self.classes) >= 2 or self.retrain_head
+
+    @property
     def uses_qat(self) -> bool:
         return self.qat and self.bits in QAT_BITS
 
     def stages(self, model: ModelRef, always_prune: bool = False) -> tuple:
         """The recipe stages: [transfer], the method (+ recovery), [cluster], then quantize or QAT."""
         recovery = recovery_finetune(model, self.epochs) if self.epochs else None
-        stages: list = [TransferSpec()] if len(self.classes) >= 2 else []
+        stages: list = [TransferSpec()] if self.transfers else []
         stages += self._method_stages(recovery, always_prune)
         if self.clusters:
             tune = centroid_finetune(model, self.cluster_epochs) if self.cluster_epochs else None
@@ -269,6 +275,8 @@ class CompressSettings:
         values.update(_quant_values(first["quantize"], first["qat"]))
         if first["transfer"] and spec.data.classes:
             values["classes"] = tuple(spec.data.classes)
+        elif first["transfer"]:
+            values["retrain_head"] = True
         return cls(**values)
 
     def describe(self) -> str:
@@ -291,6 +299,8 @@ class CompressSettings:
                 parts.append(f"int8 {quant.method}" if self.bits == 8 else f"{self.bits}-bit {quant.method}")
         if len(self.classes) >= 2:
             parts.insert(0, f"transfer to classes {','.join(map(str, self.classes))}")
+        elif self.retrain_head:
+            parts.insert(0, "transfer (head re-trained on the training data)")
         return " + ".join(parts) or "baseline only"
 
     def _describe_method(self) -> str:
@@ -329,7 +339,8 @@ class CompressSettings:
         elif trains and model_kind != "torch":
             out.append(f"{trains[0]} needs a torch model; this model is ONNX")
         elif trains and not has_train_data:
-            out.append(f"{trains[0]} needs training data; the chosen data has none (use the built-in data)")
+            out.append(f"{trains[0]} needs training data; the chosen data has none (add a labelled training file "
+                       "on the Model page, data.train_path in a recipe, or use the built-in data)")
         if self.clusters and (self.bits != 32 or self.layer_bits):
             out.append("clustering already stores each weight as a short index into shared values, and a "
                        "quantize stage after it would drop the packed weights: set the bitwidth to 32 (and "
@@ -348,7 +359,7 @@ class CompressSettings:
 
     def _training_steps(self) -> list[str]:
         """What this setting trains, in recipe order (each needs a torch model and training data)."""
-        steps = ["transfer"] if len(self.classes) >= 2 else []
+        steps = ["transfer"] if self.transfers else []
         if self.technique == "distill":
             steps.append("distillation")
         elif self.epochs and (self.technique != "unstructured" or self.sparsity > 0):

@@ -310,6 +310,9 @@ def preview_settings(settings: CompressSettings, subject: Subject) -> Preview:
         gains.append(("transfer", "run", f"the run first re-trains the head for classes "
                       f"{', '.join(map(str, s.classes))} and compares every stage with that model; this preview "
                       "shows the model before the transfer"))
+    elif s.retrain_head:
+        gains.append(("transfer", "run", "the run first re-trains the head for the training data's classes and "
+                      "compares every stage with that model; this preview shows the model before the transfer"))
     return replace(base, numbers=tuple(numbers), gains=tuple(gains))
 
 

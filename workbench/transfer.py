@@ -180,6 +180,11 @@ def run_transfer(variant: Variant, spec: TransferSpec, ctx: Context) -> Variant:
     head_name = find_head(module, ctx.example)
     old = module.get_submodule(head_name)
     classes = int(train.labels.max()) + 1
+    test = ctx.splits.test
+    if test.labels is not None and int(test.labels.max()) >= classes:
+        raise WorkbenchError(f"transfer: the evaluation data ({test.name}) has class {int(test.labels.max())}, but "
+                             f"the training labels ({train.name}) stop at {classes - 1}: the new head would have "
+                             f"no output for it")
     old_accuracy = _old_head_accuracy(module, ctx.splits.test, classes)
     with torch.random.fork_rng():
         torch.manual_seed(spec.seed)

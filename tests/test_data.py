@@ -61,11 +61,12 @@ def test_adapt_to_shape_reshapes_or_explains():
         adapt_to_shape(np.zeros((4, 10)), ["batch", 1, 8, 8], np.dtype(np.float32), "d")
 
 
-def test_spread_keeps_every_part_of_a_sorted_set():
+def test_sample_of_a_sorted_set_is_fair_in_every_prefix():
     from workbench.data import Dataset
 
     data = Dataset("d", (np.arange(100, dtype=np.float32).reshape(100, 1),), np.repeat(np.arange(10), 10))
-    few = data.spread(20)
-    assert len(few) == 20 and sorted(set(few.labels)) == list(range(10))
-    assert few.inputs[0][0, 0] == 0 and few.inputs[0][-1, 0] == 99
-    assert data.spread(500) is data
+    few = data.sample(50)
+    assert len(few) == 50 and len(set(few.inputs[0][:, 0])) == 50
+    assert np.array_equal(few.labels, few.inputs[0][:, 0].astype(int) // 10)   # labels stay with their samples
+    assert len(set(few.take(10).labels)) >= 5      # the first rows are not all one class
+    assert len(data.sample(500)) == 100 and np.array_equal(data.sample(50).labels, few.labels)   # seeded

@@ -141,7 +141,7 @@ def test_user_training_file_calibrates_and_a_misfit_one_is_refused_up_front(tmp_
     the run before anything is computed."""
     from workbench.data import digits_splits
     from workbench.models import load_model
-    from workbench.pipeline import USER_CALIB_SAMPLES, load_splits
+    from workbench.pipeline import load_splits
 
     s = digits_splits()
     order = np.argsort(s.train.labels, kind="stable")   # sorted by class: the first rows are all zeros
@@ -151,8 +151,8 @@ def test_user_training_file_calibrates_and_a_misfit_one_is_refused_up_front(tmp_
     data = {"path": str(tmp_path / "test.npz"), "train_path": str(tmp_path / "train.npz")}
     spec = _spec("digits-mlp", [], data=data)
     splits = load_splits(spec, load_model(spec.model))
-    assert len(splits.train) == len(y) and len(splits.calib) == USER_CALIB_SAMPLES < len(y)
-    assert sorted(set(splits.calib.labels)) == list(range(10))   # every class, not just the first rows
+    assert len(splits.train) == len(splits.calib) == len(y)
+    assert sorted(set(splits.calib.take(128).labels)) == list(range(10))   # a prefix is not just the first rows
     for name, arrays, message in (("nolabels.npz", {"x": x}, "nolabels.npz: training data needs labels"),
                                   ("wide.npz", {"x": np.zeros((4, 65), np.float32), "y": np.zeros(4, int)},
                                    r"wide.npz: samples have shape \(65,\), the evaluation data's \(test.npz\) "
@@ -161,6 +161,22 @@ def test_user_training_file_calibrates_and_a_misfit_one_is_refused_up_front(tmp_
         bad = _spec("digits-mlp", [], data={**data, "train_path": str(tmp_path / name)})
         with pytest.raises(WorkbenchError, match=message):
             load_splits(bad, load_model(bad.model))
+
+
+def test_static_int8_says_when_it_calibrated_on_the_data_it_is_scored_on(tmp_path):
+    from workbench.data import digits_splits
+
+    s = digits_splits()
+    np.savez(tmp_path / "test.npz", x=s.test.inputs[0].reshape(-1, 64), y=s.test.labels)
+    np.savez(tmp_path / "train.npz", x=s.train.inputs[0].reshape(-1, 64), y=s.train.labels)
+    stages = [{"quantize": {"method": "static"}}]
+    alone = run_pipeline(_spec("digits-mlp", stages, data={"path": str(tmp_path / "test.npz")}))
+    assert any(n.startswith("calibrated on the evaluation data itself (test.npz: no training file)")
+               for n in alone.final.notes)
+    trained = run_pipeline(_spec("digits-mlp", stages, data={"path": str(tmp_path / "test.npz"),
+                                                            "train_path": str(tmp_path / "train.npz")}))
+    assert not any("evaluation data itself" in n for n in trained.final.notes)
+    assert not any("evaluation data itself" in n for n in run_pipeline(_spec("digits-mlp", stages)).final.notes)
 
 
 def test_first_stage_transfer_becomes_the_baseline_and_later_stages_compare_with_it(tmp_path):

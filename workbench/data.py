@@ -42,12 +42,10 @@ class Dataset:
         labels = None if self.labels is None else self.labels[:n]
         return Dataset(self.name, tuple(x[:n] for x in self.inputs), labels)
 
-    def spread(self, n: int) -> Dataset:
-        """At most `n` samples, evenly spaced over the set: a user's file may be sorted by class, and its
-        first `n` rows would then hold only the first classes."""
-        if len(self) <= n:
-            return self
-        index = np.unique(np.linspace(0, len(self) - 1, n).round().astype(np.int64))
+    def sample(self, n: int, seed: int = 0) -> Dataset:
+        """At most `n` samples drawn at random (seeded), in random order: any prefix of it (`take`) is a fair
+        sample too, even of a user's file sorted by class, whose first rows hold only the first classes."""
+        index = np.random.default_rng(seed).permutation(len(self))[:n]
         labels = None if self.labels is None else self.labels[index]
         return Dataset(self.name, tuple(x[index] for x in self.inputs), labels)
 

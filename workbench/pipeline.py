@@ -37,7 +37,6 @@ from workbench.stages import STAGE_RUNNERS, Context, Variant, to_onnx
 
 log = logging.getLogger(__name__)
 BASELINE_AFTER_TRANSFER = "baseline (after transfer)"
-USER_CALIB_SAMPLES = 512   # calibration samples drawn from a user's training file
 Progress = Callable[[float, str, str], None]
 
 
@@ -52,8 +51,9 @@ def load_splits(spec: RunSpec, model: LoadedModel) -> Splits:
         train = load_user_data(ref.train_path, names, ref.label_column) if ref.train_path else None
         if train is not None:
             check_training_data(train, test)
-        # calibration ranges come from the training data when there is some, never from the data scored
-        splits = Splits(train=train, calib=test if train is None else train.spread(USER_CALIB_SAMPLES), test=test)
+        # calibration comes from the training data when there is some (shuffled: calibration takes a prefix),
+        # never from the data that is scored
+        splits = Splits(train=train, calib=test if train is None else train.sample(len(train)), test=test)
     if ref.classes is not None:
         splits = Splits(*(None if d is None else select_classes(d, ref.classes)
                           for d in (splits.train, splits.calib, splits.test)))

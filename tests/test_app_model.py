@@ -113,6 +113,7 @@ def test_training_file_lets_a_run_re_train_the_head_and_fine_tune_on_the_users_t
     assert not at.exception and not at.error
     assert at.session_state["data_ref"]["train_path"].endswith(".npz") and at.query_params["train"].endswith(".npz")
     assert any("Training on **train.npz**" in t for t in texts(at))
+    assert any("**Data** `eval.npz` · trains on `train.npz`" in t for t in texts(at))   # the sidebar
 
     at.switch_page("views/compress.py").run()
     at.slider(key="sparsity").set_value(50).run()
@@ -130,3 +131,11 @@ def test_training_file_lets_a_run_re_train_the_head_and_fine_tune_on_the_users_t
     assert done.status == "succeeded", done.error
     baseline = done.metrics["rows"][0]
     assert baseline["variant"] == "baseline (after transfer)" and baseline["accuracy"] > 0.9  # 3 classes, not 10
+
+    at.switch_page(PAGE).run()      # the uploader is empty again; the training file is still in use
+    at.button(key="drop_train").click().run()
+    assert "train_path" not in at.session_state["data_ref"] and "train" not in at.query_params
+    at.switch_page("views/compress.py").run()
+    assert not at.session_state["retrain_head"]    # no hidden transfer left behind; the recovery slider is shown
+    assert [w.value.split(";")[0] for w in at.warning] == ["recovery fine-tuning needs training data"]
+    assert any("Add a labelled training file" in t for t in texts(at))

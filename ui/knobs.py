@@ -163,9 +163,13 @@ def cluster_knobs() -> None:
 
 def transfer_knobs(data: DataRef) -> None:
     """Built-in digits: keep a subset of the digits. The user's data: re-train the head on its training file's
-    classes. The other kind's choice, still in the session from before, is cleared so a run never carries it."""
+    classes. A choice the data cannot take, still in the session from before, is cleared so a run never
+    carries a transfer the page does not show."""
     builtin = data.builtin is not None
-    st.session_state["retrain_head" if builtin else "classes"] = False if builtin else []
+    if not builtin:
+        st.session_state["classes"] = []
+    if builtin or not data.train_path:
+        st.session_state["retrain_head"] = False
     opened = bool(st.session_state.get("classes") or st.session_state.get("retrain_head"))
     with st.expander("Transfer to a new task first" if not builtin else "Transfer to a subset of the classes first",
                      expanded=opened):

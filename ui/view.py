@@ -161,7 +161,8 @@ def model_or_stop(ref: ModelRef) -> cache.Held:
 def sidebar() -> None:
     model, data = state.current_model(), state.current_data()
     with st.sidebar:
-        st.markdown(f"**Model** `{uploads.model_label(model)}`  \n**Data** `{uploads.data_label(data)}`")
+        trains_on = f" · trains on `{uploads.display_name(data.train_path)}`" if data.train_path else ""
+        st.markdown(f"**Model** `{uploads.model_label(model)}`  \n**Data** `{uploads.data_label(data)}`{trains_on}")
         with guard():
             st.caption(launch.worker_status())
         st.caption(f"Data dir: `{state.home()}`")

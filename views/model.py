@@ -60,8 +60,8 @@ with pick_data:
                 if ref.path != data.path or ref.label_column != data.label_column:
                     state.set_data(dataclasses.replace(ref, train_path=data.train_path if data.path else None))
                 st.caption("Without labels, runs report fidelity to this model instead of accuracy.")
-        data = state.current_data()
-        if data.path:
+        evaluation = state.current_data()
+        if evaluation.path:
             training = st.file_uploader(
                 "Training data (optional): labelled, shaped like the evaluation data", type=["npz", "csv"],
                 key="train_upload", help="lets runs train: recovery fine-tuning, distillation, quantization-aware "
@@ -69,15 +69,20 @@ with pick_data:
                                          "calibrates on it instead of on the evaluation data")
             if training is not None:
                 with view.guard():
-                    ref = uploads.accept_training_data(training.getvalue(), training.name, state.uploads_dir(), data)
-                    if ref != data:
+                    ref = uploads.accept_training_data(training.getvalue(), training.name, state.uploads_dir(),
+                                                       evaluation)
+                    if ref != evaluation:
                         state.set_data(ref)
-            if state.current_data().train_path:
-                st.caption(f"Training on **{uploads.display_name(state.current_data().train_path)}**; "
-                           "the evaluation data is only scored.")
+            elif evaluation.train_path and st.button("Stop training on it", key="drop_train",
+                                                     help="runs then only score the evaluation data"):
+                state.set_data(dataclasses.replace(evaluation, train_path=None))
+            if train_path := state.current_data().train_path:
+                st.caption(f"Training on **{uploads.display_name(train_path)}**; the evaluation data is only scored.")
             else:
                 st.caption("Without training data, runs cannot fine-tune: one-shot pruning, quantization and "
                            "low-rank still work.")
+if (state.current_model(), state.current_data()) != (current, data):
+    st.rerun()   # the sidebar, drawn before this page, names the model and the data: draw it again
 
 ref, data = state.current_model(), state.current_data()
 label = uploads.model_label(ref)

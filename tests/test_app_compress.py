@@ -96,23 +96,40 @@ def test_structured_knobs_give_a_structured_stage_and_a_counted_preview(isolated
     assert stage.exclude == ("features.1.0",)
 
 
-def test_a_structured_setting_the_model_cannot_take_disables_the_launch(isolated_home):
-    """A .pt2 upload has no Linear/Conv modules: the preview's Torch-Pruning call (the run's own) refuses, and
-    the page says so under Run it instead of letting a run fail."""
+def test_a_pt2_upload_refuses_layer_edits_up_front_and_its_pruning_run_succeeds(isolated_home):
+    """A .pt2 upload has no Linear/Conv modules: structured pruning, low-rank and QAT are refused under Run it
+    (once each, saying what works) instead of letting a run fail; pruning with fine-tuning runs to the end."""
     import torch
 
     from ui import uploads
     from workbench import zoo
 
-    program = torch.export.export(zoo.load_sample("digits-mlp").eval(), (torch.zeros(2, 64),))
+    program = torch.export.export(zoo.load_sample("digits-mlp").eval(), (torch.zeros(2, 64),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
     buffer = isolated_home / "mlp.pt2"
     torch.export.save(program, str(buffer))
     saved = uploads.save_upload(buffer.read_bytes(), "mlp.pt2", isolated_home / "uploads", (".pt2",))
     at = open_app(PAGE, query={"model": saved.name, "technique": "structured"})
     assert not at.exception and at.button(key="launch_run").disabled
-    assert any("torch.export program (.pt2)" in w.value for w in at.warning)
+    (warning,) = at.warning
+    assert warning.value.startswith("structured pruning edits nn.Linear/Conv modules, and a torch.export program "
+                                    "(.pt2) has none")
+    at.radio(key="technique").set_value("lowrank").run()
+    assert at.button(key="launch_run").disabled and at.warning[0].value.startswith("low-rank factorization edits")
     at.radio(key="technique").set_value("unstructured").run()
-    assert not at.button(key="launch_run").disabled
+    at.select_slider(key="bits").set_value(4).run()
+    at.toggle(key="qat").set_value(True).run()
+    assert at.button(key="launch_run").disabled and "quantization-aware training edits" in at.warning[0].value
+    at.toggle(key="qat").set_value(False).run()
+    at.select_slider(key="bits").set_value(32).run()
+    at.slider(key="sparsity").set_value(50).run()
+    at.slider(key="epochs").set_value(1).run()
+    assert not at.warning and not at.button(key="launch_run").disabled
+    at.button(key="launch_run").click().run()
+    (run,) = Store(isolated_home).list()
+    drain_queue(isolated_home)
+    done = Store(isolated_home).get(run.id)
+    assert done.status == "succeeded", done.error
 
 
 def test_nm_shows_the_mask_and_says_there_is_no_cpu_kernel(isolated_home):

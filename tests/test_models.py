@@ -1,6 +1,8 @@
 """Loading user models: every supported format, and bad files give one-line errors that name them."""
 
+import dataclasses
 import pickle
+import re
 
 import numpy as np
 import onnx
@@ -127,3 +129,69 @@ def test_safetensors_that_do_not_fit_the_arch(tmp_path):
 
 def test_missing_file():
     _one_line_error(ModelRef(path="/nonexistent/model.onnx"), "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def traced_mlps(tmp_path_factory):
+    """The digits-mlp sample as a torch.export program and as TorchScript, as users export them."""
+    from workbench.zoo import load_sample
+
+    folder, module = tmp_path_factory.mktemp("traced"), load_sample("digits-mlp").eval()
+    example = (torch.zeros(2, 1, 8, 8),)
+    program = torch.export.export(module, example, dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(folder / "mlp.pt2"))
+    torch.jit.trace(module, example).save(str(folder / "mlp.pt"))
+    return {"a torch.export program (.pt2)": folder / "mlp.pt2", "a TorchScript model (.pt/.ts)": folder / "mlp.pt"}
+
+
+@pytest.mark.parametrize("kind", ["a torch.export program (.pt2)", "a TorchScript model (.pt/.ts)"])
+def test_traced_models_prune_fine_tune_and_cluster_and_refuse_layer_edits_saying_what_works(traced_mlps, kind,
+                                                                                              tmp_path):
+    """torch.export modules raise on train()/eval() and a copied TorchScript module has non-leaf parameters:
+    both used to fail any run (the .pt2 already at the baseline export). Now pruning + fine-tuning and
+    clustering run; methods that edit Linear/Conv modules stop with one line saying what does work."""
+    from tests.conftest import FAST_MEASURE
+    from workbench.data import digits_splits
+    from workbench.pipeline import example_inputs, run_pipeline
+    from workbench.specs import (
+        ClusterSpec,
+        DistillSpec,
+        FinetuneSpec,
+        LowRankSpec,
+        QATSpec,
+        RunSpec,
+        StructuredSpec,
+        TransferSpec,
+    )
+    from workbench.stages import STAGE_RUNNERS, Context, Variant
+
+    def accuracies(model: dict) -> list[float]:
+        spec = RunSpec.from_dict({"model": model, "measure": FAST_MEASURE, "stages": [
+            {"prune": {"sparsity": 0.8}}, {"finetune": {"epochs": 1}}, {"cluster": {"clusters": 16}}]})
+        report = run_pipeline(spec, out_dir=tmp_path / model.get("sample", "traced"))
+        return [v.measurement.metrics["accuracy"] for v in (report.baseline, *report.variants)]
+
+    model = {"path": str(traced_mlps[kind])}
+    assert accuracies(model) == pytest.approx(accuracies({"sample": "digits-mlp"}), abs=0.003)  # as the module does
+    module = load_model(ModelRef(**model)).module
+    splits = digits_splits()
+    ctx = Context(RunSpec.from_dict({"model": model, "measure": FAST_MEASURE}), splits, example_inputs(splits.test),
+                  lambda *_: None, lambda: False)
+    refusal = (rf"edits nn.Linear/Conv modules, and {re.escape(kind)} has none .*safetensors \+ arch\). "
+               "Unstructured pruning, fine-tuning, clustering")
+    for stage in (StructuredSpec(), DistillSpec(), QATSpec(), TransferSpec(), LowRankSpec()):
+        with pytest.raises(WorkbenchError, match=refusal):
+            STAGE_RUNNERS[stage.kind](Variant(module=module), stage, ctx)
+    tuned = dataclasses.replace(ctx.spec, stages=(ClusterSpec(clusters=16, finetune=FinetuneSpec(epochs=1)),))
+    if kind.startswith("a TorchScript"):
+        with pytest.raises(WorkbenchError, match="cluster.finetune: training the shared values re-parametrizes"):
+            run_pipeline(tuned)
+    else:
+        assert run_pipeline(tuned).final.measurement.metrics["accuracy"] > 0.95
+
+
+def test_a_program_exported_for_one_batch_size_says_how_to_export_it(tmp_path):
+    path = tmp_path / "fixed.pt2"
+    torch.export.save(torch.export.export(build("digits-mlp").eval(), (torch.zeros(2, 1, 8, 8),)), str(path))
+    with pytest.raises(WorkbenchError, match=r"^fixed.pt2: exported for batch size 2 only.*dynamic_shapes="):
+        load_model(ModelRef(path=str(path)))

@@ -319,16 +319,3 @@ def test_pipeline_structured_then_finetune_is_really_smaller(tmp_path):
         assert next(c for c in v.claims if c.aspect == "file size").kind == "real"
     assert tuned.measurement.metrics["accuracy"] > 0.9
     assert (tmp_path / "model.onnx").stat().st_size < 0.4 * base.measurement.size.file_bytes
-
-
-def test_a_torch_export_program_is_refused_with_what_to_load_instead(tmp_path):
-    """A .pt2 program runs as traced ops: there are no Linear/Conv modules whose channels could go."""
-    from workbench.models import load_model
-    from workbench.specs import ModelRef
-
-    example = (torch.zeros(2, 64),)
-    path = tmp_path / "mlp.pt2"
-    torch.export.save(torch.export.export(zoo.load_sample("digits-mlp").eval(), example), str(path))
-    module = load_model(ModelRef(path=str(path))).module
-    with pytest.raises(WorkbenchError, match=r"torch.export program \(.pt2\) keeps no Linear/Conv modules.*safetens"):
-        prune_structured(module, example, StructuredSpec(ratio=0.5))

@@ -6,6 +6,7 @@ import streamlit as st
 from ui import cache, knobs, launch, sensitivity_view, state, uploads, view
 from workbench.codegen import python_script
 from workbench.errors import WorkbenchError
+from workbench.models import traced_kind
 from workbench.presets import BITWIDTHS, PRESETS, QAT_BITS
 from workbench.preview import Number
 from workbench.search import OBJECTIVES, SPACE, candidates
@@ -81,7 +82,8 @@ if layers.open:
 
 st.subheader("Run it")
 problems = settings.problems(held.loaded.kind, has_train_data=data.builtin is not None or data.train_path is not None,
-                             has_rewind_checkpoint=ref.sample is not None) + ([cannot] if cannot else [])
+                             has_rewind_checkpoint=ref.sample is not None, traced=traced_kind(held.loaded.module))
+problems += [cannot] if cannot and cannot not in problems else []
 for problem in problems:
     st.warning(problem)
 spec = settings.to_spec(ref, data, state.measure_spec(), name=f"{label} · {settings.describe()}")

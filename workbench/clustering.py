@@ -16,7 +16,6 @@ where each weight costs its entropy-coded position and cluster index instead of 
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import logging
 import math
@@ -25,6 +24,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from workbench.errors import WorkbenchError
+from workbench.models import SCRIPTED, copy_module, traced_kind
 from workbench.specs import ClusterSpec, FinetuneSpec
 from workbench.stages import Context, Variant, runner
 
@@ -214,7 +214,7 @@ def run_cluster(variant: Variant, spec: ClusterSpec, ctx: Context) -> Variant:
     from workbench.packing import encode
     from workbench.pruning import torch_weights
 
-    module = copy.deepcopy(variant.module)
+    module = copy_module(variant.module)
     weights = {n: p.detach().cpu().numpy() for n, p in torch_weights(module).items()}
     if not weights:
         raise WorkbenchError("cluster: the model has no Linear/Conv weights to cluster")
@@ -226,6 +226,10 @@ def run_cluster(variant: Variant, spec: ClusterSpec, ctx: Context) -> Variant:
     out.history.append({"clusters": spec.clusters, **_scores(module, ctx)})
     tune = spec.finetune
     if tune is not None and tune.epochs > 0 and books:
+        if traced_kind(module) == SCRIPTED:
+            raise WorkbenchError(f"cluster.finetune: training the shared values re-parametrizes Linear/Conv "
+                                 f"modules, which {SCRIPTED} does not allow: load the model as .pt2 or safetensors "
+                                 f"+ its architecture, or cluster without finetune")
         if ctx.splits.train is None:
             raise WorkbenchError("cluster.finetune: no training data (set data.train_path for user data)")
         books, loss = finetune_centroids(module, books, tune, ctx.splits.train, variant.masks,

@@ -19,7 +19,6 @@ Torch only: an ONNX variant is a clear error.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workbench.errors import WorkbenchError
+from workbench.models import copy_module, needs_layer_modules
 from workbench.specs import DistillSpec, StructuredSpec
 from workbench.stages import Context, Variant, runner
 
@@ -48,7 +48,7 @@ def make_student(teacher: nn.Module, example: tuple, spec: DistillSpec) -> tuple
     from workbench.structured import prune_structured
 
     if spec.width >= 1:
-        student, report = copy.deepcopy(teacher).eval(), None
+        student, report = copy_module(teacher).eval(), None
     else:
         try:
             student, report = prune_structured(teacher, example, StructuredSpec(ratio=1 - spec.width))
@@ -142,10 +142,11 @@ def run_distill(variant: Variant, spec: DistillSpec, ctx: Context) -> Variant:
     if variant.module is None:
         raise WorkbenchError("distill: needs a torch teacher; this variant is ONNX (put distill before quantize, "
                              "or load the model as .pt2 or safetensors + arch)")
+    needs_layer_modules("distillation (the student is the teacher with channels removed)", variant.module)
     train = ctx.splits.train
     if train is None or train.labels is None:
         raise WorkbenchError("distill: no labelled training data (set data.train_path for user data)")
-    teacher = copy.deepcopy(variant.module).eval()
+    teacher = copy_module(variant.module).eval()
     ctx.progress(0.02, f"building the student (width {spec.width:g})")
     student, report = make_student(teacher, ctx.example, spec)
     ctx.check()

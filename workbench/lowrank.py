@@ -18,7 +18,6 @@ evenly between the factors, which keeps both at the same scale for fine-tuning a
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import logging
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from workbench.errors import WorkbenchError
+from workbench.models import copy_module, needs_layer_modules
 from workbench.onnx_rewrite import tensor_names, unique_name
 from workbench.pruning import check_patterns
 from workbench.specs import LowRankSpec
@@ -156,7 +156,7 @@ def split_layer(layer: nn.Module, f: Factors) -> nn.Module:
 
 def factorize_torch(module: nn.Module, spec: LowRankSpec, example: tuple) -> tuple[nn.Module, list[dict], dict]:
     """A copy of `module` with its Linear/Conv layers factorized; per-layer rows and {skipped: reason}."""
-    model = copy.deepcopy(module)
+    model = copy_module(module)
     layers = _layers(model)
     check_patterns([f"{n}.weight" for n in layers], "lowrank exclude", spec.exclude)
     classifier = last_layer(model, layers, example)
@@ -295,6 +295,8 @@ def run_lowrank(variant: Variant, spec: LowRankSpec, ctx: Context) -> Variant:
         raise WorkbenchError(f"lowrank: the model is already quantized ({variant.quant_method}); "
                              "put lowrank before quantize")
     tune = spec.finetune is not None and spec.finetune.epochs > 0
+    if variant.module is not None:
+        needs_layer_modules("low-rank factorization", variant.module)
     ctx.progress(0.05, "factorizing")
     if variant.module is None:
         if tune:

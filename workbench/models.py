@@ -31,6 +31,7 @@ from workbench.specs import MODEL_SUFFIXES, ModelRef
 
 if TYPE_CHECKING:
     import onnx
+    from torch import nn
 
 log = logging.getLogger(__name__)
 ONNX_MAX_BYTES = 2 * 1024**3
@@ -237,13 +238,94 @@ def _load_pt2(path: Path) -> LoadedModel:
             program = torch.export.load(str(path))
     except Exception as exc:
         raise WorkbenchError(f"{path.name}: could not load the torch.export program ({_first_line(exc)})") from None
-    module = program.module()
+    if (batch := _static_batch(program)) is not None:
+        raise WorkbenchError(f"{path.name}: exported for batch size {batch} only, and the workbench runs models on "
+                             "other batch sizes (evaluation, latency at batch 1 and 256): export it with a dynamic "
+                             "batch, torch.export.export(model, (x,), "
+                             "dynamic_shapes=({0: torch.export.Dim('batch')},))")
+    module = trainable_program(program.module())
     shape = None
     args = program.example_inputs[0] if program.example_inputs else ()
     if len(args) == 1 and hasattr(args[0], "shape"):
         shape = tuple(args[0].shape[1:])
     return LoadedModel(path.name, "torch", module=module, source=path, file_bytes=path.stat().st_size,
                        input_shape=shape)
+
+
+def _static_batch(program: Any) -> int | None:
+    """The batch size a torch.export program was traced for when its first input's batch axis is a plain
+    int (not symbolic), else None."""
+    inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        value = node.meta.get("val") if node.op == "placeholder" and node.name in inputs else None
+        if value is not None and getattr(value, "dim", lambda: 0)() > 0:
+            first = value.shape[0]
+            return first if isinstance(first, int) else None
+    return None
+
+
+def trainable_program(module: nn.Module) -> nn.Module:
+    """`ExportedProgram.module()` replaces the module's train() and eval() with methods that raise, and
+    torch 2.13 no longer ships the helper that allowed them (it moved to torchao). Put nn.Module's own back:
+    the mode flag then switches as the workbench expects (export, evaluation, fine-tuning), while the traced
+    graph keeps the mode it was exported in: BatchNorm and dropout behave as they did at export, typically
+    eval (running statistics, no dropout), also while fine-tuning."""
+    for name in ("train", "eval"):
+        vars(module).pop(name, None)
+    return module
+
+
+EXPORTED, SCRIPTED = "a torch.export program (.pt2)", "a TorchScript model (.pt/.ts)"
+TRACED = {  # per traced kind: why it has no layer modules, and what still works on it as it is
+    EXPORTED: ("its layers are traced into plain ops",
+               "unstructured pruning, fine-tuning, clustering and quantization"),
+    SCRIPTED: ("its layers are compiled TorchScript", "unstructured pruning, fine-tuning, clustering without centroid "
+                                                      "fine-tuning and quantization"),
+}
+
+
+def traced_kind(module: Any) -> str | None:
+    """Which kind of traced model `module` is (a key of TRACED) when it runs traced ops instead of
+    nn.Linear/Conv modules that a method could edit; None for an ordinary nn.Module (or no module)."""
+    import torch
+    from torch import nn
+
+    if isinstance(module, torch.jit.ScriptModule):
+        return SCRIPTED
+    layers = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    if isinstance(module, torch.fx.GraphModule) and not any(isinstance(m, layers) for m in module.modules()):
+        return EXPORTED
+    return None
+
+
+def traced_reason(what: str, kind: str) -> str:
+    why, works = TRACED[kind]
+    return (f"{what} edits nn.Linear/Conv modules, and {kind} has none ({why}); only the built-in architectures "
+            f"load as such modules (safetensors + arch). {works[0].upper()}{works[1:]} work on it as it is")
+
+
+def needs_layer_modules(what: str, module: Any) -> None:
+    """A clear error when `what` (a method that edits Linear/Conv modules) meets a traced model."""
+    if kind := traced_kind(module):
+        raise WorkbenchError(traced_reason(what, kind))
+
+
+def copy_module(module: nn.Module) -> nn.Module:
+    """A deep copy whose parameters are leaf tensors, as the original's are. copy.deepcopy of a TorchScript
+    module clones its parameters through autograd, and an optimizer refuses such non-leaf tensors; copying
+    it under no_grad and restoring each parameter's requires_grad keeps the copy trainable."""
+    import copy
+
+    import torch
+
+    if not isinstance(module, torch.jit.ScriptModule):
+        return copy.deepcopy(module)
+    flags = {n: p.requires_grad for n, p in module.named_parameters()}
+    with torch.no_grad():
+        out = copy.deepcopy(module)
+    for n, p in out.named_parameters():
+        p.requires_grad_(flags.get(n, True))
+    return out
 
 
 def _load_torchscript(path: Path) -> LoadedModel:

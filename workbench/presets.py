@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from workbench.models import SCRIPTED, traced_reason
 from workbench.specs import (
     CALIBRATIONS,
     PRUNE_METHODS,
@@ -329,10 +330,17 @@ class CompressSettings:
                      f"{len(self.overrides)} per-layer sparsities" if overrides else ""]
         return "".join(f" ({p})" for p in per_layer if p)
 
-    def problems(self, model_kind: str, has_train_data: bool, has_rewind_checkpoint: bool = True) -> list[str]:
+    def problems(self, model_kind: str, has_train_data: bool, has_rewind_checkpoint: bool = True,
+                 traced: str | None = None) -> list[str]:
         """Reasons this setting cannot run on the current model and data (empty when it can).
-        `has_rewind_checkpoint`: the model has an early-training checkpoint (samples ship one)."""
+        `has_rewind_checkpoint`: the model has an early-training checkpoint (samples ship one); `traced`: the
+        torch model's traced kind (workbench.models.traced_kind), which has no Linear/Conv modules to edit."""
         out = []
+        if traced and (edits := self._layer_edits()):
+            out.append(traced_reason(edits[0], traced))
+        elif traced == SCRIPTED and self.clusters and self.cluster_epochs:
+            out.append(f"centroid fine-tuning re-parametrizes Linear/Conv modules, which {SCRIPTED} does not allow: "
+                       "set its epochs to 0, or load the model as .pt2 or safetensors + its architecture")
         trains = self._training_steps()
         if self.technique in TORCH_ONLY and model_kind != "torch":
             out.append(f"{TORCH_ONLY[self.technique]} needs a torch model; this model is ONNX")
@@ -356,6 +364,14 @@ class CompressSettings:
         if len(self.classes) == 1:
             out.append("transfer: pick at least two classes (or none)")
         return out
+
+    def _layer_edits(self) -> list[str]:
+        """What this setting does to nn.Linear/Conv modules themselves (a traced model has none)."""
+        edits = ["transfer (a new head replaces the last Linear)"] if self.transfers else []
+        method = {"structured": "structured pruning", "lowrank": "low-rank factorization",
+                  "distill": "distillation (the student is the teacher with channels removed)"}.get(self.technique)
+        edits += [method] if method else []
+        return edits + (["quantization-aware training"] if self.uses_qat else [])
 
     def _training_steps(self) -> list[str]:
         """What this setting trains, in recipe order (each needs a torch model and training data)."""

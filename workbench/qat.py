@@ -26,7 +26,6 @@ Non-goals: learned weight scales, ONNX input models (QAT needs training), per-la
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import logging
 import math
@@ -41,6 +40,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from workbench.errors import WorkbenchError
+from workbench.models import copy_module, needs_layer_modules
 from workbench.onnx_graph import COMPUTE_OPS, QUANTIZED_KERNEL_OPS
 from workbench.onnx_rewrite import tensor_names, unique_name
 from workbench.specs import FinetuneSpec, QATSpec
@@ -496,7 +496,8 @@ def run_qat(variant: Variant, spec: QATSpec, ctx: Context) -> Variant:
 
     if variant.module is None:
         raise WorkbenchError("qat needs a torch model; put it before quantize")
-    module = copy.deepcopy(variant.module)
+    needs_layer_modules("quantization-aware training", variant.module)
+    module = copy_module(variant.module)
     layers, skipped = attach(module, spec)
     if spec.activation_bits is not None:
         ctx.progress(0.02, "observing activation ranges")

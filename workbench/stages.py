@@ -87,9 +87,8 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
     `spec.rewind` says; each round's sparsity and test accuracy go to the variant's history."""
     if variant.module is None:
         return _prune_onnx(variant, spec, ctx)
-    import copy
-
     from workbench.evaluate import score, torch_predict
+    from workbench.models import copy_module
     from workbench.pruning import (
         emptied_notes,
         nm_notes,
@@ -103,7 +102,7 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
     training = spec.finetune is not None and spec.finetune.epochs > 0
     if training and ctx.splits.train is None:
         raise WorkbenchError("prune.finetune: no training data (set data.train_path for user data)")
-    module = copy.deepcopy(variant.module)
+    module = copy_module(variant.module)
     out = variant.copy_meta(module=module)
     checkpoint, kept = _rewind_state(module, spec, ctx) if spec.rewind == "weight" else (None, ())
     if kept:
@@ -192,9 +191,9 @@ def _rewind_state(module: Any, spec: PruneSpec, ctx: Context) -> tuple[dict[str,
     """The early-training checkpoint weight rewinding resets to, checked against `module`'s layout, and
     the tensors it leaves at their current values: after a transfer, the new head's (the checkpoint's head
     has the original classes)."""
-    import copy
     from pathlib import Path
 
+    from workbench.models import copy_module
     from workbench.zoo import load_weights, rewind_checkpoint
 
     sample = ctx.spec.model.sample
@@ -214,7 +213,7 @@ def _rewind_state(module: Any, spec: PruneSpec, ctx: Context) -> tuple[dict[str,
 
         head = find_head(module, ctx.example)
         keep = tuple(f"{head}.{n}" for n, _ in module.get_submodule(head).named_parameters())
-    template = load_weights(copy.deepcopy(module), path, f"prune.rewind_weights ({path.name})", frozenset(keep))
+    template = load_weights(copy_module(module), path, f"prune.rewind_weights ({path.name})", frozenset(keep))
     return {k: v.detach().clone() for k, v in template.state_dict().items()}, keep
 
 
@@ -266,15 +265,14 @@ def _prune_onnx(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
 
 @runner("finetune")
 def run_finetune(variant: Variant, spec: FinetuneSpec, ctx: Context) -> Variant:
-    import copy
-
     from workbench.finetune import finetune
+    from workbench.models import copy_module
 
     if variant.module is None:
         raise WorkbenchError("finetune: needs a torch model; this variant is ONNX (put finetune before quantize)")
     if ctx.splits.train is None:
         raise WorkbenchError("finetune: no training data (set data.train_path for user data)")
-    module = copy.deepcopy(variant.module)
+    module = copy_module(variant.module)
     out = variant.copy_meta(module=module, masks=dict(variant.masks))
     loss = finetune(module, spec, ctx.splits.train, variant.masks,
                     progress=lambda f: ctx.progress(f, "fine-tuning"), cancelled=ctx.cancelled, teacher=ctx.teacher)

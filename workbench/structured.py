@@ -14,7 +14,6 @@ graphs are not pruned here.
 from __future__ import annotations
 
 import contextlib
-import copy
 import fnmatch
 import io
 import logging
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from workbench.errors import WorkbenchError
+from workbench.models import copy_module, needs_layer_modules
 from workbench.specs import StructuredSpec
 from workbench.stages import Context, Variant, runner
 
@@ -105,13 +105,8 @@ def _run(model: nn.Module, example: tuple) -> torch.Tensor:
 
 def _classifier(model: nn.Module, example: tuple) -> str:
     """The weight layer that ran last: its outputs are the model's outputs."""
-    import torch
 
     layers = _weight_layers(model)
-    if not layers and isinstance(model, torch.fx.GraphModule):
-        raise WorkbenchError("structured: a torch.export program (.pt2) keeps no Linear/Conv modules to remove "
-                             "channels from (its layers are traced into plain ops); load the model as safetensors + "
-                             "its architecture, or use unstructured pruning, low-rank or quantization")
     order: list[str] = []
     hooks = [m.register_forward_hook(lambda *_, n=n: order.append(n)) for n, m in layers.items()]
     try:
@@ -190,7 +185,7 @@ def _attempt(base: nn.Module, example: tuple, spec: StructuredSpec, plan: _Plan,
     import torch
 
     tp = _tp()
-    model = copy.deepcopy(base)
+    model = copy_module(base)
     for p in model.parameters():
         p.requires_grad_(True)  # the dependency graph is traced through autograd
     named = dict(model.named_modules())
@@ -245,13 +240,10 @@ def prune_structured(module: nn.Module, example: tuple[torch.Tensor, ...],
     """A new module with `spec.ratio` of the channels / neurons / heads of each prunable group removed
     (`scope="global"` ranks groups together), plus a report: params and MACs before/after, the layers
     whose shapes changed, and the layers left whole with the reason."""
-    import torch
 
-    if isinstance(module, torch.jit.ScriptModule):
-        raise WorkbenchError("structured: TorchScript modules cannot be traced for channel removal; "
-                             "load the model as .pt2 or safetensors + arch")
+    needs_layer_modules("structured pruning", module)
     example = tuple(example)
-    base = copy.deepcopy(module).eval()
+    base = copy_module(module).eval()
     grads = {n: p.requires_grad for n, p in base.named_parameters()}
     ref_shape = tuple(_run(base, example).shape)
     plan = _plan(base, example, spec)

@@ -17,7 +17,6 @@ Torch only.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workbench.errors import WorkbenchError
+from workbench.models import copy_module, needs_layer_modules
 from workbench.specs import TransferSpec
 from workbench.stages import Context, Variant, runner
 
@@ -175,7 +175,8 @@ def run_transfer(variant: Variant, spec: TransferSpec, ctx: Context) -> Variant:
                              ".npz (x, y) or .csv")
     if train.labels is None:
         raise WorkbenchError(f"transfer: the training data ({train.name}, data.train_path) has no labels")
-    module = copy.deepcopy(variant.module)
+    needs_layer_modules("transfer (a new head replaces the last Linear)", variant.module)
+    module = copy_module(variant.module)
     grads = {n: p.requires_grad for n, p in module.named_parameters()}
     head_name = find_head(module, ctx.example)
     old = module.get_submodule(head_name)

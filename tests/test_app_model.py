@@ -139,3 +139,21 @@ def test_training_file_lets_a_run_re_train_the_head_and_fine_tune_on_the_users_t
     assert not at.session_state["retrain_head"]    # no hidden transfer left behind; the recovery slider is shown
     assert [w.value.split(";")[0] for w in at.warning] == ["recovery fine-tuning needs training data"]
     assert any("Add a labelled training file" in t for t in texts(at))
+
+
+def test_a_pt2_upload_says_which_methods_work_on_it(tmp_path):
+    import torch
+
+    from workbench.zoo import load_sample
+
+    path = tmp_path / "mlp.pt2"
+    program = torch.export.export(load_sample("digits-mlp").eval(), (torch.zeros(2, 1, 8, 8),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(path))
+    at = open_app(PAGE)
+    at.radio(key="model_source").set_value("Upload a model file").run()
+    at.file_uploader(key="model_upload").upload("mlp.pt2", path.read_bytes()).run()
+    assert not at.exception and not at.error
+    assert any(t.startswith("This is a torch.export program (.pt2): unstructured pruning, fine-tuning, clustering "
+                            "and quantization work on it.") for t in texts(at))
+    assert float(metric(at, "accuracy")) > 0.95     # the baseline runs (it used to fail at the export)

@@ -8,6 +8,7 @@ import streamlit as st
 
 from ui import cache, state, uploads, view
 from workbench import charts
+from workbench.models import TRACED, traced_kind
 from workbench.specs import MODEL_SUFFIXES, DataRef, ModelRef
 from workbench.zoo import sample_card, sample_names
 
@@ -41,6 +42,10 @@ with pick_model:
                 if ref != current:
                     state.set_model(ref)
                 st.success(f"{upload.name}: loaded. Nothing leaves this machine; pickles are never loaded.")
+                if kind := traced_kind(cache.model(ref).loaded.module):
+                    st.caption(f"This is {kind}: {TRACED[kind][1]} work on it. Structured pruning, distillation, "
+                               "low-rank, QAT and transfer need nn.Linear/Conv modules (safetensors + a built-in "
+                               "architecture).")
         elif current.path:
             st.caption(f"Current model: **{uploads.model_label(current)}** (uploaded earlier)")
 with pick_data:

@@ -132,7 +132,7 @@ def test_onnx_matmul_and_gemm_weights_are_factorized_in_the_graph():
 
 
 def test_refusals_name_the_problem(tiny_onnx):
-    with pytest.raises(WorkbenchError, match="Conv factorization needs a torch model"):
+    with pytest.raises(WorkbenchError, match=r"Conv factorization needs nn.Conv modules \(load safetensors"):
         STAGE_RUNNERS["lowrank"](Variant(onnx_model=onnx.load(tiny_onnx)), LowRankSpec(), _ctx())
     with pytest.raises(WorkbenchError, match="put lowrank before quantize"):
         STAGE_RUNNERS["lowrank"](Variant(onnx_model=onnx.load(tiny_onnx), quant_method="static"), LowRankSpec(),

@@ -185,7 +185,7 @@ def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
 def _onnx_weight(node: onnx.NodeProto, inits: dict, readers: dict) -> tuple[np.ndarray | None, str | None]:
     """The node's weight as an (out, in) matrix, or None and why it cannot be factorized."""
     if node.op_type == "Conv":
-        return None, "Conv factorization needs a torch model (load .pt2/.safetensors)"
+        return None, "Conv factorization needs nn.Conv modules (load safetensors + a built-in architecture)"
     tensor = inits.get(node.input[1])
     if tensor is None or tensor.data_type != onnx.TensorProto.FLOAT or len(tensor.dims) != 2:
         return None, "weight is not a constant 2-D float initializer (quantized or computed)"

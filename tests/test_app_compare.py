@@ -224,3 +224,28 @@ def test_seed_repeats_and_the_random_baseline_get_their_tables(tmp_path, monkeyp
     assert sorted(over_seeds["n"]) == [2, 2] and set(over_seeds["prune_method"]) == {"magnitude", "random"}
     pairs = next(f for f in frames.values() if "advantage_mean" in f)
     assert list(pairs["n"]) == [2] and pairs["advantage_mean"].iloc[0] > 0   # magnitude beats chance at 60%
+
+
+def test_runs_on_different_data_are_flagged_and_keep_separate_baselines(tmp_path, monkeypatch):
+    from tests.conftest import FAST_MEASURE
+    from workbench import jobs
+    from workbench.specs import RunSpec
+    from workbench.store import Store
+
+    home = tmp_path / "home"
+    store = Store(home)
+    for data in ("digits", {"builtin": "digits", "classes": [0, 1]}):
+        jobs.submit(store, RunSpec.from_dict({"model": "digits-mlp", "data": data, "measure": FAST_MEASURE,
+                                              "stages": [{"prune": {"sparsity": 0.5}}]}))
+    while (run := store.claim("test")) is not None:
+        jobs.execute(store, run.id)
+    monkeypatch.setenv("WORKBENCH_HOME", str(home))
+    at = page(runs="1,2")
+    assert not at.exception
+    (warning,) = at.warning
+    assert warning.value.startswith("These runs were scored on 2 different data (digits, digits · classes 0,1)")
+    table = at.dataframe[0].value
+    assert list(table["data"]) == ["digits", "digits · classes 0,1"]
+    scatter = chart_frames(at)["accuracy vs gzip size (KB)"]
+    assert sorted(scatter.loc[scatter["kind"] == "baseline", "label"]) == [
+        "digits-mlp baseline on digits", "digits-mlp baseline on digits · classes 0,1"]

@@ -130,6 +130,24 @@ def test_pareto_front_basics():
     assert compare.pareto_front(df.iloc[:0], "size", "acc").empty
 
 
+def test_runs_scored_on_different_data_get_their_own_baseline_and_frontier():
+    """A 3-class transfer at accuracy 1.0 must not push the 10-class digits runs off the frontier: each data
+    group has its own baseline point and Pareto front; the data label names the file and class subset."""
+    spec = {"model": {"sample": "digits-mlp"}, "data": {"builtin": "digits", "classes": [2, 4, 6]}}
+    assert compare.data_label(spec) == "digits · classes 2,4,6"
+    user = {"data": {"path": "/home/u/uploads/ab12.csv"}}
+    assert compare.data_label(user) == "ab12.csv" and compare.data_label(user, lambda p: "eval.csv") == "eval.csv"
+    df = pd.DataFrame({"label": ["#1", "#2", "#3"], "model": ["digits-mlp"] * 3,
+                       "data": ["digits", "digits", "digits · classes 2,4,6"], "gzip_kb": [50.0, 30.0, 20.0],
+                       "accuracy": [0.98, 0.97, 1.0], "base_accuracy": [0.99, 0.99, 1.0],
+                       "base_gzip_kb": [180.0, 180.0, 180.0]})
+    assert compare.data_groups(df) == ["digits", "digits · classes 2,4,6"]
+    both = compare.tradeoff_frame(df, "gzip_kb").set_index("label")
+    assert list(both.loc[both["kind"] == "baseline"].index) == ["digits-mlp baseline on digits",
+                                                                 "digits-mlp baseline on digits · classes 2,4,6"]
+    assert both.loc["#1", "pareto"] and both.loc["#2", "pareto"] and both.loc["#3", "pareto"]
+
+
 def test_tradeoff_frame_adds_the_baseline_as_a_reference_point(frame):
     both = compare.tradeoff_frame(frame, "gzip_kb")
     assert list(both["kind"]).count("baseline") == 1 and both["pareto"].any()

@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from ui import cache, launch, state
+from ui import cache, launch, state, uploads
 from workbench import charts, compare
 from workbench.errors import WorkbenchError
 from workbench.store import Run, Store
@@ -53,7 +53,7 @@ def reports(store: Store, runs: list[Run]) -> dict[int, dict]:
 def compare_frame(store: Store, runs: list[Run]) -> pd.DataFrame:
     """compare.runs_frame, plus the packed size of runs that wrote weights.packed (clustering)."""
     by_id = reports(store, runs)
-    return with_packed(compare.runs_frame(store, runs, by_id), by_id)
+    return with_packed(compare.runs_frame(store, runs, by_id, file_name=uploads.display_name), by_id)
 
 
 def with_packed(df: pd.DataFrame, reports_by_id: dict[int, dict]) -> pd.DataFrame:
@@ -228,8 +228,8 @@ def retry(run_id: int) -> None:
 # --- Compare page pieces -----------------------------------------------------------------------
 
 BADGE_COLORS = {"real": "green", "simulated": "orange", "estimate": "blue", "none": "gray"}
-TABLE_COLUMNS = ["id", "label", "model", "method", "accuracy", "d_accuracy", "top1_agreement", "file_kb", "gzip_kb",
-                 "min_storage_kb", "packed_kb", "file_x", "gzip_x", "min_storage_x", "packed_x", "params_x",
+TABLE_COLUMNS = ["id", "label", "model", "data", "method", "accuracy", "d_accuracy", "top1_agreement", "file_kb",
+                 "gzip_kb", "min_storage_kb", "packed_kb", "file_x", "gzip_x", "min_storage_x", "packed_x", "params_x",
                  "sparsity", "channels_removed", "bits", "storage_bits", "real", "simulated", "setting_sparsity",
                  "setting_bits", "sweep_id", "threads"]
 PACKED_HELP = ("weights.packed: shared values + entropy-coded indices, decoded back losslessly by the workbench. "

@@ -27,6 +27,10 @@ if not ids:
 runs = [by_id[i] for i in sorted(ids)]
 reports = rv.reports(store, runs)
 df = rv.compare_frame(store, runs)
+if len(groups := compare.data_groups(df)) > 1:
+    st.warning(f"These runs were scored on {len(groups)} different data ({', '.join(groups)}): accuracies compare "
+               "only within the same data, so each has its own baseline and Pareto frontier. Deltas are against "
+               "each run's own baseline.")
 metric = compare.quality_metric(df)
 batches = compare.batch_sizes(df) or [1]
 batch = st.radio("Latency at batch size", batches, horizontal=True, key="compare_batch")

@@ -94,7 +94,8 @@ def tradeoff_scatter(frame: pd.DataFrame, x: str, y: str = "accuracy", x_title: 
                         legend=alt.Legend(orient="bottom", title=None)),
     )
     front = frame[frame["pareto"]].sort_values(x)
-    line = alt.Chart(front).mark_line(color=FRONTIER, strokeWidth=2).encode(x=x_enc, y=y_enc, order=f"{x}:Q")
+    line = alt.Chart(front).mark_line(color=FRONTIER, strokeWidth=2).encode(
+        x=x_enc, y=y_enc, order=f"{x}:Q", **({"detail": "data:N"} if "data" in front else {}))   # one per data
     best = alt.Chart(front).mark_point(color=FRONTIER, filled=True, size=220, opacity=0.9).encode(
         x=x_enc, y=y_enc, tooltip=tooltip)
     labels = alt.Chart(frame).mark_text(align="left", dx=8, dy=-6, fontSize=10).encode(x=x_enc, y=y_enc, text="label:N")

@@ -24,6 +24,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,12 @@ from workbench.specs import RunSpec
 from workbench.store import Run, Store
 
 log = logging.getLogger(__name__)
+FileName = Callable[[str], str]   # a model or data file's path -> the name shown for it
+
+
+def _base_name(path: str) -> str:
+    return Path(path).name
+
 ARTIFACTS = {"model": "model.onnx", "recipe": "recipe.yaml", "report": "report.json", "log": "log.txt",
              "packed": "weights.packed"}
 CLAIM_ASPECTS = ("file size", "compressed size", "minimum storage", "latency @ batch 1", "accuracy")
@@ -274,11 +281,13 @@ def _row_from_metrics(run: Run) -> dict[str, Any]:
     return row
 
 
-def run_row(store: Store, run: Run, report: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_row(store: Store, run: Run, report: dict[str, Any] | None = None,
+            file_name: FileName = _base_name) -> dict[str, Any]:
     report = report if report is not None else load_report(store, run.id)
     settings = settings_of(run.spec)
     head = {"id": run.id, "label": short_label(run.id, settings), "name": run.name,
-            "model": _model_label(run.spec), "status": run.status, "sweep_id": run.sweep_id,
+            "model": _model_label(run.spec, file_name), "data": data_label(run.spec, file_name),
+            "status": run.status, "sweep_id": run.sweep_id,
             "method": method_label(run.spec), "finished": run.finished, **settings,
             "seed": seed_of(run.spec), "config": config_key(run.spec), **requested_of(run.spec)}
     try:
@@ -289,10 +298,12 @@ def run_row(store: Store, run: Run, report: dict[str, Any] | None = None) -> dic
     return {**head, **numbers}
 
 
-def runs_frame(store: Store, runs: list[Run], reports: dict[int, dict] | None = None) -> pd.DataFrame:
-    """One row per run (oldest first), final variant vs baseline; see the module docstring."""
+def runs_frame(store: Store, runs: list[Run], reports: dict[int, dict] | None = None,
+               file_name: FileName = _base_name) -> pd.DataFrame:
+    """One row per run (oldest first), final variant vs baseline; see the module docstring. `file_name` names
+    a model or data file for display (the app passes the name the user uploaded it as)."""
     reports = reports or {}
-    rows = [run_row(store, r, reports.get(r.id)) for r in sorted(runs, key=lambda r: r.id)]
+    rows = [run_row(store, r, reports.get(r.id), file_name) for r in sorted(runs, key=lambda r: r.id)]
     df = pd.DataFrame(rows)
     if df.empty:
         return df
@@ -302,9 +313,25 @@ def runs_frame(store: Store, runs: list[Run], reports: dict[int, dict] | None = 
     return df
 
 
-def _model_label(spec: dict[str, Any]) -> str:
+def _model_label(spec: dict[str, Any], file_name: FileName = _base_name) -> str:
     model = spec.get("model") or {}
-    return model.get("sample") or Path(model.get("path") or "?").name
+    return model.get("sample") or file_name(model.get("path") or "?")
+
+
+def data_label(spec: dict[str, Any], file_name: FileName = _base_name) -> str:
+    """What the run was scored on: 'digits', an evaluation file's name, plus ' · classes 2,4,6' for a subset.
+    Accuracies of runs scored on different data do not compare."""
+    data = spec.get("data") or {}
+    if isinstance(data, str):
+        data = {"builtin": data}
+    name = data.get("builtin") or file_name(data.get("path") or "?")
+    classes = data.get("classes")
+    return name + (f" · classes {','.join(map(str, classes))}" if classes else "")
+
+
+def data_groups(df: pd.DataFrame) -> list[str]:
+    """The distinct data the runs were scored on, in order of appearance (one entry: they all compare)."""
+    return list(dict.fromkeys(df["data"])) if "data" in df else []
 
 
 def quality_metric(df: pd.DataFrame) -> str:
@@ -321,13 +348,15 @@ def batch_sizes(df: pd.DataFrame) -> list[int]:
 
 
 def baselines_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """One reference row per model: its (first) baseline, in the same columns as `runs_frame`."""
+    """One reference row per model and data: its (first) baseline, in the same columns as `runs_frame`."""
     if df.empty:
         return df
     cols = [c for c in df.columns if c.startswith("base_")]
-    base = df.groupby("model", sort=False)[cols].first().reset_index()
+    keys = [k for k in ("model", "data") if k in df]
+    base = df.groupby(keys, sort=False)[cols].first().reset_index()
     base = base.rename(columns={c: c.removeprefix("base_") for c in cols})
-    base["label"] = base["model"] + " baseline"
+    several = len(data_groups(df)) > 1
+    base["label"] = base["model"] + " baseline" + (" on " + base["data"] if several else "")
     for key in ("file", "gzip", "min_storage"):
         if f"{key}_bytes" in base:
             base[f"{key}_kb"] = base[f"{key}_bytes"] / 1024
@@ -350,15 +379,17 @@ def pareto_front(df: pd.DataFrame, x: str, y: str, minimize_x: bool = True, maxi
 
 
 def tradeoff_frame(df: pd.DataFrame, x: str, y: str = "accuracy", minimize_x: bool = True) -> pd.DataFrame:
-    """The runs plus each model's baseline as a reference point, with a `pareto` column and `kind`."""
-    cols = ["label", "model", x, y]
+    """The runs plus each model's baseline as a reference point, with a `pareto` column and `kind`. A run
+    only competes with runs (and baselines) scored on the same data: each data group has its own frontier."""
+    cols = ["label", "model", "data", x, y]
     runs = df[[c for c in cols if c in df]].assign(kind="run")
     base = baselines_frame(df)
     base = base[[c for c in cols if c in base]].assign(kind="baseline") if x in base and y in base else base.iloc[:0]
     both = pd.concat([runs, base], ignore_index=True)
     if x not in both or y not in both:
         return both.assign(pareto=False)
-    both["pareto"] = pareto_front(both, x, y, minimize_x=minimize_x)
+    groups = both.groupby("data", sort=False) if "data" in both else [(None, both)]
+    both["pareto"] = pd.concat([pareto_front(part, x, y, minimize_x=minimize_x) for _, part in groups])
     return both
 
 

@@ -328,6 +328,17 @@ def _stage_recipe(name: str, stages: list) -> Callable[[Path], Path]:
     return _recipe(name, {"model": "digits-mlp", "stages": stages, "measure": FAST_MEASURE})
 
 
+def _training_recipe(name: str, stages: list, **train: Callable[[np.ndarray, np.ndarray], np.ndarray]
+                     ) -> Callable[[Path], Path]:
+    """A recipe on the user's own evaluation file plus a training file built from the same samples by `train`."""
+    def make(folder: Path) -> Path:
+        _npz(f"{name}-eval.npz", x=lambda x, y: x, y=lambda x, y: y)(folder)
+        _npz(f"{name}-train.npz", **train)(folder)
+        data = {"path": str(folder / f"{name}-eval.npz"), "train_path": str(folder / f"{name}-train.npz")}
+        return _recipe(name, {"model": "digits-mlp", "data": data, "stages": stages, "measure": FAST_MEASURE})(folder)
+    return make
+
+
 MODEL_CASES = [
     Case("onnx-truncated", "model", _text("cut.onnx", _valid_bytes()[:1500]), "not a valid ONNX file"),
     Case("onnx-random-bytes", "model", _text("noise.onnx", np.random.default_rng(1).bytes(4096)),
@@ -359,6 +370,8 @@ MODEL_CASES = [
     Case("pt2-pickled-weight", "model", _pt2_pickled_weight, "holds pickled Python objects", sentinel=True),
     Case("pt2-pickled-example-inputs", "model", _pt2_pickled_inputs, "could not load the torch.export program",
          sentinel=True),
+    # every run evaluates and times other batch sizes: refused on load, with the export call that fixes it
+    Case("pt2-fixed-batch", "model", _exported_mlp, "exported for batch size 2 only"),
     Case("torchscript-wrong-input-shape", "model", _torchscript_wrong_input, "does not accept samples of shape",
          level="run"),
     Case("safetensors-missing-tensor", "model", _safetensors(_drop_bias, "missing.safetensors"), "missing fc3.bias",
@@ -451,4 +464,18 @@ RECIPE_CASES = [
          "structured exclude: 'fc9' matches no layer (layers: fc1, fc2, fc3)", level="run", entries=RECIPE_ENTRIES),
 ]
 
-ALL_CASES = MODEL_CASES + DATA_CASES + RECIPE_CASES
+TRAINING_CASES = [  # a training file next to the user's evaluation data: refused before anything trains
+    Case("recipe-train-without-labels", "recipe", _training_recipe("nolabels", [{"finetune": {"epochs": 1}}],
+                                                                   x=lambda x, y: x),
+         "training data needs labels", level="run", entries=RECIPE_ENTRIES),
+    Case("recipe-train-other-shape", "recipe", _training_recipe("trainshape", [{"finetune": {"epochs": 1}}],
+                                                                x=lambda x, y: x.reshape(len(x), -1)[:, :5],
+                                                                y=lambda x, y: y),
+         "samples have shape (5,), the evaluation data's (trainshape-eval.npz) (1, 8, 8)", level="run",
+         entries=RECIPE_ENTRIES),
+    Case("recipe-transfer-unseen-class", "recipe", _training_recipe("unseen", [{"transfer": {"epochs": 1}}],
+                                                                    x=lambda x, y: x, y=lambda x, y: y % 2),
+         "the training labels (unseen-train.npz) stop at 1", level="run", entries=RECIPE_ENTRIES),
+]
+
+ALL_CASES = MODEL_CASES + DATA_CASES + RECIPE_CASES + TRAINING_CASES

@@ -259,8 +259,22 @@ def ms(value: float) -> str:
     return f"{value * 1000:.0f} µs" if value < 1 else f"{value:.2f} ms"
 
 
-def _pct(value: float, ref: float, what: str = "vs baseline") -> str | None:
-    return f"{(value / ref - 1) * 100:+.0f}% {what}" if ref and value == value and ref == ref else None
+def _pct(value: float, ref: float, what: str = "vs baseline") -> dict:
+    """st.metric's delta (and its colour) for `value` against `ref`, lower being better; a change that rounds
+    to 0% is grey, not a red "up"."""
+    if not (ref and value == value and ref == ref):
+        return {"delta": None}
+    change = round((value / ref - 1) * 100)
+    return {"delta": f"{change:+d}% {what}" if change else f"±0% {what}", "delta_color": "inverse" if change else "off"}
+
+
+def _points(delta: float | None) -> dict:
+    """st.metric's delta for an accuracy change, higher being better; one that rounds to 0.000 is grey."""
+    if delta is None or delta != delta:
+        return {"delta": None}
+    text = f"{delta:+.3f}"
+    return {"delta": f"{text} vs baseline", "delta_color": "normal"} if float(text) else \
+        {"delta": "±0.000 vs baseline", "delta_color": "off"}
 
 
 def metric_cards(df: pd.DataFrame, claims: dict[int, list[dict]], batch: int, per_row: int = 4) -> None:
@@ -271,18 +285,15 @@ def metric_cards(df: pd.DataFrame, claims: dict[int, list[dict]], batch: int, pe
             with col.container(border=True):
                 st.markdown(f"**{row['label']}**")
                 st.caption(row["method"])
-                delta = row.get(f"d_{metric}")
-                st.metric(metric, f"{row.get(metric, float('nan')):.3f}",
-                          delta=None if delta is None or delta != delta else f"{delta:+.3f} vs baseline")
-                st.metric("gzip size", f"{row['gzip_kb']:.1f} KB", delta=_pct(row["gzip_bytes"],
-                          row.get("base_gzip_bytes")), delta_color="inverse")
+                st.metric(metric, f"{row.get(metric, float('nan')):.3f}", **_points(row.get(f"d_{metric}")))
+                st.metric("gzip size", f"{row['gzip_kb']:.1f} KB",
+                          **_pct(row["gzip_bytes"], row.get("base_gzip_bytes")))
                 packed = row.get("packed_kb")
                 if packed is not None and packed == packed:
-                    st.metric("packed size", f"{packed:.1f} KB", help=PACKED_HELP, delta_color="inverse",
-                              delta=_pct(packed * 1024, row.get("base_file_bytes"), "vs baseline file"))
+                    st.metric("packed size", f"{packed:.1f} KB", help=PACKED_HELP,
+                              **_pct(packed * 1024, row.get("base_file_bytes"), "vs baseline file"))
                 if lat in row:
-                    st.metric(f"ORT @ batch {batch}", ms(row[lat]),
-                              delta=_pct(row[lat], row.get(f"base_{lat}")), delta_color="inverse")
+                    st.metric(f"ORT @ batch {batch}", ms(row[lat]), **_pct(row[lat], row.get(f"base_{lat}")))
                 shown = [c for c in claims.get(row["id"], []) if c["kind"] != "estimate"]
                 st.markdown(badges(shown, short=True) or " ")
 

@@ -76,7 +76,8 @@ def live() -> None:
     by_id = {r.id: r for r in runs}
     wanted = st.query_params.get("run", "")
     index = list(by_id).index(int(wanted)) if wanted.isdigit() and int(wanted) in by_id else 0
-    chosen = st.selectbox("Run", list(by_id), index=index, format_func=lambda i: rv.run_label(by_id[i]),
+    # no status in the choices: the browser keeps showing a chosen label from when it was picked ("running")
+    chosen = st.selectbox("Run", list(by_id), index=index, format_func=lambda i: f"#{i} {by_id[i].name}",
                           key="runs_selected")
     if st.query_params.get("run") != str(chosen):
         st.query_params["run"] = str(chosen)

@@ -16,7 +16,8 @@ st.subheader("Quick start")
 one, two, three = st.columns(3)
 with one:
     st.markdown("**1 · Pick a model**  \nA sample digits model, or your own ONNX, torch.export, TorchScript or "
-                "safetensors file. See its layers and its measured baseline.")
+                "safetensors file; the built-in digits, or your own data (with a training file to fine-tune on). "
+                "See its layers and its measured baseline.")
     st.page_link("views/model.py", label="Pick a model", icon="🧠")
 with two:
     st.markdown("**2 · Drag the sliders**  \nSparsity and bitwidth. The preview updates at once: sizes, nonzeros, "

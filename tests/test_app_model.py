@@ -157,3 +157,18 @@ def test_a_pt2_upload_says_which_methods_work_on_it(tmp_path):
     assert any(t.startswith("This is a torch.export program (.pt2): unstructured pruning, fine-tuning, clustering "
                             "and quantization work on it.") for t in texts(at))
     assert float(metric(at, "accuracy")) > 0.95     # the baseline runs (it used to fail at the export)
+
+
+def test_a_shared_link_brings_the_training_file_back(isolated_home):
+    from workbench.data import digits_splits
+
+    splits = digits_splits()
+    folder = isolated_home / "uploads"
+    evaluation = uploads.save_upload(_npz(splits.test, [0, 1]), "eval.npz", folder, uploads.DATA_SUFFIXES)
+    training = uploads.save_upload(_npz(splits.train, [0, 1]), "train.npz", folder, uploads.DATA_SUFFIXES)
+    at = open_app(PAGE, query={"data": evaluation.name, "train": training.name})
+    assert not at.exception
+    assert at.session_state["data_ref"] == {"path": str(evaluation), "train_path": str(training)}
+    assert any("**Data** `eval.npz` · trains on `train.npz`" in t for t in texts(at))
+    bogus = open_app(PAGE, query={"data": evaluation.name, "train": "0" * 64 + ".npz"})   # not uploaded here
+    assert bogus.session_state["data_ref"] == {"path": str(evaluation)}

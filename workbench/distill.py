@@ -141,7 +141,7 @@ def distill(student: nn.Module, teacher: nn.Module, spec: DistillSpec, ctx: Cont
 def run_distill(variant: Variant, spec: DistillSpec, ctx: Context) -> Variant:
     if variant.module is None:
         raise WorkbenchError("distill: needs a torch teacher; this variant is ONNX (put distill before quantize, "
-                             "or load the model as .pt2 or safetensors + arch)")
+                             "or load the model as safetensors + arch)")
     needs_layer_modules("distillation (the student is the teacher with channels removed)", variant.module)
     train = ctx.splits.train
     if train is None or train.labels is None:

@@ -287,6 +287,8 @@ TRACED = {  # per traced kind: why it has no layer modules, and what still works
 def traced_kind(module: Any) -> str | None:
     """Which kind of traced model `module` is (a key of TRACED) when it runs traced ops instead of
     nn.Linear/Conv modules that a method could edit; None for an ordinary nn.Module (or no module)."""
+    if module is None:
+        return None
     import torch
     from torch import nn
 

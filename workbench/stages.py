@@ -294,8 +294,8 @@ def run_quantize(variant: Variant, spec: QuantSpec, ctx: Context) -> Variant:
     out.notes.extend(result.notes)
     calibrates = spec.method == "static" or (spec.method == "fake" and spec.activation_bits is not None)
     if calibrates and ctx.splits.calib.name == ctx.splits.test.name:
-        out.notes.append(f"calibrated on the evaluation data itself ({ctx.splits.test.name}: no training file), so "
-                         "its accuracy may read a little high; give data.train_path to calibrate on other samples")
+        out.notes.append(f"calibrated on the evaluation data itself ({ctx.splits.test.name}), so its accuracy may "
+                         "read a little high; give a separate training file (data.train_path) to calibrate on")
     return out
 
 

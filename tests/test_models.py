@@ -195,3 +195,14 @@ def test_a_program_exported_for_one_batch_size_says_how_to_export_it(tmp_path):
     torch.export.save(torch.export.export(build("digits-mlp").eval(), (torch.zeros(2, 1, 8, 8),)), str(path))
     with pytest.raises(WorkbenchError, match=r"^fixed.pt2: exported for batch size 2 only.*dynamic_shapes="):
         load_model(ModelRef(path=str(path)))
+
+
+def test_a_program_exported_in_training_mode_says_to_call_eval_first(tmp_path):
+    """BatchNorm in a train-mode export normalizes with each batch's statistics: at batch 1 the outputs are
+    meaningless, so it is refused on load with the fix, instead of measuring a broken baseline."""
+    path = tmp_path / "train.pt2"
+    program = torch.export.export(build("digits-cnn").train(), (torch.zeros(2, 1, 8, 8),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(path))
+    with pytest.raises(WorkbenchError, match=r"^train.pt2: exported in training mode .*call model.eval\(\) before"):
+        load_model(ModelRef(path=str(path)))

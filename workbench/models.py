@@ -243,6 +243,10 @@ def _load_pt2(path: Path) -> LoadedModel:
                              "other batch sizes (evaluation, latency at batch 1 and 256): export it with a dynamic "
                              "batch, torch.export.export(model, (x,), "
                              "dynamic_shapes=({0: torch.export.Dim('batch')},))")
+    if _training_mode_ops(program):
+        raise WorkbenchError(f"{path.name}: exported in training mode (BatchNorm normalizes each batch with its own "
+                             "statistics, dropout drops), so its outputs depend on the batch: call model.eval() "
+                             "before torch.export.export")
     module = trainable_program(program.module())
     shape = None
     args = program.example_inputs[0] if program.example_inputs else ()
@@ -262,6 +266,19 @@ def _static_batch(program: Any) -> int | None:
             first = value.shape[0]
             return first if isinstance(first, int) else None
     return None
+
+
+def _training_mode_ops(program: Any) -> bool:
+    """Whether the traced graph normalizes with batch statistics or applies dropout (an export in train mode)."""
+    for node in program.graph.nodes:
+        name = str(node.target) if node.op == "call_function" else ""
+        if name.startswith("aten.batch_norm") and len(node.args) > 5 and node.args[5] is True:
+            return True
+        if name.startswith(("aten._native_batch_norm_legit.", "aten._native_batch_norm_legit_functional")):
+            return True
+        if name.startswith(("aten.dropout", "aten.native_dropout")) and True in node.args[1:]:
+            return True
+    return False
 
 
 def trainable_program(module: nn.Module) -> nn.Module:

@@ -182,6 +182,18 @@ def _exported_mlp(folder: Path) -> Path:
     return path
 
 
+def _train_mode_cnn(folder: Path) -> Path:
+    import torch
+
+    from workbench.zoo import build
+
+    path = folder / "cnn-train-mode.pt2"
+    program = torch.export.export(build("digits-cnn").train(), (torch.zeros(2, 1, 8, 8),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(path))
+    return path
+
+
 def _rewrite_zip(path: Path, changes: dict[str, bytes]) -> Path:
     """Copy the zip at `path` with some members replaced or added (suffix match on member names)."""
     with zipfile.ZipFile(path) as archive:
@@ -372,6 +384,7 @@ MODEL_CASES = [
          sentinel=True),
     # every run evaluates and times other batch sizes: refused on load, with the export call that fixes it
     Case("pt2-fixed-batch", "model", _exported_mlp, "exported for batch size 2 only"),
+    Case("pt2-training-mode", "model", _train_mode_cnn, "exported in training mode"),
     Case("torchscript-wrong-input-shape", "model", _torchscript_wrong_input, "does not accept samples of shape",
          level="run"),
     Case("safetensors-missing-tensor", "model", _safetensors(_drop_bias, "missing.safetensors"), "missing fc3.bias",

@@ -206,3 +206,18 @@ def test_a_program_exported_in_training_mode_says_to_call_eval_first(tmp_path):
     torch.export.save(program, str(path))
     with pytest.raises(WorkbenchError, match=r"^train.pt2: exported in training mode .*call model.eval\(\) before"):
         load_model(ModelRef(path=str(path)))
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")   # tracing BatchNorm in train mode warns
+def test_torchscript_traced_in_training_mode_is_refused_and_scripted_is_switched_to_eval(tmp_path):
+    """torch.jit.trace bakes the mode in as a constant; torch.jit.script reads self.training, so eval() works."""
+    module = build("digits-cnn").train()
+    torch.jit.trace(module, torch.rand(2, 1, 8, 8)).save(str(tmp_path / "traced.pt"))
+    with pytest.raises(WorkbenchError, match=r"^traced.pt: traced in training mode .*before torch.jit.trace"):
+        load_model(ModelRef(path=str(tmp_path / "traced.pt")))
+    torch.jit.script(module).save(str(tmp_path / "scripted.pt"))
+    loaded = load_model(ModelRef(path=str(tmp_path / "scripted.pt"), input_shape=(1, 8, 8)))
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.allclose(loaded.module(x), module.eval()(x), atol=1e-5)
+    torch.jit.trace(module.eval(), torch.rand(2, 1, 8, 8)).save(str(tmp_path / "eval.pt"))
+    assert load_model(ModelRef(path=str(tmp_path / "eval.pt"))).kind == "torch"

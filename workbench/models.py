@@ -359,7 +359,25 @@ def _load_torchscript(path: Path) -> LoadedModel:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise WorkbenchError(f"{path.name}: could not load TorchScript ({_first_line(exc)})") from None
+    if _traced_in_training_mode(module):
+        raise WorkbenchError(f"{path.name}: traced in training mode (BatchNorm normalizes each batch with its own "
+                             "statistics, dropout drops), so its outputs depend on the batch: call model.eval() "
+                             "before torch.jit.trace")
     return LoadedModel(path.name, "torch", module=module.eval(), source=path, file_bytes=path.stat().st_size)
+
+
+TRAINING_FLAG = {"aten::batch_norm": 5, "aten::dropout": 2, "aten::feature_dropout": 2}  # op -> its `train` input
+
+
+def _traced_in_training_mode(module: Any) -> bool:
+    """Whether a TorchScript graph has the training mode baked in as a constant: torch.jit.trace of a model
+    in train mode does that (a scripted model reads self.training, so eval() switches it)."""
+    for node in module.inlined_graph.nodes():
+        index = TRAINING_FLAG.get(node.kind())
+        flag = list(node.inputs())[index] if index is not None and node.inputsSize() > index else None
+        if flag is not None and flag.node().kind() == "prim::Constant" and flag.toIValue() is True:
+            return True
+    return False
 
 
 def _first_line(exc: BaseException) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -191,6 +192,18 @@ def _train_mode_cnn(folder: Path) -> Path:
     program = torch.export.export(build("digits-cnn").train(), (torch.zeros(2, 1, 8, 8),),
                                   dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(program, str(path))
+    return path
+
+
+def _traced_train_mode_cnn(folder: Path) -> Path:
+    import torch
+
+    from workbench.zoo import build
+
+    path = folder / "cnn-traced-train-mode.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the tracer warns about BatchNorm's batch-size check in train mode
+        torch.jit.trace(build("digits-cnn").train(), torch.rand(2, 1, 8, 8)).save(str(path))
     return path
 
 
@@ -385,6 +398,7 @@ MODEL_CASES = [
     # every run evaluates and times other batch sizes: refused on load, with the export call that fixes it
     Case("pt2-fixed-batch", "model", _exported_mlp, "exported for batch size 2 only"),
     Case("pt2-training-mode", "model", _train_mode_cnn, "exported in training mode"),
+    Case("torchscript-training-mode", "model", _traced_train_mode_cnn, "traced in training mode"),
     Case("torchscript-wrong-input-shape", "model", _torchscript_wrong_input, "does not accept samples of shape",
          level="run"),
     Case("safetensors-missing-tensor", "model", _safetensors(_drop_bias, "missing.safetensors"), "missing fc3.bias",

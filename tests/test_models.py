@@ -221,3 +221,17 @@ def test_torchscript_traced_in_training_mode_is_refused_and_scripted_is_switched
     assert torch.allclose(loaded.module(x), module.eval()(x), atol=1e-5)
     torch.jit.trace(module.eval(), torch.rand(2, 1, 8, 8)).save(str(tmp_path / "eval.pt"))
     assert load_model(ModelRef(path=str(tmp_path / "eval.pt"))).kind == "torch"
+
+
+def test_copying_an_exported_module_prints_no_torch_deprecation(traced_mlps):
+    """Every stage copies its input module; for a .pt2 torch itself warned on each copy, on the user's terminal."""
+    import warnings
+
+    from workbench.models import copy_module
+
+    module = load_model(ModelRef(path=str(traced_mlps["a torch.export program (.pt2)"]))).module
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        copied = copy_module(module)
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(copied(x), module(x))

@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import threading
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,7 +339,10 @@ def copy_module(module: nn.Module) -> nn.Module:
     import torch
 
     if not isinstance(module, torch.jit.ScriptModule):
-        return copy.deepcopy(module)
+        with warnings.catch_warnings():   # copying a torch.export module trips a deprecation inside torch itself
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                    category=FutureWarning)
+            return copy.deepcopy(module)
     flags = {n: p.requires_grad for n, p in module.named_parameters()}
     with torch.no_grad():
         out = copy.deepcopy(module)

@@ -109,6 +109,24 @@ def run_label(run: Run) -> str:
     return f"#{run.id} {run.name} — {STATUS_ICONS.get(run.status, '')} {run.status}"
 
 
+def outcome_line(metrics: dict) -> str:
+    """A succeeded run in one line: accuracy, gzip size and ORT latency at batch 1, each against the baseline
+    measured in the same run (gzip against the baseline's gzip: gzip alone shrinks an untouched float file)."""
+    rows = metrics.get("rows") or [{}]
+    base, final = rows[0], metrics.get("final", rows[-1])
+    parts = []
+    if (accuracy := final.get("accuracy")) is not None:
+        parts.append(f"accuracy {accuracy:.3f}" + (f" ({accuracy - base['accuracy']:+.3f})"
+                                                   if base.get("accuracy") is not None else ""))
+    if (gzip := final.get("gzip_kb")) is not None:
+        parts.append(f"gzip {gzip:.1f} KB" + (f" ({base['gzip_kb'] / gzip:.2f}x smaller than the baseline's gzip)"
+                                              if base.get("gzip_kb") and gzip else ""))
+    if (latency := final.get("ort_ms@1")) is not None:
+        parts.append(f"ORT @ batch 1 {ms(latency)}" + (f" ({final['speedup@1']:.2f}x the baseline's speed)"
+                                                       if final.get("speedup@1") else ""))
+    return " · ".join(parts) or "succeeded"
+
+
 def log_tail(store: Store, run_id: int, lines: int = 60) -> str:
     """The last `lines` lines of the run's logs (only files inside the run's folder are read)."""
     root = store.run_dir(run_id).resolve()

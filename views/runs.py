@@ -43,10 +43,7 @@ def details(run) -> None:
     if run.status in ("queued", "running"):
         st.progress(run.progress, text=f"{run.stage or 'waiting'} — {run.message or 'queued'}"[:200])
     elif run.status == "succeeded":
-        final = (run.metrics or {}).get("final", {})
-        st.success(f"accuracy {final.get('accuracy', float('nan')):.3f} · gzip {final.get('gzip_kb', '?')} KB "
-                   f"({final.get('gzip_x', '?')}x smaller than the baseline file) · "
-                   f"ORT @ batch 1 {rv.ms(final.get('ort_ms@1', float('nan')))}")
+        st.success(rv.outcome_line(run.metrics or {}))
     elif run.error:
         st.error(rv.one_line(run.error))
     actions(run)

@@ -119,6 +119,8 @@ def test_training_file_lets_a_run_re_train_the_head_and_fine_tune_on_the_users_t
     at.slider(key="sparsity").set_value(50).run()
     at.slider(key="epochs").set_value(1).run()
     at.checkbox(key="retrain_head").check().run()
+    assert any(t.startswith(f"The training file has {np.isin(splits.train.labels, classes).sum():,} samples in 3 "
+                            "classes (labels 0..2)") for t in texts(at))
     assert not at.exception and not at.warning and "training data's classes" in next(
         t for t in texts(at) if "**transfer**" in t)
     at.button(key="launch_run").click().run()

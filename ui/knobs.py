@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import state
+from ui import cache, state
 from ui.state import COMPRESS_VALUES as DEFAULT
 from workbench.presets import (
     BITWIDTHS,
@@ -29,6 +29,7 @@ from workbench.specs import (
     REWINDS,
     STUDENT_INITS,
     DataRef,
+    ModelRef,
 )
 
 SHARED = {"bind": "query-params", "persist_state": "session"}   # in the URL, kept across pages
@@ -161,7 +162,7 @@ def cluster_knobs() -> None:
                       help="train the k values per layer with each weight's index fixed; torch models")
 
 
-def transfer_knobs(data: DataRef) -> None:
+def transfer_knobs(ref: ModelRef, data: DataRef) -> None:
     """Built-in digits: keep a subset of the digits. The user's data: re-train the head on its training file's
     classes. A choice the data cannot take, still in the session from before, is cleared so a run never
     carries a transfer the page does not show."""
@@ -181,6 +182,9 @@ def transfer_knobs(data: DataRef) -> None:
             st.checkbox("Re-train the head on the training data's classes", key="retrain_head", **SHARED,
                         help="a new last Linear layer sized to the training labels, trained with the rest of the "
                              "model frozen; the run's baseline is then the transferred model")
+            train = cache.splits(ref, data).train
+            st.caption(f"The training file has {len(train):,} samples in {train.num_classes} classes (labels 0.."
+                       f"{train.num_classes - 1}): a new head would have {train.num_classes} outputs.")
         else:
             st.caption("Add a labelled training file on the Model page to re-train the head for your classes.")
 

@@ -39,7 +39,7 @@ with left:
     technique = knobs.method_knobs()
     knobs.bits_knobs()
     knobs.cluster_knobs()
-    knobs.transfer_knobs(data)
+    knobs.transfer_knobs(ref, data)
     knobs.layer_knobs([layer_key(n) for n in cache.weights(ref)[0]])
 settings = state.compress_settings()
 

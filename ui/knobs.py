@@ -187,6 +187,11 @@ def transfer_knobs(ref: ModelRef, data: DataRef) -> None:
                        f"{train.num_classes - 1}): a new head would have {train.num_classes} outputs.")
         else:
             st.caption("Add a labelled training file on the Model page to re-train the head for your classes.")
+        if len(st.session_state.get("classes") or []) >= 2 or st.session_state.get("retrain_head"):
+            st.checkbox("Train the whole model too", key="transfer_backbone", **SHARED,
+                        help="the backbone trains as well, at a tenth of the head's learning rate (discriminative "
+                             "fine-tuning): for a task far from the original; slower, and earlier pruning masks "
+                             "are dropped")
 
 
 def layer_knobs(layers: list[str]) -> None:

@@ -14,9 +14,9 @@ URL: ?model=<sample name | uploaded file name>&arch=<arch>&data=<digits | upload
      plus the bound widgets: technique, sparsity (percent), bits, method, scope, int8, calibration, epochs,
      schedule, per_round (percent), steps, rewind, reconstruct, ratio (percent), round8, width (percent),
      distill_epochs, init, energy (percent), clusters, cluster_epochs, qat, qat_epochs, qat_act8, retrain_head,
-     classes and exclude (repeated), overrides (JSON {layer: sparsity}, set by the sensitivity allocation, not a
-     widget) and layer_bits (JSON {"method": "fake" | "weight_only", "bits": {layer: bits}}, set by the bits
-     allocation).
+     transfer_backbone, classes and exclude (repeated), overrides (JSON {layer: sparsity}, set by the sensitivity
+     allocation, not a widget) and layer_bits (JSON {"method": "fake" | "weight_only", "bits": {layer: bits}},
+     set by the bits allocation).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ DEFAULT_SAMPLE = "digits-mlp"
 COMPRESS_DEFAULTS = {"technique": "unstructured", "sparsity": 0, "bits": 32, "method": "magnitude",
                      "scope": "global", "int8": "static", "calibration": "minmax", "epochs": 0, "schedule": "oneshot",
                      "rewind": "lr", "reconstruct": "none", "init": "teacher", "round8": False, "clusters": 0,
-                     "cluster_epochs": 0, "qat": False, "qat_act8": False, "retrain_head": False, "classes": [],
+                     "cluster_epochs": 0, "qat": False, "qat_act8": False, "retrain_head": False,
+                     "transfer_backbone": False, "classes": [],
                      "exclude": []}
 # ...and those whose default is not their first option: the page passes it as the widget's value (percent
 # for fractions), so they are not put into the session state before the widget exists
@@ -155,7 +156,7 @@ def compress_settings() -> CompressSettings:
         round_to=8 if v["round8"] else None, width=v["width"] / 100, distill_epochs=v["distill_epochs"],
         init=v["init"], energy=v["energy"] / 100, clusters=v["clusters"], cluster_epochs=v["cluster_epochs"],
         qat=v["qat"], qat_epochs=v["qat_epochs"], qat_act8=v["qat_act8"], classes=tuple(v["classes"]),
-        retrain_head=v["retrain_head"],
+        retrain_head=v["retrain_head"], transfer_backbone=v["transfer_backbone"],
         exclude=tuple(v["exclude"]), overrides=tuple(overrides().items()), layer_bits=tuple(bits.items()),
         layer_bits_method=method)
 
@@ -170,7 +171,8 @@ def apply_settings(settings: CompressSettings) -> None:
         reconstruct=s.reconstruct, ratio=round(s.ratio * 100),
         round8=s.round_to == 8, width=round(s.width * 100), distill_epochs=s.distill_epochs, init=s.init,
         energy=round(s.energy * 100), clusters=s.clusters, cluster_epochs=s.cluster_epochs, qat=s.qat,
-        qat_epochs=s.qat_epochs, qat_act8=s.qat_act8, retrain_head=s.retrain_head, classes=list(s.classes),
+        qat_epochs=s.qat_epochs, qat_act8=s.qat_act8, retrain_head=s.retrain_head,
+        transfer_backbone=s.transfer_backbone, classes=list(s.classes),
         exclude=list(s.exclude))
     set_overrides(dict(s.overrides))
     set_layer_bits(s.layer_bits_method, dict(s.layer_bits))

@@ -95,6 +95,7 @@ class CompressSettings:
     qat_act8: bool = False         # QAT: int8 activations too
     classes: tuple[int, ...] = ()  # transfer first: re-train the head on these classes (empty: no transfer)
     retrain_head: bool = False     # transfer first: re-train the head on the training data's own classes
+    transfer_backbone: bool = False   # transfer: train the whole model (backbone at a tenth of the head's lr)
     exclude: tuple[str, ...] = ()  # layers left dense (unstructured, N:M, structured) or whole (low-rank)
     overrides: tuple[tuple[str, float], ...] = ()   # unstructured: per-layer sparsity (layer pattern, sparsity)
     layer_bits: tuple[tuple[str, int], ...] = ()   # per-layer weight bits (layer pattern, bits): replace `bits`
@@ -150,7 +151,7 @@ class CompressSettings:
     def stages(self, model: ModelRef, always_prune: bool = False) -> tuple:
         """The recipe stages: [transfer], the method (+ recovery), [cluster], then quantize or QAT."""
         recovery = recovery_finetune(model, self.epochs) if self.epochs else None
-        stages: list = [TransferSpec()] if self.transfers else []
+        stages: list = [TransferSpec(train_backbone=self.transfer_backbone)] if self.transfers else []
         stages += self._method_stages(recovery, always_prune)
         if self.clusters:
             tune = centroid_finetune(model, self.cluster_epochs) if self.cluster_epochs else None
@@ -278,6 +279,8 @@ class CompressSettings:
             values["classes"] = tuple(spec.data.classes)
         elif first["transfer"]:
             values["retrain_head"] = True
+        if first["transfer"]:
+            values["transfer_backbone"] = first["transfer"].train_backbone
         return cls(**values)
 
     def describe(self) -> str:
@@ -298,10 +301,11 @@ class CompressSettings:
             quant = quant_spec_for_bits(self.bits, QuantSpec(method=self.int8))
             if quant:
                 parts.append(f"int8 {quant.method}" if self.bits == 8 else f"{self.bits}-bit {quant.method}")
+        backbone = " + backbone" if self.transfer_backbone else ""
         if len(self.classes) >= 2:
-            parts.insert(0, f"transfer to classes {','.join(map(str, self.classes))}")
+            parts.insert(0, f"transfer to classes {','.join(map(str, self.classes))}{backbone}")
         elif self.retrain_head:
-            parts.insert(0, "transfer (head re-trained on the training data)")
+            parts.insert(0, f"transfer (head re-trained on the training data{backbone})")
         return " + ".join(parts) or "baseline only"
 
     def _describe_method(self) -> str:

@@ -58,7 +58,7 @@ def test_opens_with_the_latest_sweep_and_draws_every_chart(finished):
     assert at.multiselect(key="compare_runs").value == [3, 4, 5, 6]
     assert at.query_params["runs"] == "3,4,5,6"   # shareable: the selection is in the URL
     charts = specs(at)
-    assert marks(charts["accuracy"]) == ["bar", "rule"]
+    assert marks(charts["accuracy"]) == ["bar", "text", "rule"]
     assert marks(charts["size (KB); dashed: baseline file"]) == ["bar", "rule"]
     assert marks(charts["ORT latency @ batch 1 (ms)"])[0] == "bar"
     frontier = charts["accuracy vs gzip size (KB)"]

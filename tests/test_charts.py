@@ -33,8 +33,9 @@ def marks(chart) -> list[str]:
 
 def test_metric_bars_with_a_baseline_rule_or_ticks(runs):
     spec = charts.accuracy_bars(runs).to_dict()
-    bars, rule = spec["layer"]
+    bars, values, rule = spec["layer"]
     assert bars["mark"]["type"] == "bar" and bars["encoding"]["y"]["field"] == "accuracy"
+    assert values["mark"]["type"] == "text" and values["encoding"]["text"]["format"] == ".3f"   # readable gaps
     assert bars["encoding"]["x"]["sort"] == list(runs["label"])  # run order, not alphabetical
     assert rule["mark"]["type"] == "rule" and rule["encoding"]["y"]["field"] == "baseline"
     # each run measured its own baseline latency: one tick per bar instead of a single rule

@@ -255,8 +255,8 @@ def test_a_change_that_rounds_to_zero_is_grey_not_a_red_rise():
     """A transfer-only run's size and latency equal its baseline's: '+0%' used to show as a red rise."""
     from ui.runs_view import _pct, _points
 
-    assert _pct(100.2, 100.0) == {"delta": "±0% vs baseline", "delta_color": "off"}
+    assert _pct(100.2, 100.0) == {"delta": "±0% vs baseline", "delta_color": "off", "delta_arrow": "off"}
     assert _pct(50.0, 100.0) == {"delta": "-50% vs baseline", "delta_color": "inverse"}
     assert _pct(1.0, float("nan")) == {"delta": None}
-    assert _points(0.0001) == {"delta": "±0.000 vs baseline", "delta_color": "off"}
+    assert _points(0.0001) == {"delta": "±0.000 vs baseline", "delta_color": "off", "delta_arrow": "off"}
     assert _points(-0.02) == {"delta": "-0.020 vs baseline", "delta_color": "normal"}

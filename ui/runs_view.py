@@ -279,11 +279,13 @@ def ms(value: float) -> str:
 
 def _pct(value: float, ref: float, what: str = "vs baseline") -> dict:
     """st.metric's delta (and its colour) for `value` against `ref`, lower being better; a change that rounds
-    to 0% is grey, not a red "up"."""
+    to 0% is grey and has no arrow, not a red "up"."""
     if not (ref and value == value and ref == ref):
         return {"delta": None}
     change = round((value / ref - 1) * 100)
-    return {"delta": f"{change:+d}% {what}" if change else f"±0% {what}", "delta_color": "inverse" if change else "off"}
+    if not change:
+        return {"delta": f"±0% {what}", "delta_color": "off", "delta_arrow": "off"}
+    return {"delta": f"{change:+d}% {what}", "delta_color": "inverse"}
 
 
 def _points(delta: float | None) -> dict:
@@ -292,7 +294,7 @@ def _points(delta: float | None) -> dict:
         return {"delta": None}
     text = f"{delta:+.3f}"
     return {"delta": f"{text} vs baseline", "delta_color": "normal"} if float(text) else \
-        {"delta": "±0.000 vs baseline", "delta_color": "off"}
+        {"delta": "±0.000 vs baseline", "delta_color": "off", "delta_arrow": "off"}
 
 
 def metric_cards(df: pd.DataFrame, claims: dict[int, list[dict]], batch: int, per_row: int = 4) -> None:

@@ -235,3 +235,20 @@ def test_copying_an_exported_module_prints_no_torch_deprecation(traced_mlps):
         copied = copy_module(module)
     x = torch.rand(3, 1, 8, 8)
     assert torch.equal(copied(x), module(x))
+
+
+def test_fine_tuning_a_pt2_with_batchnorm_says_its_statistics_stay_fixed(tmp_path):
+    from tests.conftest import FAST_MEASURE
+    from workbench.pipeline import run_pipeline
+    from workbench.specs import RunSpec
+
+    path = tmp_path / "cnn.pt2"
+    program = torch.export.export(build("digits-cnn").eval(), (torch.zeros(2, 1, 8, 8),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(path))
+    spec = RunSpec.from_dict({"model": {"path": str(path)}, "measure": FAST_MEASURE,
+                              "stages": [{"prune": {"sparsity": 0.5}}, {"finetune": {"epochs": 1}}]})
+    pruned, tuned = run_pipeline(spec).variants
+    assert not any("BatchNorm/dropout ops keep the mode" in n for n in pruned.notes)   # nothing trained there
+    assert any(n.startswith("trained as a torch.export program (.pt2): its BatchNorm/dropout ops keep the mode")
+               for n in tuned.notes)

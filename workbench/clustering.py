@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from workbench.errors import WorkbenchError
-from workbench.models import SCRIPTED, copy_module, traced_kind
+from workbench.models import SCRIPTED, copy_module, frozen_mode_note, traced_kind
 from workbench.specs import ClusterSpec, FinetuneSpec
 from workbench.stages import Context, Variant, runner
 
@@ -237,6 +237,7 @@ def run_cluster(variant: Variant, spec: ClusterSpec, ctx: Context) -> Variant:
                                          cancelled=ctx.cancelled, teacher=ctx.teacher)
         ctx.check()
         out.history.append({"centroid_finetune_epochs": tune.epochs, "loss": loss, **_scores(module, ctx)})
+        out.notes.extend(frozen_mode_note(module))
     state = {n: t.detach().cpu().numpy() for n, t in module.state_dict().items() if t.is_floating_point()}
     rounded = {n: _half(a) for n, a in state.items() if n not in books}
     _write(module, rounded)

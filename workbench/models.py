@@ -324,6 +324,18 @@ def traced_reason(what: str, kind: str) -> str:
             f"load as such modules (safetensors + arch). {works[0].upper()}{works[1:]} work on it as it is")
 
 
+def frozen_mode_note(module: Any) -> list[str]:
+    """For training a torch.export program that normalizes or drops out: those ops keep the mode they were
+    exported in (eval: fixed running statistics, no dropout), unlike training the model's own modules."""
+    if traced_kind(module) != EXPORTED:
+        return []
+    ops = {str(n.target) for n in module.graph.nodes if n.op == "call_function"}
+    if not any("batch_norm" in op or "dropout" in op for op in ops):
+        return []
+    return [f"trained as {EXPORTED}: its BatchNorm/dropout ops keep the mode they were exported in (eval: "
+            "running statistics fixed, no dropout) while training"]
+
+
 def needs_layer_modules(what: str, module: Any) -> None:
     """A clear error when `what` (a method that edits Linear/Conv modules) meets a traced model."""
     if kind := traced_kind(module):

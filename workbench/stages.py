@@ -88,7 +88,7 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
     if variant.module is None:
         return _prune_onnx(variant, spec, ctx)
     from workbench.evaluate import score, torch_predict
-    from workbench.models import copy_module
+    from workbench.models import copy_module, frozen_mode_note
     from workbench.pruning import (
         emptied_notes,
         nm_notes,
@@ -130,6 +130,7 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
         out.history.append(record)
         ctx.progress(r / len(targets), f"round {r}/{len(targets)}: sparsity {record['sparsity']:.1%}")
     out.masks = masks or {}
+    out.notes.extend(frozen_mode_note(module) if training else [])
     out.notes.extend(emptied_notes(out.masks, spec))
     out.notes.extend(_reconstruct_notes(spec, fits, skipped))
     if spec.nm is not None:
@@ -266,7 +267,7 @@ def _prune_onnx(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
 @runner("finetune")
 def run_finetune(variant: Variant, spec: FinetuneSpec, ctx: Context) -> Variant:
     from workbench.finetune import finetune
-    from workbench.models import copy_module
+    from workbench.models import copy_module, frozen_mode_note
 
     if variant.module is None:
         raise WorkbenchError("finetune: needs a torch model; this variant is ONNX (put finetune before quantize)")
@@ -278,6 +279,7 @@ def run_finetune(variant: Variant, spec: FinetuneSpec, ctx: Context) -> Variant:
                     progress=lambda f: ctx.progress(f, "fine-tuning"), cancelled=ctx.cancelled, teacher=ctx.teacher)
     ctx.check()
     out.history.append({"epochs": spec.epochs, "loss": loss})
+    out.notes.extend(frozen_mode_note(module))
     return out
 
 

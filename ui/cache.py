@@ -16,7 +16,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from workbench.data import Splits
+from workbench.data import Dataset, Splits
 from workbench.measure import Measurement
 from workbench.models import LoadedModel
 from workbench.presets import CompressSettings
@@ -108,6 +108,19 @@ def _splits(model_key: str, data_key: str) -> Splits:
 
 def splits(ref: ModelRef, data: DataRef) -> Splits:
     return _splits(_key(ref), _key(data))
+
+
+@st.cache_resource(show_spinner="Reading the data file…", max_entries=8)
+def _user_data(path: str, label_column: str | None) -> Dataset:
+    from workbench.data import load_user_data
+
+    return load_user_data(path, label_column=label_column)
+
+
+def user_data(path: Path, label_column: str | None) -> Dataset:
+    """An uploaded data file, read once per content (uploads are named by their hash) and label column: the
+    Model page checks it on every rerun while the uploader holds it. Treat as read-only."""
+    return _user_data(str(path), label_column)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -109,12 +109,12 @@ def accept_model(data: bytes, name: str, folder: Path, arch: str | None = None) 
 
 def accept_data(data: bytes, name: str, folder: Path, label_column: str | None = None) -> DataRef:
     """Save uploaded evaluation data, check that it reads, and return its ref."""
-    from workbench.data import load_user_data
+    from ui import cache
 
     path = None
     try:
         path = save_upload(data, name, folder, DATA_SUFFIXES)
-        load_user_data(path, label_column=label_column or None)
+        cache.user_data(path, label_column or None)
     except Exception as exc:
         raise one_line(exc, path, name) from None
     return DataRef(path=str(path), label_column=label_column or None)
@@ -123,13 +123,14 @@ def accept_data(data: bytes, name: str, folder: Path, label_column: str | None =
 def accept_training_data(data: bytes, name: str, folder: Path, evaluation: DataRef) -> DataRef:
     """Save an uploaded training file for the evaluation data `evaluation` (read with its label column),
     check that it has labels and samples shaped like the evaluation data's, and return the combined ref."""
-    from workbench.data import check_training_data, load_user_data
+    from ui import cache
+    from workbench.data import check_training_data
 
     path = None
     try:
         path = save_upload(data, name, folder, DATA_SUFFIXES)
-        train = load_user_data(path, label_column=evaluation.label_column)
-        test = load_user_data(evaluation.path, label_column=evaluation.label_column)
+        train = cache.user_data(path, evaluation.label_column)
+        test = cache.user_data(Path(evaluation.path), evaluation.label_column)
         check_training_data(dataclasses.replace(train, name=name),
                             dataclasses.replace(test, name=data_label(evaluation)))
     except Exception as exc:

@@ -252,3 +252,20 @@ def test_fine_tuning_a_pt2_with_batchnorm_says_its_statistics_stay_fixed(tmp_pat
     assert not any("BatchNorm/dropout ops keep the mode" in n for n in pruned.notes)   # nothing trained there
     assert any(n.startswith("trained as a torch.export program (.pt2): its BatchNorm/dropout ops keep the mode")
                for n in tuned.notes)
+
+
+def test_a_traced_model_summary_counts_macs_from_its_export(tmp_path):
+    """A .pt2's modules are bare containers of traced ops (op 'Module', no MACs) and TorchScript takes no
+    hooks: their layer table now gets op types and MACs from the ONNX export, equal to the module's own."""
+    module = build("digits-cnn").eval()
+    path = tmp_path / "cnn.pt2"
+    program = torch.export.export(module, (torch.zeros(2, 1, 8, 8),), dynamic_shapes=({0: torch.export.Dim("b")},))
+    torch.export.save(program, str(path))
+    torch.jit.script(module).save(str(tmp_path / "cnn.ts"))
+    reference = summarize(load_model(ModelRef(sample="digits-cnn")))
+    exported = summarize(load_model(ModelRef(path=str(path))))
+    scripted = summarize(load_model(ModelRef(path=str(tmp_path / "cnn.ts"), input_shape=(1, 8, 8))))
+    assert exported.total_macs == scripted.total_macs == reference.total_macs == 2_382_848
+    assert [r.op_type for r in exported.layers] == ["Conv", "Conv", "Conv", "Gemm"]
+    assert [r.op_type for r in scripted.layers] == ["Conv2d", "Conv2d", "Conv2d", "Linear"]
+    assert [r.macs for r in exported.layers] == [r.macs for r in reference.layers]

@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from workbench.models import LoadedModel
+from workbench.errors import WorkbenchError
+from workbench.models import LoadedModel, traced_kind
 from workbench.onnx_graph import weight_tensors
 
 
@@ -84,6 +85,8 @@ def _summarize_torch(model: LoadedModel) -> ModelSummary:
     finally:
         for h in hooks:
             h.remove()
+    exported = _exported_rows(model, {n.removesuffix(".weight"): tuple(p.shape) for n, p in weights.items()}) \
+        if traced_kind(module) else {}
     raw = []
     for name, p in weights.items():
         owner_name = name.rsplit(".", 1)[0] if "." in name else ""
@@ -91,10 +94,35 @@ def _summarize_torch(model: LoadedModel) -> ModelSummary:
         op = owner.original_name if isinstance(owner, torch.jit.ScriptModule) else type(owner).__name__
         out = per_sample_out.get(name)
         macs = out * (p.numel() // p.shape[0]) if out is not None else None
+        if (row := exported.get(name.removesuffix(".weight"))) is not None:   # a traced model: from its export
+            op = op if isinstance(owner, torch.jit.ScriptModule) else row.op_type
+            macs = row.macs
         sparsity = float((p == 0).sum()) / p.numel()
         raw.append((name.removesuffix(".weight"), op, tuple(p.shape), p.numel(), macs, sparsity))
     total = sum(p.numel() for p in module.parameters())
     return _finish(model.label, "torch", raw, total, model.file_bytes, ("input",))
+
+
+def _exported_rows(model: LoadedModel, shapes: dict[str, tuple[int, ...]]) -> dict[str, LayerRow]:
+    """The layers of a traced torch model (torch.export, TorchScript) as its ONNX export counts them, by layer
+    name: its modules take no forward hooks (TorchScript) or are bare containers of traced ops (torch.export),
+    so this is where their op types and MACs come from. `shapes` are the model's weight shapes by layer; when
+    the exporter renamed weights (BatchNorm folded into a conv), rows are matched in order if every shape
+    agrees. Empty when the input shape is unknown, the export fails or the layers do not line up."""
+    import torch
+
+    from workbench.export import export_onnx
+
+    if not model.input_shape:
+        return {}
+    try:
+        exported = export_onnx(model.module, (torch.zeros(2, *model.input_shape),))
+    except WorkbenchError:
+        return {}
+    rows = summarize_onnx(exported, model.label).layers
+    if all(r.name in shapes for r in rows) or [r.weight_shape for r in rows] != list(shapes.values()):
+        return {row.name: row for row in rows}
+    return dict(zip(shapes, rows, strict=True))
 
 
 def model_macs(model: onnx.ModelProto) -> tuple[int, int] | None:

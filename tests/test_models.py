@@ -158,6 +158,7 @@ def test_traced_models_prune_fine_tune_and_cluster_and_refuse_layer_edits_saying
         DistillSpec,
         FinetuneSpec,
         LowRankSpec,
+        PruneSpec,
         QATSpec,
         RunSpec,
         StructuredSpec,
@@ -179,7 +180,8 @@ def test_traced_models_prune_fine_tune_and_cluster_and_refuse_layer_edits_saying
                   lambda *_: None, lambda: False)
     refusal = (rf"edits nn.Linear/Conv modules, and {re.escape(kind)} has none .*safetensors \+ arch\). "
                "Unstructured pruning, fine-tuning, clustering")
-    for stage in (StructuredSpec(), DistillSpec(), QATSpec(), TransferSpec(), LowRankSpec()):
+    for stage in (StructuredSpec(), DistillSpec(), QATSpec(), TransferSpec(), LowRankSpec(),
+                  PruneSpec(sparsity=0.5, reconstruct="refit")):   # TorchScript raised a RuntimeError here
         with pytest.raises(WorkbenchError, match=refusal):
             STAGE_RUNNERS[stage.kind](Variant(module=module), stage, ctx)
     tuned = dataclasses.replace(ctx.spec, stages=(ClusterSpec(clusters=16, finetune=FinetuneSpec(epochs=1)),))

@@ -129,6 +129,12 @@ def test_problems_say_what_cannot_run():
     assert "quantization-aware training needs" in CompressSettings(bits=4, qat=True).problems("onnx", True)[0]
     assert "set the bitwidth to 32" in CompressSettings(clusters=8, bits=8).problems("torch", True)[0]
     assert "at least two classes" in CompressSettings(classes=(3,)).problems("torch", True)[0]
+    traced = "a TorchScript model (.pt/.ts)"
+    assert CompressSettings(sparsity=0.5, reconstruct="obs").problems("torch", True, traced=traced)[0].startswith(
+        "reconstruction (solving each layer's kept weights; an ONNX export of the model takes it) edits")
+    assert CompressSettings(sparsity=0.5, epochs=2).problems("torch", True, traced=traced) == []
+    assert "centroid fine-tuning re-parametrizes" in CompressSettings(
+        sparsity=0.5, clusters=8, cluster_epochs=2).problems("torch", True, traced=traced)[0]
     rewind = CompressSettings(sparsity=0.9, schedule="iterative", rewind="weight", epochs=1)
     assert not rewind.problems("torch", True) and "checkpoint" in rewind.problems("torch", True, False)[0]
     assert not CompressSettings(technique="nm").problems("onnx", False)       # 2:4 masks work on ONNX graphs

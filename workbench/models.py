@@ -294,6 +294,7 @@ def trainable_program(module: nn.Module) -> nn.Module:
 
 
 EXPORTED, SCRIPTED = "a torch.export program (.pt2)", "a TorchScript model (.pt/.ts)"
+RECONSTRUCTION = "reconstruction (solving each layer's kept weights; an ONNX export of the model takes it)"
 TRACED = {  # per traced kind: why it has no layer modules, and what still works on it as it is
     EXPORTED: ("its layers are traced into plain ops",
                "unstructured pruning, fine-tuning, clustering and quantization"),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from workbench.models import SCRIPTED, traced_reason
+from workbench.models import RECONSTRUCTION, SCRIPTED, traced_reason
 from workbench.specs import (
     CALIBRATIONS,
     PRUNE_METHODS,
@@ -375,6 +375,7 @@ class CompressSettings:
         method = {"structured": "structured pruning", "lowrank": "low-rank factorization",
                   "distill": "distillation (the student is the teacher with channels removed)"}.get(self.technique)
         edits += [method] if method else []
+        edits += [RECONSTRUCTION] if self.technique in ("unstructured", "nm") and self._reconstruct() != "none" else []
         return edits + (["quantization-aware training"] if self.uses_qat else [])
 
     def _training_steps(self) -> list[str]:

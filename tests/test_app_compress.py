@@ -114,6 +114,9 @@ def test_a_pt2_upload_refuses_layer_edits_up_front_and_its_pruning_run_succeeds(
     (warning,) = at.warning
     assert warning.value.startswith("structured pruning edits nn.Linear/Conv modules, and a torch.export program "
                                     "(.pt2) has none")
+    at.radio(key="technique").set_value("distill").run()   # its preview's refusal is the same line, shown once
+    assert [w.value.split(" edits ")[0] for w in at.warning] == [
+        "distillation (the student is the teacher with channels removed)"]
     at.radio(key="technique").set_value("lowrank").run()
     assert at.button(key="launch_run").disabled and at.warning[0].value.startswith("low-rank factorization edits")
     at.radio(key="technique").set_value("unstructured").run()

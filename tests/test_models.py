@@ -186,7 +186,7 @@ def test_traced_models_prune_fine_tune_and_cluster_and_refuse_layer_edits_saying
             STAGE_RUNNERS[stage.kind](Variant(module=module), stage, ctx)
     tuned = dataclasses.replace(ctx.spec, stages=(ClusterSpec(clusters=16, finetune=FinetuneSpec(epochs=1)),))
     if kind.startswith("a TorchScript"):
-        with pytest.raises(WorkbenchError, match="cluster.finetune: training the shared values re-parametrizes"):
+        with pytest.raises(WorkbenchError, match=r"centroid fine-tuning \(re-parametrizes each layer's weight\) edits"):
             run_pipeline(tuned)
     else:
         assert run_pipeline(tuned).final.measurement.metrics["accuracy"] > 0.95

@@ -133,7 +133,7 @@ def test_problems_say_what_cannot_run():
     assert CompressSettings(sparsity=0.5, reconstruct="obs").problems("torch", True, traced=traced)[0].startswith(
         "reconstruction (solving each layer's kept weights; an ONNX export of the model takes it) edits")
     assert CompressSettings(sparsity=0.5, epochs=2).problems("torch", True, traced=traced) == []
-    assert "centroid fine-tuning re-parametrizes" in CompressSettings(
+    assert "centroid fine-tuning (re-parametrizes each layer's weight) edits" in CompressSettings(
         sparsity=0.5, clusters=8, cluster_epochs=2).problems("torch", True, traced=traced)[0]
     rewind = CompressSettings(sparsity=0.9, schedule="iterative", rewind="weight", epochs=1)
     assert not rewind.problems("torch", True) and "checkpoint" in rewind.problems("torch", True, False)[0]

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from workbench.errors import WorkbenchError
-from workbench.models import SCRIPTED, copy_module, frozen_mode_note, traced_kind
+from workbench.models import copy_module, frozen_mode_note, needs_layer_modules
 from workbench.specs import ClusterSpec, FinetuneSpec
 from workbench.stages import Context, Variant, runner
 
@@ -226,10 +226,7 @@ def run_cluster(variant: Variant, spec: ClusterSpec, ctx: Context) -> Variant:
     out.history.append({"clusters": spec.clusters, **_scores(module, ctx)})
     tune = spec.finetune
     if tune is not None and tune.epochs > 0 and books:
-        if traced_kind(module) == SCRIPTED:
-            raise WorkbenchError(f"cluster.finetune: training the shared values re-parametrizes Linear/Conv "
-                                 f"modules, which {SCRIPTED} does not allow: load the model as .pt2 or safetensors "
-                                 f"+ its architecture, or cluster without finetune")
+        needs_layer_modules("centroids", module)
         if ctx.splits.train is None:
             raise WorkbenchError("cluster.finetune: no training data (set data.train_path for user data)")
         books, loss = finetune_centroids(module, books, tune, ctx.splits.train, variant.masks,

@@ -47,6 +47,7 @@ def make_student(teacher: nn.Module, example: tuple, spec: DistillSpec) -> tuple
     (params/MACs before and after, layers left whole) and `reinit_extra`: parameters drawn from N(0, 0.02)."""
     from workbench.structured import prune_structured
 
+    needs_layer_modules("distill", teacher)
     if spec.width >= 1:
         student, report = copy_module(teacher).eval(), None
     else:
@@ -142,7 +143,6 @@ def run_distill(variant: Variant, spec: DistillSpec, ctx: Context) -> Variant:
     if variant.module is None:
         raise WorkbenchError("distill: needs a torch teacher; this variant is ONNX (put distill before quantize, "
                              "or load the model as safetensors + arch)")
-    needs_layer_modules("distillation (the student is the teacher with channels removed)", variant.module)
     train = ctx.splits.train
     if train is None or train.labels is None:
         raise WorkbenchError("distill: no labelled training data (set data.train_path for user data)")

@@ -296,7 +296,7 @@ def run_lowrank(variant: Variant, spec: LowRankSpec, ctx: Context) -> Variant:
                              "put lowrank before quantize")
     tune = spec.finetune is not None and spec.finetune.epochs > 0
     if variant.module is not None:
-        needs_layer_modules("low-rank factorization", variant.module)
+        needs_layer_modules("lowrank", variant.module)
     ctx.progress(0.05, "factorizing")
     if variant.module is None:
         if tune:

@@ -294,7 +294,16 @@ def trainable_program(module: nn.Module) -> nn.Module:
 
 
 EXPORTED, SCRIPTED = "a torch.export program (.pt2)", "a TorchScript model (.pt/.ts)"
-RECONSTRUCTION = "reconstruction (solving each layer's kept weights; an ONNX export of the model takes it)"
+# what edits nn.Linear/Conv modules, by key (a stage kind, or a part of one): refused on a traced model
+LAYER_EDITS = {
+    "structured": "structured pruning",
+    "distill": "distillation (the student is the teacher with channels removed)",
+    "lowrank": "low-rank factorization",
+    "qat": "quantization-aware training",
+    "transfer": "transfer (a new head replaces the last Linear)",
+    "reconstruct": "reconstruction (solving each layer's kept weights; an ONNX export of the model takes it)",
+    "centroids": "centroid fine-tuning (re-parametrizes each layer's weight)",   # fine on a .pt2's parameters
+}
 TRACED = {  # per traced kind: why it has no layer modules, and what still works on it as it is
     EXPORTED: ("its layers are traced into plain ops",
                "unstructured pruning, fine-tuning, clustering and quantization"),
@@ -319,10 +328,14 @@ def traced_kind(module: Any) -> str | None:
     return None
 
 
-def traced_reason(what: str, kind: str) -> str:
+def traced_reason(edit: str, kind: str) -> str | None:
+    """Why `edit` (a key of LAYER_EDITS) cannot run on a traced model of `kind` (a key of TRACED), or None."""
+    if edit == "centroids" and kind != SCRIPTED:
+        return None
     why, works = TRACED[kind]
-    return (f"{what} edits nn.Linear/Conv modules, and {kind} has none ({why}); only the built-in architectures "
-            f"load as such modules (safetensors + arch). {works[0].upper()}{works[1:]} work on it as it is")
+    return (f"{LAYER_EDITS[edit]} edits nn.Linear/Conv modules, and {kind} has none ({why}); only the built-in "
+            f"architectures load as such modules (safetensors + arch). {works[0].upper()}{works[1:]} work on it "
+            "as it is")
 
 
 def frozen_mode_note(module: Any) -> list[str]:
@@ -337,10 +350,10 @@ def frozen_mode_note(module: Any) -> list[str]:
             "running statistics fixed, no dropout) while training"]
 
 
-def needs_layer_modules(what: str, module: Any) -> None:
-    """A clear error when `what` (a method that edits Linear/Conv modules) meets a traced model."""
-    if kind := traced_kind(module):
-        raise WorkbenchError(traced_reason(what, kind))
+def needs_layer_modules(edit: str, module: Any) -> None:
+    """A clear error when `edit` (a key of LAYER_EDITS) meets a traced model it cannot work on."""
+    if (kind := traced_kind(module)) and (reason := traced_reason(edit, kind)):
+        raise WorkbenchError(reason)
 
 
 def copy_module(module: nn.Module) -> nn.Module:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from workbench.models import RECONSTRUCTION, SCRIPTED, traced_reason
+from workbench.models import traced_reason
 from workbench.specs import (
     CALIBRATIONS,
     PRUNE_METHODS,
@@ -340,11 +340,8 @@ class CompressSettings:
         `has_rewind_checkpoint`: the model has an early-training checkpoint (samples ship one); `traced`: the
         torch model's traced kind (workbench.models.traced_kind), which has no Linear/Conv modules to edit."""
         out = []
-        if traced and (edits := self._layer_edits()):
-            out.append(traced_reason(edits[0], traced))
-        elif traced == SCRIPTED and self.clusters and self.cluster_epochs:
-            out.append(f"centroid fine-tuning re-parametrizes Linear/Conv modules, which {SCRIPTED} does not allow: "
-                       "set its epochs to 0, or load the model as .pt2 or safetensors + its architecture")
+        refused = [r for edit in self._layer_edits() if traced and (r := traced_reason(edit, traced))]
+        out += refused[:1]
         trains = self._training_steps()
         if self.technique in TORCH_ONLY and model_kind != "torch":
             out.append(f"{TORCH_ONLY[self.technique]} needs a torch model; this model is ONNX")
@@ -370,13 +367,13 @@ class CompressSettings:
         return out
 
     def _layer_edits(self) -> list[str]:
-        """What this setting does to nn.Linear/Conv modules themselves (a traced model has none)."""
-        edits = ["transfer (a new head replaces the last Linear)"] if self.transfers else []
-        method = {"structured": "structured pruning", "lowrank": "low-rank factorization",
-                  "distill": "distillation (the student is the teacher with channels removed)"}.get(self.technique)
-        edits += [method] if method else []
-        edits += [RECONSTRUCTION] if self.technique in ("unstructured", "nm") and self._reconstruct() != "none" else []
-        return edits + (["quantization-aware training"] if self.uses_qat else [])
+        """What this setting does to nn.Linear/Conv modules themselves (keys of workbench.models.LAYER_EDITS),
+        in recipe order: a traced model has no such modules."""
+        edits = ["transfer"] if self.transfers else []
+        edits += [self.technique] if self.technique in ("structured", "lowrank", "distill") else []
+        edits += ["reconstruct"] if self.technique in ("unstructured", "nm") and self._reconstruct() != "none" else []
+        edits += ["centroids"] if self.clusters and self.cluster_epochs else []
+        return edits + (["qat"] if self.uses_qat else [])
 
     def _training_steps(self) -> list[str]:
         """What this setting trains, in recipe order (each needs a torch model and training data)."""

@@ -496,7 +496,7 @@ def run_qat(variant: Variant, spec: QATSpec, ctx: Context) -> Variant:
 
     if variant.module is None:
         raise WorkbenchError("qat needs a torch model; put it before quantize")
-    needs_layer_modules("quantization-aware training", variant.module)
+    needs_layer_modules("qat", variant.module)
     module = copy_module(variant.module)
     layers, skipped = attach(module, spec)
     if spec.activation_bits is not None:

@@ -88,7 +88,7 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
     if variant.module is None:
         return _prune_onnx(variant, spec, ctx)
     from workbench.evaluate import score, torch_predict
-    from workbench.models import RECONSTRUCTION, copy_module, frozen_mode_note, needs_layer_modules
+    from workbench.models import copy_module, frozen_mode_note, needs_layer_modules
     from workbench.pruning import (
         emptied_notes,
         nm_notes,
@@ -103,7 +103,7 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
     if training and ctx.splits.train is None:
         raise WorkbenchError("prune.finetune: no training data (set data.train_path for user data)")
     if spec.reconstruct != "none":
-        needs_layer_modules(RECONSTRUCTION, variant.module)
+        needs_layer_modules("reconstruct", variant.module)
     module = copy_module(variant.module)
     out = variant.copy_meta(module=module)
     checkpoint, kept = _rewind_state(module, spec, ctx) if spec.rewind == "weight" else (None, ())

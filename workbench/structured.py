@@ -241,7 +241,7 @@ def prune_structured(module: nn.Module, example: tuple[torch.Tensor, ...],
     (`scope="global"` ranks groups together), plus a report: params and MACs before/after, the layers
     whose shapes changed, and the layers left whole with the reason."""
 
-    needs_layer_modules("structured pruning", module)
+    needs_layer_modules("structured", module)
     example = tuple(example)
     base = copy_module(module).eval()
     grads = {n: p.requires_grad for n, p in base.named_parameters()}

@@ -175,7 +175,7 @@ def run_transfer(variant: Variant, spec: TransferSpec, ctx: Context) -> Variant:
                              ".npz (x, y) or .csv")
     if train.labels is None:
         raise WorkbenchError(f"transfer: the training data ({train.name}, data.train_path) has no labels")
-    needs_layer_modules("transfer (a new head replaces the last Linear)", variant.module)
+    needs_layer_modules("transfer", variant.module)
     module = copy_module(variant.module)
     grads = {n: p.requires_grad for n, p in module.named_parameters()}
     head_name = find_head(module, ctx.example)

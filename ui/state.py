@@ -115,11 +115,17 @@ def sync_url() -> None:
             st.query_params[key] = value
 
 
+def _uploaded(param: str) -> str | None:
+    """The path of the upload named by URL parameter `param`, if it is an upload's name and the file is here."""
+    token = st.query_params.get(param, "")
+    return str(uploads_dir() / token) if UPLOAD_NAME.match(token) and (uploads_dir() / token).is_file() else None
+
+
 def _model_from_url() -> dict | None:
     token = st.query_params.get("model", "")
     try:
-        if UPLOAD_NAME.match(token) and (uploads_dir() / token).is_file():
-            return _fields(ModelRef(path=str(uploads_dir() / token), arch=st.query_params.get("arch") or None))
+        if path := _uploaded("model"):
+            return _fields(ModelRef(path=path, arch=st.query_params.get("arch") or None))
         if SAMPLE_NAME.match(token):
             return {"sample": token}
     except WorkbenchError:  # e.g. safetensors without arch: fall back to the default
@@ -128,11 +134,8 @@ def _model_from_url() -> dict | None:
 
 
 def _data_from_url() -> dict | None:
-    token, train = st.query_params.get("data", ""), st.query_params.get("train", "")
-    if UPLOAD_NAME.match(token) and (uploads_dir() / token).is_file():
-        train_path = str(uploads_dir() / train) if UPLOAD_NAME.match(train) and (uploads_dir() / train).is_file() \
-            else None
-        return _fields(DataRef(path=str(uploads_dir() / token), train_path=train_path,
+    if path := _uploaded("data"):
+        return _fields(DataRef(path=path, train_path=_uploaded("train"),
                                label_column=st.query_params.get("label") or None))
     return None
 

@@ -94,6 +94,9 @@ def measure(name: str, stages: tuple) -> dict:
     row = {"candidate": name, "sparsity": final.size.sparsity}
     row["accuracy"] = final.metrics["accuracy"]
     row["Δ acc (pt)"] = 100 * (final.metrics["accuracy"] - base.metrics["accuracy"])
+    paired = report.final.measurement.paired   # the engine's sample-by-sample count against the baseline
+    row["wrong / right"] = f"{paired.worse} / {paired.better}"
+    row["McNemar p"] = paired.p_value
     row["before last stage"] = report.variants[-2].measurement.metrics["accuracy"] if len(report.variants) > 1 else None
     row["packed B"] = len(blob) if blob else None
     row["packed ×"] = base.size.file_bytes / len(blob) if blob else None
@@ -119,6 +122,8 @@ def fmt(key: str, value) -> str:
         return f"{value:.4f}"
     if key.startswith("Δ"):
         return f"{value:+.2f}"
+    if key == "McNemar p":
+        return f"{value:.2f}" if value >= 0.01 else "<0.01"
     if key == "sparsity":
         return f"{100 * value:.1f}%"
     if key.endswith("×"):
@@ -155,7 +160,10 @@ def render(rows: list[dict], seeds: list[dict], env: dict, seconds: float, disti
         "measured model by `workbench.packing.unpack` (a real size, but not a file ONNX Runtime loads). "
         "`pos/idx/tables/fp16 B` split the packed bytes into entropy-coded positions of the nonzeros, "
         "entropy-coded cluster indices, the float16 value tables, and parameters stored as float16; the "
-        "remainder is names/shapes. `gzip ONNX ×` is the same variant's ONNX file gzipped, for comparison.",
+        "remainder is names/shapes. `gzip ONNX ×` is the same variant's ONNX file gzipped, for comparison. "
+        "`wrong / right`: test samples the baseline got right and the variant wrong, and the reverse; `McNemar p`: "
+        "the exact McNemar test on those counts (below 0.05: a change beyond test-set noise; "
+        "`workbench.significance`).",
         f"Iterative = global magnitude, 20% of the survivors per round, {ROUND.epochs} epochs (Adam, lr "
         f"{ROUND.lr} cosine, label smoothing {ROUND.label_smoothing}) after each round. Recovery = {RECOVERY.epochs} "
         f"epochs at lr {RECOVERY.lr}. Centroid FT = {CENTROIDS.epochs} epochs at lr {CENTROIDS.lr} on the shared "
@@ -169,7 +177,7 @@ def render(rows: list[dict], seeds: list[dict], env: dict, seconds: float, disti
         "",
         f"Seeds 0..{len(seeds) - 1}: drop {statistics.mean(drops):.2f} ± {statistics.stdev(drops):.2f} pt, "
         f"size {statistics.mean(ratios):.1f}× (min {min(ratios):.1f}×); both goals met in {passed} of "
-        f"{len(seeds)} seeds.",
+        f"{len(seeds)} seeds. " + noise_line(seeds),
         "",
         *distilled_lines(distilled),
         "",
@@ -178,6 +186,14 @@ def render(rows: list[dict], seeds: list[dict], env: dict, seconds: float, disti
         *verdict(rows, seeds, drops, passed, controls),
     ]
     return "\n".join(lines)
+
+
+def noise_line(runs: list[dict]) -> str:
+    """Whether the seeds' accuracy changes are beyond test-set noise, by the engine's paired counts."""
+    beyond = [r for r in runs if r["McNemar p"] < 0.05]
+    return (f"By the sample-by-sample counts, {len(beyond)} of {len(runs)} seeds' changes are beyond test-set noise "
+            f"(exact McNemar p from {min(r['McNemar p'] for r in runs):.2f} to "
+            f"{max(r['McNemar p'] for r in runs):.2f}).")
 
 
 def drop_cells(runs: list[dict]) -> str:

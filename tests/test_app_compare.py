@@ -10,6 +10,8 @@ from streamlit.testing.v1 import AppTest
 
 from tests.app_fixtures import chart_frames, fresh_app_env
 from tests.test_compare import finished_home
+from workbench import compare
+from workbench.store import Store
 
 PAGE = str(Path(__file__).resolve().parent.parent / "views" / "compare.py")
 
@@ -75,7 +77,12 @@ def test_metric_cards_have_deltas_vs_the_baseline(finished):
     cards = {m.label: m for m in at.metric}
     assert {"accuracy", "gzip size", "ORT @ batch 1"} <= set(cards)
     assert all("vs baseline" in m.proto.delta for m in at.metric if m.label == "gzip size")
-    assert len([m for m in at.metric if m.label == "accuracy"]) == 4
+    accuracy = [m for m in at.metric if m.label == "accuracy"]
+    assert len(accuracy) == 4
+    frame = compare.runs_frame(Store(finished["home"]), Store(finished["home"]).list(sweep_id=finished["sweep_id"]))
+    for card, change in zip(accuracy, frame.sort_values("id")["acc_change"], strict=True):
+        assert card.proto.delta.endswith("within noise") == (change == "within noise")   # a noise change says so
+        assert "McNemar" in card.proto.help
 
 
 def test_selection_from_the_url_and_the_batch_switch(finished):
@@ -260,3 +267,5 @@ def test_a_change_that_rounds_to_zero_is_grey_not_a_red_rise():
     assert _pct(1.0, float("nan")) == {"delta": None}
     assert _points(0.0001) == {"delta": "±0.000 vs baseline", "delta_color": "off", "delta_arrow": "off"}
     assert _points(-0.02) == {"delta": "-0.020 vs baseline", "delta_color": "normal"}
+    assert _points(-0.02, "drop") == {"delta": "-0.020 vs baseline", "delta_color": "normal"}
+    assert _points(-0.008, "within noise") == {"delta": "-0.008 vs baseline, within noise", "delta_color": "off"}

@@ -78,3 +78,14 @@ def test_the_lamp_explainer_shows_each_rankings_share_per_layer():
     sizes = [64 * 300, 300 * 100, 100 * 10]   # digits-mlp: both rankings remove 95% overall, spread differently
     for ranking in table:
         assert sum(table[ranking] * sizes) / sum(sizes) == pytest.approx(0.95, abs=1e-3)
+
+
+def test_is_an_accuracy_change_real_follows_its_sliders():
+    at = page()
+    assert metric(at, "verdict") == "within noise" and metric(at, "p-value") == "0.625"   # 3 wrong, 1 right
+    at.slider(key="learn_noise_better").set_value(0).run()
+    at.slider(key="learn_noise_worse").set_value(6).run()
+    assert metric(at, "verdict") == "drop" and metric(at, "p-value") == "0.031"
+    assert metric(at, "accuracy change") == "-1.67 pt"
+    at.slider(key="learn_noise_worse").set_value(0).run()
+    assert metric(at, "verdict") == "identical"

@@ -22,6 +22,8 @@ def test_sample_model_shows_layers_baseline_and_histogram():
     table = at.dataframe[0].value
     assert list(table["name"]) == ["fc1", "fc2", "fc3"] and table["params"].sum() == 50_200
     assert float(metric(at, "accuracy")) > 0.95
+    assert next(m for m in at.metric if m.label == "accuracy").proto.help.startswith("95% interval 0.98")
+    assert any("a change of fewer than 6 samples (1.67 pt here)" in c.value for c in at.caption)
     assert metric(at, "latency @ batch 1").endswith("ms") and metric(at, "latency @ batch 32").endswith("ms")
     assert metric(at, "gzipped").endswith("KB")
     (histogram,) = [s for s in chart_specs(at) if str(s.get("title", "")).startswith("Weight values")]

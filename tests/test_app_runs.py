@@ -33,7 +33,8 @@ def store() -> Store:
     store.claim("w")
     (store.run_dir(1)).mkdir(parents=True)
     (store.run_dir(1) / "log.txt").write_text("loading digits-mlp\nmeasuring the baseline\nfinished\n")
-    final = {"accuracy": 0.97, "gzip_kb": 20.0, "gzip_x": 9.5, "ort_ms@1": 0.02, "speedup@1": 1.5}
+    final = {"accuracy": 0.97, "acc_change": "drop", "gzip_kb": 20.0, "gzip_x": 9.5, "ort_ms@1": 0.02,
+             "speedup@1": 1.5}
     store.finish(1, "succeeded", {"rows": [{"accuracy": 0.99, "gzip_kb": 190.0}, final], "final": final})
     store.claim("w")
     store.finish(2, "failed", error="model.onnx: not a readable model\n--- log tail ---\nTraceback ...")
@@ -116,8 +117,8 @@ def test_logs_and_compare_link_of_a_finished_run(store):
     at = select(page().run(), 1)
     assert "measuring the baseline" in at.code[0].value
     assert any("?runs=1" in c.value for c in at.caption)   # run alone: the link degrades to the URL
-    assert at.success[0].value == ("accuracy 0.970 (-0.020) · gzip 20.0 KB (9.50x smaller than the baseline's "
-                                   "gzip) · ORT @ batch 1 20 µs (1.50x the baseline's speed)")
+    assert at.success[0].value == ("accuracy 0.970 (-0.020, beyond noise) · gzip 20.0 KB (9.50x smaller than the "
+                                   "baseline's gzip) · ORT @ batch 1 20 µs (1.50x the baseline's speed)")
 
 
 def test_state_comes_from_the_store_only(store):

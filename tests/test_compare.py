@@ -96,6 +96,9 @@ def test_one_row_per_run_with_deltas_ratios_and_speedups(frame):
     np.testing.assert_allclose(frame["speedup@1"], frame["base_ort_ms@1"] / frame["ort_ms@1"])
     assert {"ort_ms@32", "file_kb", "min_storage_x", "sparsity", "bits", "method", "label"} <= set(frame.columns)
     assert frame["base_accuracy"].iloc[0] > 0.95  # the real trained weights
+    np.testing.assert_allclose((frame["acc_better"] - frame["acc_worse"]) / 360, frame["d_accuracy"], atol=1e-9)
+    assert set(frame["acc_change"]) <= {"identical", "within noise", "drop", "gain"}
+    assert ((frame["acc_p"] < 0.05) == frame["acc_change"].isin(["drop", "gain"])).all()
 
 
 def test_settings_method_and_claims_come_from_the_recipe_and_report(frame):
@@ -120,6 +123,7 @@ def test_a_run_without_report_falls_back_to_the_store_summary(finished, tmp_path
     row = compare.run_row(moved, run)
     assert row["accuracy"] == pytest.approx(run.metrics["final"]["accuracy"])
     assert row["gzip_x"] > 1 and row["d_accuracy"] <= 0
+    assert row["acc_change"] == compare.run_row(store, run)["acc_change"]   # kept in the store's summary too
 
 
 def test_pareto_front_basics():

@@ -17,7 +17,7 @@ def test_core_never_imports_streamlit():
 
 
 def test_importing_the_package_and_specs_loads_no_torch_or_onnxruntime():
-    code = ("import sys, workbench, workbench.specs, workbench.settings; "
+    code = ("import sys, workbench, workbench.specs, workbench.settings, workbench.cli; "
             "print(','.join(m for m in ('torch', 'onnxruntime', 'streamlit') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ""

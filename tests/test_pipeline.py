@@ -65,6 +65,23 @@ def test_every_variant_is_measured_alike(mlp_report):
         assert m.eval_samples == 360 and "accuracy" in m.metrics
 
 
+def test_each_accuracy_change_is_counted_sample_by_sample_against_the_baseline(mlp_report):
+    report, out, _ = mlp_report
+    base = report.baseline.measurement
+    assert base.paired is None   # nothing to pair the baseline with
+    saved = json.loads((out / "report.json").read_text())
+    for i, v in enumerate(report.variants):
+        paired = v.measurement.paired
+        assert paired.samples == 360 and paired.worse + paired.better > 0   # 90% one-shot moves some answers
+        net = (paired.better - paired.worse) / paired.samples
+        assert net == pytest.approx(v.measurement.metrics["accuracy"] - base.metrics["accuracy"])
+        assert paired.sentence() in _claim(v, "accuracy").reason and "McNemar" in _claim(v, "accuracy").reason
+        assert saved["variants"][i]["measurement"]["paired"]["worse"] == paired.worse
+    rows = report.summary_rows()
+    assert "acc_change" not in rows[0] and rows[1]["acc_change"] == report.variants[0].measurement.paired.verdict
+    assert list(rows[1])[:3] == ["variant", "accuracy", "acc_change"]
+
+
 def test_artifacts_and_progress(mlp_report):
     report, out, seen = mlp_report
     saved = json.loads((out / "report.json").read_text())
@@ -87,6 +104,7 @@ def test_onnx_upload_with_unlabelled_data_reports_fidelity(tiny_onnx, tmp_path):
     assert set(metrics) == {"top1_agreement", "output_mse", "output_cosine"}
     assert 0 < metrics["top1_agreement"] <= 1 and metrics["output_mse"] > 0
     assert report.baseline.measurement.metrics == {}  # the reference itself
+    assert report.variants[0].measurement.paired is None   # no labels: fidelity, nothing to count
     assert report.final.measurement.coverage.histogram.get("MatMulInteger") or \
         report.final.measurement.coverage.histogram.get("DynamicQuantizeMatMul")
 

@@ -157,6 +157,8 @@ def test_recommend_never_answers_nothing():
     assert message.startswith("No candidate has finished yet (1 queued)")
     _, _, message = recommend(_frame(rows[3:]), 1.0, "latency")
     assert message == "None of the 1 candidate(s) produced a result (1 failed). First error: boom"
+    noisy = _frame([{**rows[1], "acc_change": "within noise"}])
+    assert "drop 0.90 pt (within noise), gzip 10.0 KB" in recommend(noisy, 1.0, "size")[2]
 
 
 def test_default_space_is_sparsity_by_bits():

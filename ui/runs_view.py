@@ -116,7 +116,9 @@ def outcome_line(metrics: dict) -> str:
     base, final = rows[0], metrics.get("final", rows[-1])
     parts = []
     if (accuracy := final.get("accuracy")) is not None:
-        parts.append(f"accuracy {accuracy:.3f}" + (f" ({accuracy - base['accuracy']:+.3f})"
+        change = {"within noise": ", within noise", "identical": ", same answers", "drop": ", beyond noise",
+                  "gain": ", beyond noise"}.get(final.get("acc_change"), "")
+        parts.append(f"accuracy {accuracy:.3f}" + (f" ({accuracy - base['accuracy']:+.3f}{change})"
                                                    if base.get("accuracy") is not None else ""))
     if (gzip := final.get("gzip_kb")) is not None:
         parts.append(f"gzip {gzip:.1f} KB" + (f" ({base['gzip_kb'] / gzip:.2f}x smaller than the baseline's gzip)"
@@ -246,10 +248,13 @@ def retry(run_id: int) -> None:
 # --- Compare page pieces -----------------------------------------------------------------------
 
 BADGE_COLORS = {"real": "green", "simulated": "orange", "estimate": "blue", "none": "gray"}
-TABLE_COLUMNS = ["id", "label", "model", "data", "method", "accuracy", "d_accuracy", "top1_agreement", "file_kb",
+TABLE_COLUMNS = ["id", "label", "model", "data", "method", "accuracy", "d_accuracy", "acc_change", "top1_agreement",
+                 "file_kb",
                  "gzip_kb", "min_storage_kb", "packed_kb", "file_x", "gzip_x", "min_storage_x", "packed_x", "params_x",
                  "sparsity", "channels_removed", "bits", "storage_bits", "real", "simulated", "setting_sparsity",
                  "setting_bits", "sweep_id", "threads"]
+ACC_CHANGE_HELP = ("Within noise: the samples that went from right to wrong and from wrong to right could be chance "
+                   "(exact McNemar test, p ≥ 0.05). The counts are under Claims.")
 PACKED_HELP = ("weights.packed: shared values + entropy-coded indices, decoded back losslessly by the workbench. "
                "A real size, but not a file ONNX Runtime loads: the model still runs from the float ONNX file")
 
@@ -288,13 +293,17 @@ def _pct(value: float, ref: float, what: str = "vs baseline") -> dict:
     return {"delta": f"{change:+d}% {what}", "delta_color": "inverse"}
 
 
-def _points(delta: float | None) -> dict:
-    """st.metric's delta for an accuracy change, higher being better; one that rounds to 0.000 is grey."""
+def _points(delta: float | None, change: str | None = None) -> dict:
+    """st.metric's delta for an accuracy change, higher being better; one that rounds to 0.000 is grey, and so
+    is one within test-set noise (`change`, workbench.significance's verdict), which says so."""
     if delta is None or delta != delta:
         return {"delta": None}
     text = f"{delta:+.3f}"
-    return {"delta": f"{text} vs baseline", "delta_color": "normal"} if float(text) else \
-        {"delta": "±0.000 vs baseline", "delta_color": "off", "delta_arrow": "off"}
+    if not float(text):
+        return {"delta": "±0.000 vs baseline", "delta_color": "off", "delta_arrow": "off"}
+    if change == "within noise":
+        return {"delta": f"{text} vs baseline, within noise", "delta_color": "off"}
+    return {"delta": f"{text} vs baseline", "delta_color": "normal"}
 
 
 def metric_cards(df: pd.DataFrame, claims: dict[int, list[dict]], batch: int, per_row: int = 4) -> None:
@@ -305,7 +314,10 @@ def metric_cards(df: pd.DataFrame, claims: dict[int, list[dict]], batch: int, pe
             with col.container(border=True):
                 st.markdown(f"**{row['label']}**")
                 st.caption(row["method"])
-                st.metric(metric, f"{row.get(metric, float('nan')):.3f}", **_points(row.get(f"d_{metric}")))
+                change = row.get("acc_change") if metric == "accuracy" else None
+                change = change if isinstance(change, str) else None   # NaN for a run without paired counts
+                st.metric(metric, f"{row.get(metric, float('nan')):.3f}", help=ACC_CHANGE_HELP if change else None,
+                          **_points(row.get(f"d_{metric}"), change))
                 st.metric("gzip size", f"{row['gzip_kb']:.1f} KB",
                           **_pct(row["gzip_bytes"], row.get("base_gzip_bytes")))
                 packed = row.get("packed_kb")
@@ -385,8 +397,8 @@ def searches(store: Store, df: pd.DataFrame) -> list[str]:
     return out
 
 
-SEARCH_COLUMNS = ["id", "label", "status", "sparsity", "bits", "ratio", "drop", "gzip_kb", "latency_ms", "meets_bar",
-                  "pareto", "error"]
+SEARCH_COLUMNS = ["id", "label", "status", "sparsity", "bits", "ratio", "drop", "acc_change", "gzip_kb", "latency_ms",
+                  "meets_bar", "pareto", "error"]
 
 
 def search_panel(store: Store, sweep_id: str) -> None:

@@ -38,7 +38,9 @@ claims = {i: compare.claims_frame(r).to_dict("records") for i, r in reports.item
 
 with view.guard():
     rv.metric_cards(df, claims, batch)
-st.caption("Deltas are against each run's own baseline, measured in the same run under the same conditions. "
+st.caption("Deltas are against each run's own baseline, measured in the same run under the same conditions. An "
+           "accuracy delta marked *within noise* could be chance: too few test samples changed between right and "
+           "wrong (exact McNemar test; `acc_change` in the table). "
            "Badges: :green-badge[REAL] a gain measured on this machine · :red-badge[REAL (worse)] a measured loss · "
            ":orange-badge[SIMULATED] fake-quant or masked zeros · :gray-badge[NONE] no change beyond noise "
            "(the reasons are under Claims and downloads).")

@@ -51,5 +51,7 @@ st.markdown(
     f"- {view.badge('real')} the gain exists in the artifact: a smaller file, a faster kernel.\n"
     f"- {view.badge('simulated')} the effect on accuracy is real but the gain is not: masked zeros stored "
     "densely, or fake-quantized weights kept in float32.\n"
-    "- A latency change only counts when it is outside the run-to-run spread."
+    "- A latency change only counts when it is outside the run-to-run spread; an accuracy change only when more "
+    "test samples changed between right and wrong than chance explains (exact McNemar test: *within noise* "
+    "otherwise)."
 )

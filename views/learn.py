@@ -11,6 +11,7 @@ from workbench.environment import FLAGS, environment
 from workbench.lowrank import choose_rank, saves_weights
 from workbench.preview import fake_quantize
 from workbench.pruning import compute_masks, nm_mask
+from workbench.significance import PairedChange, mcnemar_p, smallest_detectable
 from workbench.specs import LowRankSpec, ModelRef, PruneSpec
 from workbench.zoo import sample_names
 
@@ -158,3 +159,21 @@ with st.expander("Weight clustering (Deep Compression)"):
                 "(Han et al. 2016) combined pruning, clustering and Huffman coding. The workbench writes the "
                 "positions and indices entropy-coded into weights.packed, a **real** size it decodes back "
                 "exactly; the ONNX file itself stays float32 and runs at float speed.")
+
+st.subheader("6 · Is an accuracy change real?")
+st.markdown("A variant and its baseline answer the same test samples, so what counts is how many samples **changed "
+            "side**: right before and wrong now, or the reverse. If the two models were equally good, each changed "
+            "sample would be a coin toss; the exact **McNemar test** asks how likely a split this lopsided is by "
+            "chance. Every run reports these counts with its accuracy (Compare: `acc_change` and the claims).")
+with view.guard():
+    left, right = st.columns([2, 1])
+    samples = left.number_input("Test samples", 20, 100_000, 360, step=10, key="learn_noise_samples")
+    worse = left.slider("Went from right to wrong", 0, 30, 3, key="learn_noise_worse")
+    better = left.slider("Went from wrong to right", 0, 30, 1, key="learn_noise_better")
+    change = PairedChange(samples, worse, better, mcnemar_p(worse, better))
+    right.metric("accuracy change", f"{100 * (better - worse) / samples:+.2f} pt")
+    right.metric("verdict", change.verdict, help=change.sentence())
+    right.metric("p-value", f"{change.p_value:.3f}", help="below 0.05: beyond noise")
+    st.caption(f"However lopsided, fewer than {smallest_detectable()} changed samples can never reach p < 0.05: on the "
+               "digits test split (360 samples) that is any change under 1.67 pt. Several seeds (a sweep with "
+               "seeds) tell you more than one run.")

@@ -9,6 +9,7 @@ import streamlit as st
 from ui import cache, state, uploads, view
 from workbench import charts
 from workbench.models import TRACED, traced_kind
+from workbench.significance import smallest_detectable, wilson_interval
 from workbench.specs import MODEL_SUFFIXES, DataRef, ModelRef
 from workbench.zoo import sample_card, sample_names
 
@@ -115,7 +116,9 @@ with view.guard():
                 f"{m.latency[0].threads} thread(s); the same way every run measures its baseline.")
     cols = st.columns(2 + len(m.latency) + 1)
     if "accuracy" in m.metrics:
-        cols[0].metric("accuracy", f"{m.metrics['accuracy']:.4f}")
+        low, high = wilson_interval(m.metrics["accuracy"], m.eval_samples)
+        cols[0].metric("accuracy", f"{m.metrics['accuracy']:.4f}", help=f"95% interval {low:.4f}–{high:.4f} "
+                       f"(Wilson) on {m.eval_samples:,} samples")
     else:
         cols[0].metric("accuracy", "no labels", help="runs report fidelity (agreement with this model)")
     for col, stats in zip(cols[1:], m.latency, strict=False):
@@ -125,6 +128,11 @@ with view.guard():
                    (f"; torch eager {eager.median_ms:.3f} ms" if eager else ""))
     cols[-2].metric("file size (ONNX)", view.kb(m.size.file_bytes))
     cols[-1].metric("gzipped", view.kb(m.size.gzip_bytes))
+    if "accuracy" in m.metrics:
+        few = smallest_detectable()
+        st.caption(f"One test sample is {100 / m.eval_samples:.2f} pt of accuracy. Runs count the samples that went "
+                   f"from right to wrong, and back, against this baseline: a change of fewer than {few} samples "
+                   f"({100 * few / m.eval_samples:.2f} pt here) can never be told from chance (exact McNemar test).")
     if m.torch_latency:
         st.caption("torch eager, for reference: " + ", ".join(
             f"{s.median_ms:.3f} ms @ batch {s.batch_size}" for s in m.torch_latency))

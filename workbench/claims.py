@@ -5,8 +5,10 @@ with a one-line reason a user can act on. Pure functions over two measurements; 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from workbench.measure import Measurement
+if TYPE_CHECKING:
+    from workbench.measure import Measurement
 
 NOISE = 0.10  # latency ratios within +-10% (or the measured spread, if wider) are "no measurable change"
 
@@ -174,10 +176,11 @@ def accuracy_claim(base: Measurement, var: Measurement, facts: Facts) -> Claim:
     before, after = base.metrics.get(key), var.metrics.get(key)
     delta = None if before is None or after is None else after - before
     where = f"on {var.eval_samples} samples with ONNX Runtime"
+    paired = f"; {var.paired.sentence()}" if var.paired else ""
     if facts.simulated_quant:
         return Claim(key, "simulated", delta, f"measured {where}, but quantization is simulated in float32 "
-                     "(fake-quant): a real low-bit kernel may differ slightly")
-    return Claim(key, "real", delta, f"measured {where} on the exported model")
+                     f"(fake-quant): a real low-bit kernel may differ slightly{paired}")
+    return Claim(key, "real", delta, f"measured {where} on the exported model{paired}")
 
 
 def claims_for(base: Measurement, var: Measurement, facts: Facts) -> list[Claim]:

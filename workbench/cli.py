@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from workbench.errors import WorkbenchError
+from workbench.report import text_table
 
 if TYPE_CHECKING:
     from workbench.store import Store
@@ -110,7 +111,7 @@ def _levels_table(sens, kind: str) -> str:
         row = {"layer": layer, "params": f"{int(cells['params'].iloc[0]):,}"}
         row.update({head(level): f"{drop:.1f}" for level, drop in zip(cells["level"], cells["drop"], strict=True)})
         rows.append(row)
-    return _table(rows)
+    return text_table(rows)
 
 
 def _sensitivity(args: argparse.Namespace) -> None:
@@ -299,7 +300,7 @@ def _print_search(store: Store, sweep_id: str, max_drop: float | None, objective
     rows = [{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items() if k in keys}
             for row in frame.to_dict(orient="records")]
     print(f"\nsearch {sweep_id}: bar {summary.max_drop:g} pt drop, objective {summary.objective}")
-    print(_table(rows, keys))
+    print(text_table(rows, keys))
     print(f"\n{summary.message}")
 
 
@@ -328,15 +329,6 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
-def _table(rows: list[dict], keys: list[str] | None = None) -> str:
-    keys = keys or list(dict.fromkeys(k for r in rows for k in r))
-    cells = [[("" if r.get(k) is None else str(r.get(k))) for k in keys] for r in rows]
-    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(line.rstrip() for line in lines)
-
-
 def _runs(args: argparse.Namespace) -> None:
     import time
 
@@ -349,7 +341,7 @@ def _runs(args: argparse.Namespace) -> None:
              "stage": r.stage[:20], "age": _age(now - r.created),
              "accuracy": ((r.metrics or {}).get("final") or {}).get("accuracy"), "sweep": r.sweep_id}
             for r in runs]
-    print(_table(rows))
+    print(text_table(rows))
 
 
 def _spec_line(spec: dict) -> str:
@@ -386,7 +378,7 @@ def _show(args: argparse.Namespace) -> None:
     if run.error:
         print("  error     " + run.error.rstrip().replace("\n", "\n            "))
     if run.metrics and run.metrics.get("rows"):
-        print("\n" + _table(run.metrics["rows"]))
+        print("\n" + text_table(run.metrics["rows"]))
     folder = store.run_dir(run.id)
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")) if folder.is_dir() else []
     print("\nartifacts:" + "".join(f"\n  {p}" for p in files) if files else "\nartifacts: none")
@@ -436,11 +428,11 @@ def _sweep_summary(args: argparse.Namespace) -> None:
     rows = sweep_summary(store, args.id)
     if not rows:
         raise WorkbenchError(f"sweep {args.id}: no such sweep")
-    print(_table(rows))
+    print(text_table(rows))
     groups = sweep_summary(store, args.id, over_seeds=True)
     if any(len(g["runs"].split(",")) > 1 for g in groups):
         print("\nover seeds (mean ± sample std of the succeeded runs):")
-        print(_table([_seed_cells(g) for g in groups]))
+        print(text_table([_seed_cells(g) for g in groups]))
 
 
 def _seed_cells(group: dict) -> dict:

@@ -2,7 +2,8 @@
 
 Contract: `runs_frame(store, runs)` gives one row per run, built from the final variant of the run's
 `report.json` (falling back to the summary rows in the store when the file is gone): accuracy and its
-change vs the run's own baseline, file / gzip / minimum-storage bytes and their ratios vs the baseline
+change vs the run's own baseline (with `acc_change`: whether it is beyond test-set noise, by the paired
+counts of workbench.significance), file / gzip / minimum-storage bytes and their ratios vs the baseline
 file, ONNX Runtime latency per batch size and speedups, sparsity, stored bits, the method, the
 real/simulated kind of each claim, and the sweep settings (sparsity, bits) parsed from the recipe.
 Rigour (ShrinkBench-style): each row also says what the recipe asked for next to what was measured
@@ -32,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import WorkbenchError
+from workbench.significance import PairedChange
 from workbench.specs import RunSpec
 from workbench.store import Run, Store
 
@@ -239,6 +241,9 @@ def report_row(report: dict[str, Any]) -> dict[str, Any]:
                params=m["size"].get("params"), channels_removed=channels_removed(report))
     base_params = base["measurement"]["size"].get("params")
     row["params_x"] = base_params / row["params"] if base_params and row["params"] else np.nan
+    if paired := m.get("paired"):
+        change = PairedChange(**paired)
+        row.update(acc_change=change.verdict, acc_p=change.p_value, acc_worse=change.worse, acc_better=change.better)
     claims = final.get("claims", [])
     row.update({f"claim:{c['aspect']}": c["kind"] for c in claims})
     row["real"] = ", ".join(c["aspect"] for c in claims if c["kind"] == "real" and _is_gain(c))
@@ -269,7 +274,7 @@ def _row_from_metrics(run: Run) -> dict[str, Any]:
     if not rows:
         return {}
     base, final = rows[0], rows[-1]
-    row = {k: v for k, v in final.items() if k.startswith(("accuracy", "ort_ms@", "speedup@", "torch_ms@"))}
+    row = {k: v for k, v in final.items() if k.startswith(("acc", "ort_ms@", "speedup@", "torch_ms@"))}
     for key in ("file", "gzip", "min_storage"):
         row[f"{key}_bytes"] = final.get(f"{key}_kb", np.nan) * 1024
     row.update(base_accuracy=base.get("accuracy"), base_file_bytes=base.get("file_kb", np.nan) * 1024,

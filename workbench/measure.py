@@ -17,6 +17,7 @@ from workbench.benchmark import LatencyStats, ort_latency, torch_latency
 from workbench.data import Dataset
 from workbench.evaluate import make_session, predict, score
 from workbench.onnx_graph import OpCoverage, op_coverage, weight_tensors
+from workbench.significance import PairedChange, paired_change
 from workbench.size import SizeStats, size_stats
 from workbench.specs import MeasureSpec
 from workbench.summary import model_macs
@@ -33,6 +34,7 @@ class Measurement:
     coverage: OpCoverage
     eval_samples: int
     macs: int | None = None                   # multiply-adds per sample of Conv/Gemm/MatMul, dense (None: unknown)
+    paired: PairedChange | None = None        # right/wrong answers vs the baseline's, sample by sample (labelled data)
 
     def latency_at(self, batch_size: int, engine: str = "onnxruntime") -> LatencyStats | None:
         pool = self.latency if engine == "onnxruntime" else self.torch_latency
@@ -44,9 +46,11 @@ class Measurement:
 
 def measure(model: onnx.ModelProto, eval_set: Dataset, spec: MeasureSpec, module=None,
             reference: np.ndarray | None = None, storage_bits: int | None = None,
-            layer_bits: dict[str, int] | None = None) -> tuple[Measurement, np.ndarray]:
+            layer_bits: dict[str, int] | None = None,
+            baseline_outputs: np.ndarray | None = None) -> tuple[Measurement, np.ndarray]:
     """Measure `model` (and `module`'s eager latency if given); returns the measurement and raw outputs.
-    `storage_bits` / `layer_bits` are the bits weight values need where the file stores more (workbench.size)."""
+    `storage_bits` / `layer_bits` are the bits weight values need where the file stores more (workbench.size).
+    With labels and `baseline_outputs`, the accuracy change is also counted sample by sample (`paired`)."""
     data = model.SerializeToString()
     session = make_session(data, spec.threads)
     outputs = predict(session, eval_set)
@@ -59,6 +63,9 @@ def measure(model: onnx.ModelProto, eval_set: Dataset, spec: MeasureSpec, module
                               min_time_s=spec.min_time_s)
     size = size_stats(data, weight_tensors(model), storage_bits, layer_bits)
     counted = model_macs(model)
+    paired = None
+    if baseline_outputs is not None and "accuracy" in metrics:
+        paired = paired_change(outputs, baseline_outputs, eval_set.labels)
     result = Measurement(metrics, tuple(latency), tuple(eager), size, op_coverage(model), len(eval_set),
-                         counted[0] if counted else None)
+                         counted[0] if counted else None, paired)
     return result, outputs

@@ -120,9 +120,9 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
     report_progress(0.02 if base_stage is None else 1.85 / (steps + 1), "baseline",
                     "exporting and measuring the baseline")
     base_model = to_onnx(variant, ctx)
-    base_m, reference = measure(base_model, splits.test, spec.measure, module=variant.module)
+    base_m, base_outputs = measure(base_model, splits.test, spec.measure, module=variant.module)
     baseline = VariantResult(base_name, base_stage, base_m, Facts(), (), base_notes, base_history)
-    reference = reference if splits.test.labels is None else None
+    labelled = splits.test.labels is not None   # accuracy (paired with the baseline's answers), else fidelity
 
     results, model, base_signature = [], base_model, kernel_signature(base_model)
     for i, stage in stages:
@@ -133,9 +133,11 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
         label = f"{i}: {stage.kind}"
         report_progress((i + 0.85) / (steps + 1), label, "measuring")
         model = to_onnx(variant, ctx)
-        m, _ = measure(model, splits.test, spec.measure, module=variant.module, reference=reference,
+        m, _ = measure(model, splits.test, spec.measure, module=variant.module,
+                       reference=None if labelled else base_outputs,
                        storage_bits=variant.storage_bits if _computed_bits(variant) else None,
-                       layer_bits=variant.layer_bits if _computed_bits(variant) else None)
+                       layer_bits=variant.layer_bits if _computed_bits(variant) else None,
+                       baseline_outputs=base_outputs if labelled else None)
         facts = Facts(m.size.sparsity, variant.quant_method, variant.simulated_quant, variant.storage_bits,
                       layer_bits=tuple(sorted(set(variant.layer_bits.values()), reverse=True)),
                       same_kernels=kernel_signature(model) == base_signature, structured=variant.structured,

@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench.claims import Claim, Facts
-from workbench.measure import Measurement
+
+if TYPE_CHECKING:
+    from workbench.measure import Measurement
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class Report:
 def _row(v: VariantResult, base: VariantResult) -> dict[str, Any]:
     m, b = v.measurement, base.measurement
     row: dict[str, Any] = {"variant": v.name, **{k: round(x, 4) for k, x in m.metrics.items()}}
+    if m.paired:
+        row["acc_change"] = m.paired.verdict
     row.update(file_kb=round(m.size.file_bytes / 1024, 1), gzip_kb=round(m.size.gzip_bytes / 1024, 1),
                min_storage_kb=round(m.size.min_storage_bytes / 1024, 1), sparsity=round(m.size.sparsity, 3),
                bits=m.size.bits_per_weight, gzip_x=round(b.size.file_bytes / m.size.gzip_bytes, 2))
@@ -71,13 +75,20 @@ def _row(v: VariantResult, base: VariantResult) -> dict[str, Any]:
     return row
 
 
+def text_table(rows: list[dict], keys: list[str] | None = None) -> str:
+    """Rows as aligned plain-text columns; by default every key, in the order of the row that has the most
+    (a variant's, so a column the baseline lacks stays beside its kin), blank where a row lacks one."""
+    keys = keys or list(dict.fromkeys(k for r in sorted(rows, key=len, reverse=True) for k in r))
+    cells = [[("" if r.get(k) is None else str(r.get(k))) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
 def render_text(report: Report) -> str:
     """A plain-text report: the table, then each variant's claims."""
-    rows = report.summary_rows()
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys}
-    lines = ["  ".join(k.ljust(widths[k]) for k in keys)]
-    lines += ["  ".join(str(r.get(k, "")).ljust(widths[k]) for k in keys) for r in rows]
+    lines = [text_table(report.summary_rows())]
     env = report.environment
     lines.append(f"\nmeasured on {env.get('cpu_model')} ({env.get('int8_note')}), {env.get('threads')} thread(s)")
     if report.baseline.notes:

@@ -185,6 +185,7 @@ def candidate_frame(store: Store, runs: list[Run], max_drop: float, x: str) -> t
     # without labels the metric is agreement with the baseline, which agrees with itself
     drop = -100 * df[f"d_{metric}"] if f"d_{metric}" in df else 100 * (1 - out[metric])
     out["drop"] = drop.astype(float).round(4) + 0.0   # + 0.0: no "-0" for an unchanged accuracy
+    out["acc_change"] = df.get("acc_change")   # beyond test-set noise, or not (None: an older run)
     out["gzip_kb"] = df.get("gzip_kb", np.nan)
     out["gzip_x"] = df.get("gzip_x", np.nan)
     sizes = batch_sizes(df)
@@ -209,7 +210,8 @@ def _ratio(spec: dict[str, Any]) -> float:
 def _describe(row: Any) -> str:
     structured = f" · structured {row['ratio']:.0%}" if row["ratio"] else ""
     smaller = f" ({row['gzip_x']:.1f}x smaller than the baseline file)" if row["gzip_x"] == row["gzip_x"] else ""
-    return (f"{row['label']}{structured}: drop {row['drop']:.2f} pt, gzip {row['gzip_kb']:.1f} KB{smaller}, "
+    noise = f" ({row.get('acc_change')})" if row.get("acc_change") in ("within noise", "identical") else ""
+    return (f"{row['label']}{structured}: drop {row['drop']:.2f} pt{noise}, gzip {row['gzip_kb']:.1f} KB{smaller}, "
             f"{row['latency_ms']:.3f} ms")
 
 

@@ -1,0 +1,95 @@
+"""Is an accuracy change more than test-set noise? Paired counts and the exact McNemar test.
+
+A variant and its baseline are scored on the same test samples, so the question is not "how far apart are
+two accuracies" but "how many samples changed side": `worse` went from right to wrong, `better` from wrong
+to right. Under "the two models are equally accurate" each changed sample is a fair coin, so the exact
+(binomial) McNemar test gives the two-sided p-value. On the 360-sample digits test split one sample is
+0.28 pt, and no change of fewer than 6 samples can reach p < 0.05 however lopsided it is.
+
+Contract: pure functions over predictions and counts; scipy is imported only by `mcnemar_p`.
+Non-goals: comparing runs scored on different data (the samples are not paired).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+ALPHA = 0.05
+Z95 = 1.959963984540054   # the two-sided 95% normal quantile
+
+
+@dataclass(frozen=True)
+class PairedChange:
+    """How a variant's right and wrong answers differ from its baseline's, on the same samples."""
+
+    samples: int
+    worse: int       # right in the baseline, wrong in the variant
+    better: int      # wrong in the baseline, right in the variant
+    p_value: float   # exact two-sided McNemar test
+
+    @property
+    def verdict(self) -> str:
+        """'identical' (no sample changed side), 'within noise', 'drop' or 'gain' (beyond noise)."""
+        if not self.worse and not self.better:
+            return "identical"
+        if self.p_value >= ALPHA:
+            return "within noise"
+        return "drop" if self.worse > self.better else "gain"
+
+    def sentence(self) -> str:
+        """The counts and the verdict in plain words, for a claim or a tooltip."""
+        n = self.samples
+        if self.verdict == "identical":
+            return f"the same samples right and wrong as the baseline on all {n:,}"
+        net = self.better - self.worse
+        counts = (f"{_samples(self.worse)} went wrong and {_samples(self.better)} went right of {n:,} "
+                  f"(net {net:+d}, {100 * net / n:+.2f} pt)")
+        if self.verdict == "within noise":
+            return (f"{counts}: within test-set noise (exact McNemar test p = {self.p_value:.2f}; a change needs at "
+                    f"least {smallest_detectable()} samples going one way to show)")
+        return f"{counts}: beyond test-set noise (exact McNemar test {_p(self.p_value)})"
+
+
+def _samples(count: int) -> str:
+    return f"{count} sample" + ("" if count == 1 else "s")
+
+
+def _p(value: float) -> str:
+    return f"p = {value:.3f}" if value >= 0.001 else "p < 0.001"
+
+
+def mcnemar_p(worse: int, better: int) -> float:
+    """Two-sided exact McNemar p-value: twice the binomial tail of the rarer direction, capped at 1."""
+    changed = worse + better
+    if changed == 0:
+        return 1.0
+    from scipy.stats import binom
+
+    return float(min(1.0, 2 * binom.cdf(min(worse, better), changed, 0.5)))
+
+
+def smallest_detectable(alpha: float = ALPHA) -> int:
+    """The fewest changed samples (all one way) whose exact McNemar p-value is below `alpha`: 6 at 0.05."""
+    return math.ceil(math.log2(2 / alpha) + 1e-12)
+
+
+def paired_change(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> PairedChange:
+    """Compare the top-1 answers of `outputs` (the variant) and `reference` (the baseline) against `labels`,
+    sample by sample. Both are (N, classes) scores; their class counts may differ (a transferred head)."""
+    right = np.argmax(outputs, axis=1) == labels
+    was_right = np.argmax(reference, axis=1) == labels
+    worse, better = int(np.sum(was_right & ~right)), int(np.sum(~was_right & right))
+    return PairedChange(len(labels), worse, better, mcnemar_p(worse, better))
+
+
+def wilson_interval(accuracy: float, samples: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of an accuracy measured on `samples` samples."""
+    if samples <= 0:
+        raise ValueError("wilson_interval: need at least one sample")
+    z2n = z * z / samples
+    centre = (accuracy + z2n / 2) / (1 + z2n)
+    half = z * math.sqrt(accuracy * (1 - accuracy) / samples + z2n / (4 * samples)) / (1 + z2n)
+    return max(0.0, centre - half), min(1.0, centre + half)

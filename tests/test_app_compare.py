@@ -85,6 +85,17 @@ def test_metric_cards_have_deltas_vs_the_baseline(finished):
         assert "McNemar" in card.proto.help
 
 
+def test_runs_are_set_against_a_chosen_run_sample_by_sample(finished):
+    at = page()
+    assert at.selectbox(key="compare_versus").value == 3            # the first selected run
+    table = next(d.value for d in at.dataframe if "went_wrong" in d.value)
+    assert list(table["id"]) == [4, 5, 6] and set(table["verdict"]) <= {"identical", "within noise", "drop", "gain"}
+    at.selectbox(key="compare_versus").set_value(5).run()
+    table = next(d.value for d in at.dataframe if "went_wrong" in d.value)
+    assert list(table["id"]) == [3, 4, 6] and not at.exception
+    assert table.set_index("id").loc[3, "verdict"] == "gain"         # 50% + int8 against 90% one-shot
+
+
 def test_selection_from_the_url_and_the_batch_switch(finished):
     at = page(runs="1,3")
     assert at.multiselect(key="compare_runs").value == [1, 3]

@@ -1,5 +1,5 @@
 """The queue commands: submit, runs, show, cancel, retry, delete, sweep, sweep-summary, search,
-search-summary, execute, worker."""
+search-summary, versus, execute, worker."""
 
 import json
 import shutil
@@ -103,6 +103,12 @@ def test_sweep_runs_through_the_worker_and_summarises(home, recipe, capsys):
     assert header[:4] == ["id", "name", "status", "variant"] and "accuracy" in header and "sparsity" in header
     at = summary[0].index(" sparsity ") + 1  # columns are aligned; names hold spaces
     assert [row[at:].split()[0] for row in summary[1:]] == ["0.5", "0.9"]
+
+    versus = _cli(capsys, "versus", "1", "2", "--home", str(home)).splitlines()
+    assert versus[0] == "against run 1 (tiny [sparsity=0.5]), sample by sample on the same test samples:"
+    assert versus[1].split()[:6] == ["id", "label", "accuracy", "vs", "reference", "(pt)"] and "went_wrong" in versus[1]
+    assert versus[2].split()[0] == "2" and any(v in versus[2] for v in ("identical", "within noise", "drop", "gain"))
+    assert "run 3: no such run" in _fails(capsys, "versus", "1", "3", "--home", str(home))
 
 
 def test_worker_hands_runs_to_ray_when_asked(home, monkeypatch, capsys):

@@ -126,6 +126,24 @@ def test_a_run_without_report_falls_back_to_the_store_summary(finished, tmp_path
     assert row["acc_change"] == compare.run_row(store, run)["acc_change"]   # kept in the store's summary too
 
 
+def test_runs_against_a_reference_run_sample_by_sample(finished, frame):
+    store, _ = finished
+    reports = {i: compare.load_report(store, i) for i in frame["id"]}
+    versus = compare.versus_frame(frame, reports, 3).set_index("id")
+    assert list(versus.index) == [1, 4, 5, 6] and versus["note"].isna().all()
+    np.testing.assert_allclose((versus["went_right"] - versus["went_wrong"]) / 3.6, versus["vs reference (pt)"])
+    assert versus.loc[5, "verdict"] == "drop" and versus.loc[5, "p_value"] < 0.001   # 90% one-shot vs 50% + int8
+    answers = compare.final_answers(reports[3])
+    assert answers.dtype == bool and answers.mean() == pytest.approx(frame.set_index("id").loc[3, "accuracy"])
+    old = json.loads(json.dumps(reports[4]))
+    del old["variants"][-1]["measurement"]["answers"]                   # a report from before answers were kept
+    other = frame.assign(data=np.where(frame["id"] == 5, "digits · classes 0,1", frame["data"]))
+    versus = compare.versus_frame(other, {**reports, 4: old}, 3).set_index("id")
+    assert versus.loc[4, "note"].startswith("per-sample answers not recorded")
+    assert versus.loc[5, "note"] == "scored on digits · classes 0,1, the reference on digits: no pairs"
+    assert versus.loc[6, "verdict"] == compare.versus_frame(frame, reports, 3).set_index("id").loc[6, "verdict"]
+
+
 def test_pareto_front_basics():
     df = pd.DataFrame({"size": [10, 20, 5, 30, 20, np.nan], "acc": [0.9, 0.95, 0.5, 0.94, 0.95, 1.0]})
     assert list(compare.pareto_front(df, "size", "acc")) == [True, True, True, False, True, False]

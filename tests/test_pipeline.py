@@ -9,6 +9,7 @@ from tests.conftest import FAST_MEASURE
 from workbench.errors import WorkbenchError
 from workbench.evaluate import make_session
 from workbench.pipeline import run_pipeline
+from workbench.significance import unpack_answers
 from workbench.specs import RunSpec
 from workbench.stages import Cancelled
 
@@ -69,6 +70,8 @@ def test_each_accuracy_change_is_counted_sample_by_sample_against_the_baseline(m
     report, out, _ = mlp_report
     base = report.baseline.measurement
     assert base.paired is None   # nothing to pair the baseline with
+    for m in (base, *(v.measurement for v in report.variants)):   # which samples each got right, one bit each
+        assert unpack_answers(m.answers, 360).mean() == pytest.approx(m.metrics["accuracy"])
     saved = json.loads((out / "report.json").read_text())
     for i, v in enumerate(report.variants):
         paired = v.measurement.paired
@@ -104,7 +107,7 @@ def test_onnx_upload_with_unlabelled_data_reports_fidelity(tiny_onnx, tmp_path):
     assert set(metrics) == {"top1_agreement", "output_mse", "output_cosine"}
     assert 0 < metrics["top1_agreement"] <= 1 and metrics["output_mse"] > 0
     assert report.baseline.measurement.metrics == {}  # the reference itself
-    assert report.variants[0].measurement.paired is None   # no labels: fidelity, nothing to count
+    assert report.variants[0].measurement.paired is None and report.variants[0].measurement.answers is None
     assert report.final.measurement.coverage.histogram.get("MatMulInteger") or \
         report.final.measurement.coverage.histogram.get("DynamicQuantizeMatMul")
 

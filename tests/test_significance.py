@@ -3,7 +3,16 @@
 import numpy as np
 import pytest
 
-from workbench.significance import PairedChange, mcnemar_p, paired_change, smallest_detectable, wilson_interval
+from workbench.significance import (
+    PairedChange,
+    changes,
+    correct,
+    mcnemar_p,
+    pack_answers,
+    smallest_detectable,
+    unpack_answers,
+    wilson_interval,
+)
 
 
 def test_mcnemar_p_is_the_doubled_binomial_tail():
@@ -26,7 +35,7 @@ def test_paired_change_counts_samples_that_changed_side():
     labels = np.array([0, 1, 2, 0, 1, 2])
     base = np.eye(3)[[0, 1, 2, 1, 1, 0]]     # right on samples 0, 1, 2, 4; wrong on 3, 5
     variant = np.eye(3)[[0, 2, 2, 0, 0, 0]]  # right on 0, 2, 3; wrong on 1, 4, 5
-    change = paired_change(variant, base, labels)
+    change = changes(correct(base, labels), correct(variant, labels))
     assert (change.samples, change.worse, change.better) == (6, 2, 1)   # 1 and 4 went wrong, 3 went right
     assert change.p_value == pytest.approx(1.0)
     assert change.verdict == "within noise"
@@ -34,8 +43,20 @@ def test_paired_change_counts_samples_that_changed_side():
 
 def test_a_head_with_a_different_class_count_still_pairs():
     labels = np.array([0, 1, 1])
-    change = paired_change(np.eye(2)[[0, 1, 0]], np.eye(10)[[0, 1, 1]], labels)
+    change = changes(correct(np.eye(10)[[0, 1, 1]], labels), correct(np.eye(2)[[0, 1, 0]], labels))
     assert (change.worse, change.better) == (1, 0)
+
+
+def test_answers_of_different_samples_do_not_pair():
+    with pytest.raises(ValueError, match="not the same samples"):
+        changes(np.ones(3, bool), np.ones(4, bool))
+
+
+def test_answers_round_trip_as_one_bit_per_sample():
+    right = np.random.default_rng(0).random(361) > 0.1
+    text = pack_answers(right)
+    assert len(text) == 4 * -(-46 // 3)     # 361 bits -> 46 bytes -> base64
+    np.testing.assert_array_equal(unpack_answers(text, 361), right)
 
 
 def test_verdicts_and_their_sentences():

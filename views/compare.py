@@ -99,6 +99,20 @@ if not pairs.empty:
     st.caption("The same recipe with random instead of magnitude pruning: `advantage` is what choosing the "
                "weights by magnitude buys over chance at that sparsity (ShrinkBench's sanity check).")
 
+if len(df) > 1:
+    st.subheader("Run against run, sample by sample")
+    labels = dict(zip(df["id"], df["label"], strict=True))
+    reference = st.selectbox("Against", list(labels), format_func=labels.get, key="compare_versus",
+                             help="The other runs are set against this one on the same test samples.")
+    with view.guard():
+        st.dataframe(compare.versus_frame(df, reports, reference), hide_index=True, width="stretch",
+                     column_config={"vs reference (pt)": st.column_config.NumberColumn(format="%+.2f"),
+                                    "p_value": st.column_config.NumberColumn("McNemar p", format="%.3f")})
+    st.caption("`went_wrong`: test samples this run got wrong and the reference right; `went_right`: the reverse. "
+               "If both runs were equally good each of these would be a coin toss; the exact McNemar test says how "
+               "likely a split this lopsided is (below 0.05: beyond noise). Seeds and a larger test set settle "
+               "what one split cannot.")
+
 st.subheader("Why isn't it faster?")
 st.caption("Plain-words findings per run from its report and its model: the measured verdict, then the causes, "
            "what works and what to try. Open one to read it (the first time takes a moment).")

@@ -400,6 +400,27 @@ def _why(args: argparse.Namespace) -> None:
     print(render_text(diagnose(report, -1, model), title=f"run {run.id}: {run.name}"))
 
 
+def _versus(args: argparse.Namespace) -> None:
+    from workbench.compare import load_report, runs_frame, versus_frame
+
+    store = _store(args)
+    runs = [store.get(_run_id(i)) for i in dict.fromkeys([args.reference, *args.ids])]
+    for run in runs:
+        if run.status != "succeeded":
+            raise WorkbenchError(f"run {run.id}: {run.status}, so it has no answers to compare")
+    reports = {run.id: load_report(store, run.id) for run in runs}
+    frame = versus_frame(runs_frame(store, runs, reports), reports, runs[0].id)
+    print(f"against run {runs[0].id} ({runs[0].name}), sample by sample on the same test samples:")
+    print(text_table([{k: _cell(v) for k, v in row.items()} for row in frame.to_dict("records")]))
+
+
+def _cell(value: object) -> object:
+    """A table cell: NaN as blank, floats to 4 significant places."""
+    if isinstance(value, float):
+        return None if value != value else f"{value:.4g}"
+    return value
+
+
 def _cancel(args: argparse.Namespace) -> None:
     store = _store(args)
     run = store.get(_run_id(args.id))
@@ -558,6 +579,13 @@ def _add_queue_commands(sub: argparse._SubParsersAction) -> None:
         cmd = sub.add_parser(name, parents=[home], help=helptext)
         cmd.add_argument("id", help="sweep id" if name == "sweep-summary" else "run id")
         cmd.set_defaults(func=func)
+
+
+    versus = sub.add_parser("versus", parents=[home], help="finished runs against one, sample by sample: which "
+                            "samples changed side, and whether that is beyond test-set noise (exact McNemar test)")
+    versus.add_argument("reference", help="run id to set the others against")
+    versus.add_argument("ids", nargs="+", help="run ids")
+    versus.set_defaults(func=_versus)
 
 
 def _add_search_commands(sub: argparse._SubParsersAction, home: argparse.ArgumentParser) -> None:

@@ -11,9 +11,10 @@ Rigour (ShrinkBench-style): each row also says what the recipe asked for next to
 and a `config` key (the recipe without seeds or name); `seed_summary` folds runs that differ only by seed
 into mean ± std rows, and `random_baseline_frame` sets magnitude pruning against random pruning of
 otherwise equal recipes.
-`pareto_front` marks the non-dominated rows; `layer_frame` / `history_frame` give per-layer sparsity and
-per-round accuracy; `default_selection` picks what Compare opens with; `artifact_path` is the one way
-to reach a file of a run (it never leaves the run's folder). Reads files only; never writes.
+`versus_frame` sets runs against one of them sample by sample (the same test samples, from the per-sample
+answers in report.json). `pareto_front` marks the non-dominated rows; `layer_frame` / `history_frame` give
+per-layer sparsity and per-round accuracy; `default_selection` picks what Compare opens with; `artifact_path`
+is the one way to reach a file of a run (it never leaves the run's folder). Reads files only; never writes.
 
 Non-goals: plotting (workbench.charts), streamlit (the ui package).
 """
@@ -33,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import WorkbenchError
-from workbench.significance import PairedChange
+from workbench.significance import PairedChange, changes, unpack_answers
 from workbench.specs import RunSpec
 from workbench.store import Run, Store
 
@@ -521,6 +522,42 @@ def random_baseline_frame(df: pd.DataFrame, per_seed: bool = False) -> pd.DataFr
     head["n"], head["seeds"] = groups.size(), groups["seed"].agg(_seeds_text)
     stats = _mean_std(groups, [f"{metric}_magnitude", f"{metric}_random", "advantage"])
     return head.join(stats).reset_index(drop=True)
+
+
+def final_answers(report: dict[str, Any] | None) -> np.ndarray | None:
+    """Which test samples the run's final variant got right (None: no labels, or a run from before they were
+    kept in report.json)."""
+    if not report:
+        return None
+    final = (report.get("variants") or [report["baseline"]])[-1]["measurement"]
+    text = final.get("answers")
+    return unpack_answers(text, final["eval_samples"]) if text else None
+
+
+def versus_frame(df: pd.DataFrame, reports: dict[int, dict], reference: int) -> pd.DataFrame:
+    """Every other run against run `reference`, sample by sample on the same test samples: the samples the
+    reference got right and the run wrong (`went_wrong`) and the reverse, the exact McNemar p and its verdict.
+    Runs that cannot pair say why in `note` (other data, answers not recorded)."""
+    by_id = df.set_index("id")
+    ref, ref_answers = by_id.loc[reference], final_answers(reports.get(reference))
+    rows = []
+    for run_id, row in by_id.drop(index=reference).iterrows():
+        out = {"id": run_id, "label": row["label"], "accuracy": row.get("accuracy"),
+               "vs reference (pt)": 100 * (row.get("accuracy", np.nan) - ref.get("accuracy", np.nan))}
+        answers = final_answers(reports.get(run_id))
+        if row.get("data") != ref.get("data"):
+            out["note"] = f"scored on {row.get('data')}, the reference on {ref.get('data')}: no pairs"
+        elif answers is None or ref_answers is None:
+            out["note"] = "per-sample answers not recorded (no labels, or a run from an older version)"
+        elif len(answers) != len(ref_answers):
+            out["note"] = f"{len(answers)} test samples vs the reference's {len(ref_answers)}"
+        else:
+            change = changes(ref_answers, answers)
+            out.update(went_wrong=change.worse, went_right=change.better, p_value=change.p_value,
+                       verdict=change.verdict)
+        rows.append(out)
+    columns = ["id", "label", "accuracy", "vs reference (pt)", "went_wrong", "went_right", "p_value", "verdict", "note"]
+    return pd.DataFrame(rows).reindex(columns=columns)
 
 
 # --- what to show first ------------------------------------------------------------------------

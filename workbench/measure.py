@@ -17,7 +17,7 @@ from workbench.benchmark import LatencyStats, ort_latency, torch_latency
 from workbench.data import Dataset
 from workbench.evaluate import make_session, predict, score
 from workbench.onnx_graph import OpCoverage, op_coverage, weight_tensors
-from workbench.significance import PairedChange, paired_change
+from workbench.significance import PairedChange, changes, correct, pack_answers
 from workbench.size import SizeStats, size_stats
 from workbench.specs import MeasureSpec
 from workbench.summary import model_macs
@@ -35,6 +35,7 @@ class Measurement:
     eval_samples: int
     macs: int | None = None                   # multiply-adds per sample of Conv/Gemm/MatMul, dense (None: unknown)
     paired: PairedChange | None = None        # right/wrong answers vs the baseline's, sample by sample (labelled data)
+    answers: str | None = None                # which samples it got right (labelled data; significance.pack_answers)
 
     def latency_at(self, batch_size: int, engine: str = "onnxruntime") -> LatencyStats | None:
         pool = self.latency if engine == "onnxruntime" else self.torch_latency
@@ -63,9 +64,12 @@ def measure(model: onnx.ModelProto, eval_set: Dataset, spec: MeasureSpec, module
                               min_time_s=spec.min_time_s)
     size = size_stats(data, weight_tensors(model), storage_bits, layer_bits)
     counted = model_macs(model)
-    paired = None
-    if baseline_outputs is not None and "accuracy" in metrics:
-        paired = paired_change(outputs, baseline_outputs, eval_set.labels)
+    paired = answers = None
+    if "accuracy" in metrics:
+        right = correct(outputs, eval_set.labels)
+        answers = pack_answers(right)
+        if baseline_outputs is not None:
+            paired = changes(correct(baseline_outputs, eval_set.labels), right)
     result = Measurement(metrics, tuple(latency), tuple(eager), size, op_coverage(model), len(eval_set),
-                         counted[0] if counted else None, paired)
+                         counted[0] if counted else None, paired, answers)
     return result, outputs

@@ -6,12 +6,16 @@ to right. Under "the two models are equally accurate" each changed sample is a f
 (binomial) McNemar test gives the two-sided p-value. On the 360-sample digits test split one sample is
 0.28 pt, and no change of fewer than 6 samples can reach p < 0.05 however lopsided it is.
 
+The same counts compare any two runs scored on the same samples, from the per-sample answers each
+measurement keeps (`pack_answers`: one bit per sample in report.json).
+
 Contract: pure functions over predictions and counts; scipy is imported only by `mcnemar_p`.
 Non-goals: comparing runs scored on different data (the samples are not paired).
 """
 
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass
 
@@ -76,13 +80,28 @@ def smallest_detectable(alpha: float = ALPHA) -> int:
     return math.ceil(math.log2(2 / alpha) + 1e-12)
 
 
-def paired_change(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> PairedChange:
-    """Compare the top-1 answers of `outputs` (the variant) and `reference` (the baseline) against `labels`,
-    sample by sample. Both are (N, classes) scores; their class counts may differ (a transferred head)."""
-    right = np.argmax(outputs, axis=1) == labels
-    was_right = np.argmax(reference, axis=1) == labels
-    worse, better = int(np.sum(was_right & ~right)), int(np.sum(~was_right & right))
-    return PairedChange(len(labels), worse, better, mcnemar_p(worse, better))
+def correct(outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per sample: is the top-1 class of (N, classes) `outputs` the label? (Two models' class counts may differ,
+    e.g. a transferred head: their answers still pair.)"""
+    return np.argmax(outputs, axis=1) == np.asarray(labels)
+
+
+def changes(before: np.ndarray, after: np.ndarray) -> PairedChange:
+    """`after` against `before`: per-sample correctness of two models on the same samples, in the same order."""
+    if before.shape != after.shape:
+        raise ValueError(f"changes: {before.shape} and {after.shape} answers are not the same samples")
+    worse, better = int(np.sum(before & ~after)), int(np.sum(~before & after))
+    return PairedChange(len(before), worse, better, mcnemar_p(worse, better))
+
+
+def pack_answers(right: np.ndarray) -> str:
+    """Per-sample correctness as text for report.json: one bit per sample, base64 (45 characters for 360)."""
+    return base64.b64encode(np.packbits(np.asarray(right, dtype=bool))).decode("ascii")
+
+
+def unpack_answers(text: str, samples: int) -> np.ndarray:
+    """The inverse of `pack_answers`."""
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), np.uint8), count=samples).astype(bool)
 
 
 def wilson_interval(accuracy: float, samples: int, z: float = Z95) -> tuple[float, float]:

@@ -25,6 +25,7 @@ from sections import write_section
 
 from workbench.data import Splits, digits_splits
 from workbench.evaluate import score, torch_predict
+from workbench.significance import changes, correct
 from workbench.specs import PruneSpec, RunSpec
 from workbench.stages import STAGE_RUNNERS, Context, Variant
 from workbench.zoo import load_sample, sample_card
@@ -81,6 +82,7 @@ def run_arm(model: str, prune: dict, seed: int, splits: Splits) -> dict:
     out = STAGE_RUNNERS["prune"](Variant(module=load_sample(model)), spec.stages[0], ctx)
     logits = torch_predict(out.module, splits.test)
     return {"accuracy": out.history[-1]["accuracy"], "loss": cross_entropy(logits, splits.test.labels),
+            "answers": correct(logits, splits.test.labels),
             "sparsity": out.history[-1]["sparsity"], "history": out.history, "notes": out.notes,
             "epochs": len(out.history) * prune["finetune"]["epochs"] if prune.get("finetune") else 0}
 
@@ -157,7 +159,17 @@ def verdict(results: dict, sparsity: float, retrain: dict) -> str:
     per_round = [r["accuracy"] for r in results[(sparsity, PER_ROUND_ONE_SHOT)]]
     text += (f"; against one-shot with only one round's retraining ({pm(per_round)} %) the gap is "
              f"{per_round_gap(results, sparsity):+.2f} pt")
-    return text + "."
+    return text + "; " + paired_text(results, sparsity) + "."
+
+
+def paired_text(results: dict, sparsity: float) -> str:
+    """Per seed, iterative + LR rewinding against one-shot (equal total) on the same test samples."""
+    pairs = [changes(theirs["answers"], ours["answers"])
+             for ours, theirs in zip(*(results[(sparsity, arm)] for arm in CLAIM), strict=True)]
+    cells = ", ".join(f"{c.better}/{c.worse} (p {c.p_value:.2f})" for c in pairs)
+    beyond = sum(c.verdict in ("drop", "gain") for c in pairs)
+    return (f"per seed, samples only iterative / only one-shot got right: {cells}; beyond test-set noise in "
+            f"{beyond} of {len(pairs)} seeds (exact McNemar)")
 
 
 def beyond_lines(beyond: dict[str, tuple[dict, dict]]) -> list[str]:

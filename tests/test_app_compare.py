@@ -279,4 +279,4 @@ def test_a_change_that_rounds_to_zero_is_grey_not_a_red_rise():
     assert _points(0.0001) == {"delta": "±0.000 vs baseline", "delta_color": "off", "delta_arrow": "off"}
     assert _points(-0.02) == {"delta": "-0.020 vs baseline", "delta_color": "normal"}
     assert _points(-0.02, "drop") == {"delta": "-0.020 vs baseline", "delta_color": "normal"}
-    assert _points(-0.008, "within noise") == {"delta": "-0.008 vs baseline, within noise", "delta_color": "off"}
+    assert _points(-0.008, "within noise") == {"delta": "-0.008, within noise", "delta_color": "off"}

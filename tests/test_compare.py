@@ -130,7 +130,7 @@ def test_runs_against_a_reference_run_sample_by_sample(finished, frame):
     store, _ = finished
     reports = {i: compare.load_report(store, i) for i in frame["id"]}
     versus = compare.versus_frame(frame, reports, 3).set_index("id")
-    assert list(versus.index) == [1, 4, 5, 6] and versus["note"].isna().all()
+    assert list(versus.index) == [1, 4, 5, 6] and (versus["note"] == "").all()
     np.testing.assert_allclose((versus["went_right"] - versus["went_wrong"]) / 3.6, versus["vs reference (pt)"])
     assert versus.loc[5, "verdict"] == "drop" and versus.loc[5, "p_value"] < 0.001   # 90% one-shot vs 50% + int8
     answers = compare.final_answers(reports[3])

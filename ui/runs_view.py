@@ -302,7 +302,7 @@ def _points(delta: float | None, change: str | None = None) -> dict:
     if not float(text):
         return {"delta": "±0.000 vs baseline", "delta_color": "off", "delta_arrow": "off"}
     if change == "within noise":
-        return {"delta": f"{text} vs baseline, within noise", "delta_color": "off"}
+        return {"delta": f"{text}, within noise", "delta_color": "off"}   # short: a card is narrow
     return {"delta": f"{text} vs baseline", "delta_color": "normal"}
 
 

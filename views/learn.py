@@ -164,7 +164,8 @@ st.subheader("6 · Is an accuracy change real?")
 st.markdown("A variant and its baseline answer the same test samples, so what counts is how many samples **changed "
             "side**: right before and wrong now, or the reverse. If the two models were equally good, each changed "
             "sample would be a coin toss; the exact **McNemar test** asks how likely a split this lopsided is by "
-            "chance. Every run reports these counts with its accuracy (Compare: `acc_change` and the claims).")
+            "chance. Every run reports these counts with its accuracy (Compare: `acc_change`, the claims, and "
+            "*Run against run* for two runs on the same data).")
 with view.guard():
     left, right = st.columns([2, 1])
     samples = left.number_input("Test samples", 20, 100_000, 360, step=10, key="learn_noise_samples")
@@ -175,5 +176,5 @@ with view.guard():
     right.metric("verdict", change.verdict, help=change.sentence())
     right.metric("p-value", f"{change.p_value:.3f}", help="below 0.05: beyond noise")
     st.caption(f"However lopsided, fewer than {smallest_detectable()} changed samples can never reach p < 0.05: on the "
-               "digits test split (360 samples) that is any change under 1.67 pt. Several seeds (a sweep with "
-               "seeds) tell you more than one run.")
+               "digits test split (360 samples) that is any change of 5 samples (1.39 pt) or fewer. Several seeds (a "
+               "sweep with seeds) tell you more than one run.")

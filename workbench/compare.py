@@ -543,7 +543,7 @@ def versus_frame(df: pd.DataFrame, reports: dict[int, dict], reference: int) -> 
     rows = []
     for run_id, row in by_id.drop(index=reference).iterrows():
         out = {"id": run_id, "label": row["label"], "accuracy": row.get("accuracy"),
-               "vs reference (pt)": 100 * (row.get("accuracy", np.nan) - ref.get("accuracy", np.nan))}
+               "vs reference (pt)": 100 * (row.get("accuracy", np.nan) - ref.get("accuracy", np.nan)), "note": ""}
         answers = final_answers(reports.get(run_id))
         if row.get("data") != ref.get("data"):
             out["note"] = f"scored on {row.get('data')}, the reference on {ref.get('data')}: no pairs"

@@ -68,6 +68,7 @@ def test_opens_with_the_latest_sweep_and_draws_every_chart(finished):
     assert frontier["layer"][0]["mark"]["color"] == "#f58518"
     assert frontier["title"]["subtitle"] == "orange: the Pareto frontier"
     assert "accuracy vs ORT latency @ batch 1 (ms)" in charts
+    assert marks(charts["accuracy change per class"]) == ["rect", "text"]
     assert marks(charts["per-layer sparsity of the exported model"]) == ["bar"]
     assert marks(charts["sweep: accuracy by sparsity × bits"]) == ["rect", "text"]
 

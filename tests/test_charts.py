@@ -82,6 +82,20 @@ def test_layer_sparsity_heatmap_and_rounds():
     assert line["mark"] == {"type": "line", "point": True} and line["encoding"]["x"]["field"] == "sparsity"
 
 
+def test_class_heatmap_is_centred_on_no_change():
+    frame = pd.DataFrame({"id": [1, 1, 2, 2], "label": ["#1", "#1", "#2", "#2"], "class": [0, 8, 0, 8],
+                          "samples": [36, 35] * 2, "baseline_right": [36, 35] * 2, "right": [36, 31, 35, 35],
+                          "change": [0, -4, -1, 0], "change_pt": [0.0, -400 / 35, -100 / 36, 0.0]})
+    rect, text = charts.class_heatmap(frame).to_dict()["layer"]
+    assert rect["mark"]["type"] == "rect" and text["encoding"]["text"] == {"field": "change", "type": "quantitative",
+                                                                           "format": "+d"}
+    scale = rect["encoding"]["color"]["scale"]
+    assert scale["scheme"] == "redblue" and scale["domain"] == [-400 / 35, 400 / 35]   # white is "no change"
+    assert rect["encoding"]["y"]["sort"] == ["#1", "#2"]
+    one = charts.class_heatmap(frame.assign(change_pt=[0.0, -100 / 35, -100 / 36, 0.0])).to_dict()["layer"][0]
+    assert one["encoding"]["color"]["scale"]["domain"] == [-10.0, 10.0]   # one sample is not painted dark red
+
+
 def test_magnitude_mask_zeroes_the_smallest_weights():
     w = np.random.default_rng(0).standard_normal((8, 8))
     cells = charts.magnitude_mask_frame(w, 0.25)

@@ -144,6 +144,24 @@ def test_runs_against_a_reference_run_sample_by_sample(finished, frame):
     assert versus.loc[6, "verdict"] == compare.versus_frame(frame, reports, 3).set_index("id").loc[6, "verdict"]
 
 
+def test_each_runs_accuracy_change_split_by_class(finished, frame):
+    store, _ = finished
+    reports = {i: compare.load_report(store, i) for i in frame["id"]}
+    classes = compare.class_frame(frame, reports)
+    assert set(classes["class"]) == set(range(10)) and set(classes["id"]) == set(frame["id"])
+    per_run = classes.groupby("id")
+    assert (per_run["samples"].sum() == 360).all()
+    net = frame.set_index("id")["acc_better"] - frame.set_index("id")["acc_worse"]
+    assert (per_run["change"].sum() == net.loc[per_run["change"].sum().index]).all()   # the classes add up
+    np.testing.assert_allclose(classes["change_pt"], 100 * classes["change"] / classes["samples"])
+    top = compare.class_frame(frame, reports, limit=2)
+    moved = classes.groupby("class")["change"].agg(lambda c: c.abs().sum())
+    assert set(top["class"]) == set(moved.sort_values(ascending=False, kind="stable").index[:2])
+    old = json.loads(json.dumps(reports[4]))
+    old["baseline"]["measurement"].pop("classes")                      # a report from before classes were kept
+    assert 4 not in set(compare.class_frame(frame, {**reports, 4: old})["id"])
+
+
 def test_pareto_front_basics():
     df = pd.DataFrame({"size": [10, 20, 5, 30, 20, np.nan], "acc": [0.9, 0.95, 0.5, 0.94, 0.95, 1.0]})
     assert list(compare.pareto_front(df, "size", "acc")) == [True, True, True, False, True, False]

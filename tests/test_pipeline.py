@@ -72,6 +72,8 @@ def test_each_accuracy_change_is_counted_sample_by_sample_against_the_baseline(m
     assert base.paired is None   # nothing to pair the baseline with
     for m in (base, *(v.measurement for v in report.variants)):   # which samples each got right, one bit each
         assert unpack_answers(m.answers, 360).mean() == pytest.approx(m.metrics["accuracy"])
+        assert [c for c, _, _ in m.classes] == list(range(10)) and sum(n for _, n, _ in m.classes) == 360
+        assert sum(right for _, _, right in m.classes) == round(360 * m.metrics["accuracy"])
     saved = json.loads((out / "report.json").read_text())
     for i, v in enumerate(report.variants):
         paired = v.measurement.paired

@@ -6,6 +6,7 @@ import pytest
 from workbench.significance import (
     PairedChange,
     changes,
+    class_counts,
     correct,
     mcnemar_p,
     pack_answers,
@@ -82,3 +83,9 @@ def test_wilson_interval():
     assert low == pytest.approx(0.980, abs=1e-3) and high == pytest.approx(0.9985, abs=1e-3)
     with pytest.raises(ValueError):
         wilson_interval(0.5, 0)
+
+
+def test_class_counts_split_the_right_answers_by_label():
+    labels = np.array([2, 0, 2, 2, 5])
+    right = np.array([True, False, True, False, True])
+    assert class_counts(right, labels) == ((0, 1, 0), (2, 3, 2), (5, 1, 1))

@@ -65,6 +65,16 @@ with view.guard():
 st.caption("Orange: the Pareto frontier — no other run (or the baseline) is both smaller/faster and more accurate. "
            "Latency differences inside the run-to-run spread are noise: check the claims below.")
 
+with view.guard():
+    by_class = compare.class_frame(df, reports)
+if not by_class.empty:
+    st.subheader("Which classes pay")
+    st.altair_chart(charts.class_heatmap(by_class), width="stretch")
+    st.caption("An average hides where accuracy went: compressed models often lose some classes far more than "
+               "others (Hooker et al., 2019). Each cell counts the test samples of that class the run got right "
+               "against its own baseline. A class holds few samples (about 36 in the digits split), so one sample "
+               f"is several points of it. At most {compare.CLASS_LIMIT} classes: those whose answers moved most.")
+
 for sweep_id in rv.searches(store, df):
     st.subheader("Search under an accuracy bar")
     with view.guard():

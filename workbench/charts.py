@@ -294,3 +294,24 @@ def sensitivity_heatmap(frame: pd.DataFrame, kind: str = "sparsity", value: str 
         title=alt.TitleParams(f"accuracy drop when one layer alone is {what}",
                               subtitle="points vs the unchanged model; the other layers untouched"),
         height=max(80, 28 * frame["layer"].nunique()))
+
+
+def class_heatmap(frame: pd.DataFrame) -> alt.LayerChart:
+    """Runs (rows) × classes: each run's accuracy change on that class against its own baseline, in points of
+    the class (colour, red = lost) and in samples (text); frame from compare.class_frame."""
+    # at least ±10 pt, so one sample of a ~36-sample class (2.8 pt) reads pale, not alarming
+    limit = max(10.0, float(frame["change_pt"].abs().max())) if len(frame) else 10.0
+    base = alt.Chart(frame).encode(
+        x=alt.X("class:O", title="class", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("label:N", sort=_order(frame), title=None))
+    cells = base.mark_rect().encode(
+        color=alt.Color("change_pt:Q", scale=alt.Scale(scheme="redblue", domain=[-limit, limit]),
+                        title="change (pt of the class)"),
+        tooltip=["label:N", "class:O", "samples:Q", alt.Tooltip("baseline_right:Q", title="right before"),
+                 alt.Tooltip("right:Q", title="right now"), alt.Tooltip("change_pt:Q", format="+.1f")])
+    text = base.mark_text(fontSize=11).encode(
+        text=alt.Text("change:Q", format="+d"),
+        color=alt.condition(f"abs(datum.change_pt) > {limit / 2}", alt.value("white"), alt.value("black")))
+    return alt.layer(cells, text).properties(
+        title=alt.TitleParams("accuracy change per class", subtitle="vs each run's baseline; text: samples"),
+        height=alt.Step(28))   # per run: a fixed height collapsed the rows under the title in Streamlit

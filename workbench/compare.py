@@ -11,10 +11,11 @@ Rigour (ShrinkBench-style): each row also says what the recipe asked for next to
 and a `config` key (the recipe without seeds or name); `seed_summary` folds runs that differ only by seed
 into mean ± std rows, and `random_baseline_frame` sets magnitude pruning against random pruning of
 otherwise equal recipes.
-`versus_frame` sets runs against one of them sample by sample (the same test samples, from the per-sample
-answers in report.json). `pareto_front` marks the non-dominated rows; `layer_frame` / `history_frame` give
-per-layer sparsity and per-round accuracy; `default_selection` picks what Compare opens with; `artifact_path`
-is the one way to reach a file of a run (it never leaves the run's folder). Reads files only; never writes.
+`class_frame` splits each run's accuracy change by class; `versus_frame` sets runs against one of them sample
+by sample (the same test samples, from the per-sample answers in report.json). `pareto_front` marks the
+non-dominated rows; `layer_frame` / `history_frame` give per-layer sparsity and per-round accuracy;
+`default_selection` picks what Compare opens with; `artifact_path` is the one way to reach a file of a run
+(it never leaves the run's folder). Reads files only; never writes.
 
 Non-goals: plotting (workbench.charts), streamlit (the ui package).
 """
@@ -532,6 +533,31 @@ def final_answers(report: dict[str, Any] | None) -> np.ndarray | None:
     final = (report.get("variants") or [report["baseline"]])[-1]["measurement"]
     text = final.get("answers")
     return unpack_answers(text, final["eval_samples"]) if text else None
+
+
+CLASS_LIMIT = 20   # classes shown per chart: the ones whose accuracy moved most
+
+
+def class_frame(df: pd.DataFrame, reports: dict[int, dict], limit: int = CLASS_LIMIT) -> pd.DataFrame:
+    """Per run and class, the final variant's right answers against its own baseline's: `change` in samples
+    and `change_pt` in points of that class. Only the `limit` classes whose answers moved most over all runs
+    (empty when no run kept per-class counts: no labels, or an older version)."""
+    rows = []
+    for row in df.to_dict("records"):
+        report = reports.get(row["id"])
+        if not report:
+            continue
+        final = (report.get("variants") or [report["baseline"]])[-1]["measurement"]
+        before = {c: right for c, _, right in report["baseline"]["measurement"].get("classes", [])}
+        for c, samples, right in final.get("classes", []):
+            if c in before:
+                rows.append({"id": row["id"], "label": row["label"], "class": c, "samples": samples,
+                             "baseline_right": before[c], "right": right, "change": right - before[c],
+                             "change_pt": 100 * (right - before[c]) / samples})
+    frame = pd.DataFrame(rows, columns=["id", "label", "class", "samples", "baseline_right", "right", "change",
+                                        "change_pt"])
+    moved = frame.groupby("class")["change"].agg(lambda c: c.abs().sum()).sort_values(ascending=False, kind="stable")
+    return frame[frame["class"].isin(moved.index[:limit])].reset_index(drop=True)
 
 
 def versus_frame(df: pd.DataFrame, reports: dict[int, dict], reference: int) -> pd.DataFrame:

@@ -17,7 +17,7 @@ from workbench.benchmark import LatencyStats, ort_latency, torch_latency
 from workbench.data import Dataset
 from workbench.evaluate import make_session, predict, score
 from workbench.onnx_graph import OpCoverage, op_coverage, weight_tensors
-from workbench.significance import PairedChange, changes, correct, pack_answers
+from workbench.significance import PairedChange, changes, class_counts, correct, pack_answers
 from workbench.size import SizeStats, size_stats
 from workbench.specs import MeasureSpec
 from workbench.summary import model_macs
@@ -36,6 +36,7 @@ class Measurement:
     macs: int | None = None                   # multiply-adds per sample of Conv/Gemm/MatMul, dense (None: unknown)
     paired: PairedChange | None = None        # right/wrong answers vs the baseline's, sample by sample (labelled data)
     answers: str | None = None                # which samples it got right (labelled data; significance.pack_answers)
+    classes: tuple[tuple[int, int, int], ...] = ()   # (label, samples, right) per class (labelled data)
 
     def latency_at(self, batch_size: int, engine: str = "onnxruntime") -> LatencyStats | None:
         pool = self.latency if engine == "onnxruntime" else self.torch_latency
@@ -65,11 +66,12 @@ def measure(model: onnx.ModelProto, eval_set: Dataset, spec: MeasureSpec, module
     size = size_stats(data, weight_tensors(model), storage_bits, layer_bits)
     counted = model_macs(model)
     paired = answers = None
+    classes: tuple[tuple[int, int, int], ...] = ()
     if "accuracy" in metrics:
         right = correct(outputs, eval_set.labels)
-        answers = pack_answers(right)
+        answers, classes = pack_answers(right), class_counts(right, eval_set.labels)
         if baseline_outputs is not None:
             paired = changes(correct(baseline_outputs, eval_set.labels), right)
     result = Measurement(metrics, tuple(latency), tuple(eager), size, op_coverage(model), len(eval_set),
-                         counted[0] if counted else None, paired, answers)
+                         counted[0] if counted else None, paired, answers, classes)
     return result, outputs

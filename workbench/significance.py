@@ -94,6 +94,13 @@ def changes(before: np.ndarray, after: np.ndarray) -> PairedChange:
     return PairedChange(len(before), worse, better, mcnemar_p(worse, better))
 
 
+def class_counts(right: np.ndarray, labels: np.ndarray) -> tuple[tuple[int, int, int], ...]:
+    """(label, samples, right answers) per class present in `labels`: where an accuracy change falls, since a
+    compressed model can lose some classes far more than its average says (Hooker et al. 2019)."""
+    labels = np.asarray(labels)
+    return tuple((int(c), int(np.sum(labels == c)), int(np.sum(right[labels == c]))) for c in np.unique(labels))
+
+
 def pack_answers(right: np.ndarray) -> str:
     """Per-sample correctness as text for report.json: one bit per sample, base64 (45 characters for 360)."""
     return base64.b64encode(np.packbits(np.asarray(right, dtype=bool))).decode("ascii")

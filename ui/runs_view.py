@@ -249,10 +249,9 @@ def retry(run_id: int) -> None:
 
 BADGE_COLORS = {"real": "green", "simulated": "orange", "estimate": "blue", "none": "gray"}
 TABLE_COLUMNS = ["id", "label", "model", "data", "method", "accuracy", "d_accuracy", "acc_change", "top1_agreement",
-                 "file_kb",
-                 "gzip_kb", "min_storage_kb", "packed_kb", "file_x", "gzip_x", "min_storage_x", "packed_x", "params_x",
-                 "sparsity", "channels_removed", "bits", "storage_bits", "real", "simulated", "setting_sparsity",
-                 "setting_bits", "sweep_id", "threads"]
+                 "file_kb", "gzip_kb", "min_storage_kb", "packed_kb", "file_x", "gzip_x", "min_storage_x", "packed_x",
+                 "params_x", "sparsity", "channels_removed", "bits", "storage_bits", "real", "simulated",
+                 "setting_sparsity", "setting_bits", "sweep_id", "threads"]
 ACC_CHANGE_HELP = ("Within noise: the samples that went from right to wrong and from wrong to right could be chance "
                    "(exact McNemar test, p ≥ 0.05). The counts are under Claims.")
 PACKED_HELP = ("weights.packed: shared values + entropy-coded indices, decoded back losslessly by the workbench. "

@@ -579,8 +579,6 @@ def _add_queue_commands(sub: argparse._SubParsersAction) -> None:
         cmd = sub.add_parser(name, parents=[home], help=helptext)
         cmd.add_argument("id", help="sweep id" if name == "sweep-summary" else "run id")
         cmd.set_defaults(func=func)
-
-
     versus = sub.add_parser("versus", parents=[home], help="finished runs against one, sample by sample: which "
                             "samples changed side, and whether that is beyond test-set noise (exact McNemar test)")
     versus.add_argument("reference", help="run id to set the others against")

@@ -224,10 +224,14 @@ def _numbers(m: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return row
 
 
+def _final(report: dict[str, Any]) -> dict[str, Any]:
+    """The run's last variant (the baseline when the recipe had no stages)."""
+    return (report.get("variants") or [report["baseline"]])[-1]
+
+
 def report_row(report: dict[str, Any]) -> dict[str, Any]:
     """The final variant's numbers vs the baseline's, flat."""
-    base = report["baseline"]
-    final = report["variants"][-1] if report["variants"] else base
+    base, final = report["baseline"], _final(report)
     m = final["measurement"]
     row = {**_numbers(m), **_numbers(base["measurement"], "base_")}
     for metric in m["metrics"]:
@@ -530,7 +534,7 @@ def final_answers(report: dict[str, Any] | None) -> np.ndarray | None:
     kept in report.json)."""
     if not report:
         return None
-    final = (report.get("variants") or [report["baseline"]])[-1]["measurement"]
+    final = _final(report)["measurement"]
     text = final.get("answers")
     return unpack_answers(text, final["eval_samples"]) if text else None
 
@@ -547,7 +551,7 @@ def class_frame(df: pd.DataFrame, reports: dict[int, dict], limit: int = CLASS_L
         report = reports.get(row["id"])
         if not report:
             continue
-        final = (report.get("variants") or [report["baseline"]])[-1]["measurement"]
+        final = _final(report)["measurement"]
         before = {c: right for c, _, right in report["baseline"]["measurement"].get("classes", [])}
         for c, samples, right in final.get("classes", []):
             if c in before:

@@ -26,6 +26,15 @@ def test_mcnemar_p_is_the_doubled_binomial_tail():
     assert mcnemar_p(9, 1) == pytest.approx(2 * 11 / 1024)  # P(X <= 1) for Binomial(10, 0.5) = 11/1024
 
 
+def test_mcnemar_p_matches_the_exact_binomial_sum_for_large_counts():
+    from math import comb
+
+    for worse, better in ((120, 80), (1000, 1100), (3, 400), (250, 250)):
+        n, k = worse + better, min(worse, better)
+        exact = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n)
+        assert mcnemar_p(worse, better) == pytest.approx(exact, rel=1e-9, abs=1e-300)
+
+
 def test_six_samples_one_way_is_the_least_that_can_show():
     assert smallest_detectable() == 6
     assert mcnemar_p(smallest_detectable(), 0) < 0.05 <= mcnemar_p(smallest_detectable() - 1, 0)

@@ -9,7 +9,7 @@ to right. Under "the two models are equally accurate" each changed sample is a f
 The same counts compare any two runs scored on the same samples, from the per-sample answers each
 measurement keeps (`pack_answers`: one bit per sample in report.json).
 
-Contract: pure functions over predictions and counts; scipy is imported only by `mcnemar_p`.
+Contract: pure functions over predictions and counts (numpy only).
 Non-goals: comparing runs scored on different data (the samples are not paired).
 """
 
@@ -66,13 +66,17 @@ def _p(value: float) -> str:
 
 
 def mcnemar_p(worse: int, better: int) -> float:
-    """Two-sided exact McNemar p-value: twice the binomial tail of the rarer direction, capped at 1."""
-    changed = worse + better
+    """Two-sided exact McNemar p-value: twice the Binomial(worse + better, 1/2) tail of the rarer direction,
+    capped at 1. Summed in log space here: scipy.stats gives the same number but takes 0.6 s to import, which
+    the Compare page would pay on its first load."""
+    changed, rarer = worse + better, min(worse, better)
     if changed == 0:
         return 1.0
-    from scipy.stats import binom
-
-    return float(min(1.0, 2 * binom.cdf(min(worse, better), changed, 0.5)))
+    i = np.arange(rarer, dtype=np.float64)
+    log_terms = np.concatenate([[0.0], np.cumsum(np.log(changed - i) - np.log(i + 1))])   # log C(n, 0..rarer)
+    top = log_terms.max()
+    log_tail = top + np.log(np.exp(log_terms - top).sum()) - changed * math.log(2)
+    return float(min(1.0, 2 * math.exp(log_tail)))
 
 
 def smallest_detectable(alpha: float = ALPHA) -> int:

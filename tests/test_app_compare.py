@@ -165,6 +165,7 @@ def test_clustered_structured_and_rewinding_runs_show_their_results(methods_home
     assert "REAL packed size" in text and "weights.packed" in text
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels.count("Packed weights (weights.packed)") == 1 and labels.count("Script (reproduce.py)") == 2
+    assert labels.count("PyTorch model (model.pt2)") == 2     # both end as torch models (clustered, structured)
     methods = [c.value for c in at.caption]     # each card names its method
     assert any("LR rewinding" in m and "cluster k=16" in m for m in methods)
     assert any("weight rewinding" in m and "structured 50% channels" in m for m in methods)

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import FAST_MEASURE
 from workbench.errors import WorkbenchError
@@ -97,6 +98,33 @@ def test_artifacts_and_progress(mlp_report):
     assert session.run(None, {"input": np.zeros((1, 1, 8, 8), np.float32)})[0].shape == (1, 10)
     assert seen == sorted(seen) and seen[-1] == 1.0
     assert not list(out.glob(".*"))  # no temp files left behind
+    assert "torch" not in report.artifacts and not (out / "model.pt2").exists()   # int8 lives in ONNX only
+
+
+def test_a_run_that_ends_as_a_torch_model_also_writes_it_as_model_pt2(tmp_path):
+    from workbench.data import digits_splits
+    from workbench.evaluate import score, torch_predict
+    from workbench.models import load_model
+    from workbench.specs import ModelRef
+
+    spec = _spec("digits-cnn", [{"structured": {"ratio": 0.5}}])
+    report = run_pipeline(spec, out_dir=tmp_path)
+    assert report.artifacts["torch"] == "model.pt2"
+    loaded = load_model(ModelRef(path=str(tmp_path / "model.pt2")))   # the workbench's own .pt2 checks pass
+    assert sum(p.numel() for p in loaded.module.parameters()) == report.variants[0].history[0]["params_after"]
+    test = digits_splits().test
+    assert score(torch_predict(loaded.module, test), test.labels)["accuracy"] == pytest.approx(
+        report.final.measurement.metrics["accuracy"], abs=1 / 360)    # ORT and torch may differ by a sample
+    assert loaded.module(torch.zeros(1, 1, 8, 8)).shape == (1, 10)    # batch 1 too
+
+
+def test_a_module_torch_export_cannot_trace_is_a_clear_error(tmp_path):
+    from workbench.export import export_program
+    from workbench.zoo import load_sample
+
+    scripted = torch.jit.script(load_sample("digits-mlp").eval())
+    with pytest.raises(WorkbenchError, match="torch.export failed"):
+        export_program(scripted, (torch.zeros(2, 1, 8, 8),))
 
 
 def test_onnx_upload_with_unlabelled_data_reports_fidelity(tiny_onnx, tmp_path):

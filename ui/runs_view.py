@@ -204,7 +204,7 @@ def start_worker() -> bool:
     return launch.start_worker()
 
 
-def download(where, store: Store, run_id: int, name: str, label: str, file_name: str) -> None:
+def download(where, store: Store, run_id: int, name: str, label: str, file_name: str, help: str | None = None) -> None:
     """A download button for a run's artifact; the file is read on click, and only from inside the run's
     folder (compare.artifact_path). A missing file gives a disabled button with the reason."""
     try:
@@ -213,7 +213,7 @@ def download(where, store: Store, run_id: int, name: str, label: str, file_name:
         where.button(label, disabled=True, help=str(exc), key=f"dl_{name}_{run_id}")
         return
     where.download_button(label, path.read_bytes, file_name, "application/octet-stream", on_click="ignore",
-                          key=f"dl_{name}_{run_id}")
+                          key=f"dl_{name}_{run_id}", help=help)
 
 
 def has_artifact(store: Store, run_id: int, name: str) -> bool:

@@ -138,8 +138,12 @@ for row in df.to_dict("records"):
         st.markdown(rv.badges(claims.get(row["id"], [])))
         for claim in claims.get(row["id"], []):
             st.markdown(f"- **{claim['aspect']}** ({claim['kind']}): {claim['reason']}")
-        model_col, recipe_col, script_col, packed_col = st.columns(4)
+        model_col, torch_col, recipe_col, script_col, packed_col = st.columns(5)
         rv.download(model_col, store, row["id"], "model", "Compressed model (model.onnx)", f"run-{row['id']}.onnx")
+        if rv.has_artifact(store, row["id"], "torch"):
+            rv.download(torch_col, store, row["id"], "torch", "PyTorch model (model.pt2)", f"run-{row['id']}.pt2",
+                        help="torch.export archive: torch.export.load(path).module() runs it without the "
+                             "model's code; the workbench loads it as an upload too")
         rv.download(recipe_col, store, row["id"], "recipe", "Recipe (recipe.yaml)", f"run-{row['id']}.yaml")
         rv.script_download(script_col, store, row["id"])
         if rv.has_artifact(store, row["id"], "packed"):

@@ -57,7 +57,7 @@ def _run(args: argparse.Namespace) -> None:
         logging.getLogger("workbench").removeHandler(handler)
         handler.close()
     print(render_text(report))
-    print(f"\nwrote {out / 'model.onnx'}, {out / 'report.json'}, {out / 'recipe.yaml'}, {out / 'log.txt'}")
+    print("\nwrote " + ", ".join(str(out / name) for name in (*report.artifacts.values(), "log.txt")))
 
 
 def _inspect(args: argparse.Namespace) -> None:

@@ -47,7 +47,7 @@ def _base_name(path: str) -> str:
     return Path(path).name
 
 ARTIFACTS = {"model": "model.onnx", "recipe": "recipe.yaml", "report": "report.json", "log": "log.txt",
-             "packed": "weights.packed"}
+             "packed": "weights.packed", "torch": "model.pt2"}
 CLAIM_ASPECTS = ("file size", "compressed size", "minimum storage", "latency @ batch 1", "accuracy")
 LAYER_SUFFIXES = ("_quantized", "_fp16", "_DequantizeLinear", ".weight")
 NBITS_SUFFIX = re.compile(r"_KxN_Q\d+$")   # what ORT's MatMulNBits quantizer appends: fc1.weight_KxN_Q4

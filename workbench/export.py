@@ -1,4 +1,5 @@
-"""torch -> ONNX, with a dynamic batch axis and stable names ("input", "logits").
+"""torch -> ONNX, with a dynamic batch axis and stable names ("input", "logits"); and torch -> a torch.export
+archive (`export_program`), the compressed model for PyTorch users.
 
 Uses the torch.export-based exporter (`dynamo=True`, needs onnxscript); TorchScript modules, which
 it cannot trace, go through the legacy TorchScript exporter. Export never changes the module.
@@ -74,6 +75,23 @@ def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> o
             shapes = " and ".join(str(tuple(x.shape[1:])) for x in example)
             raise WorkbenchError(f"the model does not accept samples of shape {shapes} ({_reason(exc)})") from None
         raise WorkbenchError(f"export to ONNX failed: {export_error}")
+
+
+def export_program(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> bytes:
+    """`module` (eval mode) as a torch.export archive (.pt2) with the batch axis dynamic from 1: the compressed
+    torch model, loadable with `torch.export.load(path).module()` without the model's Python code.
+    Raises WorkbenchError with the reason when torch.export cannot trace it (a TorchScript module, say)."""
+    batch = torch.export.Dim("batch", min=1)
+    os.environ.setdefault(INDUCTOR_CACHE_ENV, str(get_settings().home / "cache" / "torchinductor"))
+    try:
+        with _quiet(), torch.no_grad():
+            program = torch.export.export(module.eval(), tuple(example),
+                                          dynamic_shapes=tuple({0: batch} for _ in example))
+            buffer = io.BytesIO()
+            torch.export.save(program, buffer)
+    except Exception as exc:
+        raise WorkbenchError(f"torch.export failed: {_reason(exc)}") from None
+    return buffer.getvalue()
 
 
 def _reason(exc: BaseException) -> str:

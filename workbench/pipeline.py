@@ -148,7 +148,8 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
     report = Report(spec.to_dict(), environment(spec.measure.threads), baseline, tuple(results),
                     round(time.perf_counter() - started, 2))
     if out_dir is not None:
-        report = write_artifacts(report, model, spec, Path(out_dir), variant.packed)
+        program = _torch_archive(variant, ctx)
+        report = write_artifacts(report, model, spec, Path(out_dir), variant.packed, program)
     report_progress(1.0, "done", f"finished in {report.seconds:.1f} s")
     return report
 
@@ -183,7 +184,22 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def write_artifacts(report: Report, model, spec: RunSpec, out_dir: Path, packed: bytes | None = None) -> Report:
+def _torch_archive(variant: Variant, ctx: Context) -> bytes | None:
+    """The final variant as model.pt2 when it is still a torch model (after ONNX Runtime quantization it is not:
+    then model.onnx is the model); None, with the reason in the log, when torch.export cannot trace it."""
+    if variant.module is None:
+        return None
+    from workbench.export import export_program
+
+    try:
+        return export_program(variant.module, ctx.example)
+    except WorkbenchError as exc:
+        log.warning("model.pt2 not written (model.onnx has the compressed model): %s", exc)
+        return None
+
+
+def write_artifacts(report: Report, model, spec: RunSpec, out_dir: Path, packed: bytes | None = None,
+                    program: bytes | None = None) -> Report:
     from workbench.specs import dump_recipe
 
     try:
@@ -194,6 +210,9 @@ def write_artifacts(report: Report, model, spec: RunSpec, out_dir: Path, packed:
         if packed:
             _atomic_write(out_dir / "weights.packed", packed)
             artifacts["packed"] = "weights.packed"
+        if program:
+            _atomic_write(out_dir / "model.pt2", program)
+            artifacts["torch"] = "model.pt2"
         report = dataclasses.replace(report, artifacts=artifacts)
         _atomic_write(out_dir / "report.json", json.dumps(report.to_dict(), indent=2, default=_json).encode())
     except OSError as exc:

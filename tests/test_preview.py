@@ -63,6 +63,7 @@ def test_one_shot_accuracy_is_measured_and_model_restored(mlp):
     dense = preview(weights, other, 0.0, 32, module=loaded.module, test=test).get("one-shot accuracy")
     pruned = preview(weights, other, 0.95, 32, module=loaded.module, test=test).get("one-shot accuracy")
     assert dense.kind == "measured" and dense.value > 0.98 and pruned.value < dense.value
+    assert "test split of 360 samples (one is 0.28 pt; no change of fewer than 6 samples" in dense.note
     assert all((p == before[n]).all() for n, p in loaded.module.named_parameters())
 
 

@@ -30,6 +30,7 @@ from workbench.data import Dataset
 from workbench.oneshot import oneshot_accuracy
 from workbench.presets import CompressSettings
 from workbench.pruning import compute_masks, emptied_notes, override_for
+from workbench.significance import smallest_detectable
 from workbench.size import tensor_min_bits
 from workbench.specs import LowRankSpec, PruneSpec
 
@@ -267,8 +268,11 @@ def _accuracy_number(model, weights: dict[str, np.ndarray], test: Dataset | None
     if model is None or test is None or test.labels is None or params > ACCURACY_PARAM_LIMIT:
         return []
     engine = "ONNX Runtime" if isinstance(model, onnx.ModelProto) else "torch"
+    n = len(test)
+    where = (f"{engine}, test split of {n:,} samples (one is {100 / n:.2f} pt; no change of fewer than "
+             f"{smallest_detectable()} samples can be told from chance)")
     return [Number("one-shot accuracy", oneshot_accuracy(model, weights, test), "", "measured",
-                   f"{engine}, test split, {what}" + ("; quantization simulated" if bits < 32 else ""))]
+                   f"{where}, {what}" + ("; quantization simulated" if bits < 32 else ""))]
 
 
 def preview_settings(settings: CompressSettings, subject: Subject) -> Preview:

@@ -88,6 +88,21 @@ def test_each_accuracy_change_is_counted_sample_by_sample_against_the_baseline(m
     assert list(rows[1])[:3] == ["variant", "accuracy", "acc_change"]
 
 
+def test_the_text_report_names_the_classes_that_lost_most(mlp_report):
+    from types import SimpleNamespace
+
+    from workbench.report import classes_lost, render_text
+
+    base = SimpleNamespace(classes=((0, 36, 36), (1, 36, 35), (2, 35, 35), (3, 37, 30)))
+    var = SimpleNamespace(classes=((0, 36, 36), (1, 36, 30), (2, 35, 34), (3, 37, 33)))
+    assert classes_lost(base, var) == "1 (-5 of 36), 2 (-1 of 35)"     # worst first; gains are not listed
+    assert classes_lost(base, base) == ""
+    report, _, _ = mlp_report
+    pruned = report.variants[0]     # 90% one-shot: some classes fall
+    expected = classes_lost(report.baseline.measurement, pruned.measurement)
+    assert expected and f"  classes that lost most: {expected}" in render_text(report)
+
+
 def test_artifacts_and_progress(mlp_report):
     report, out, seen = mlp_report
     saved = json.loads((out / "report.json").read_text())

@@ -96,9 +96,19 @@ def render_text(report: Report) -> str:
     for v in report.variants:
         lines.append(f"\n{v.name}")
         lines += [f"  [{c.kind.upper():9}] {c.aspect}: {c.reason}" for c in v.claims]
+        if lost := classes_lost(report.baseline.measurement, v.measurement):
+            lines.append(f"  classes that lost most: {lost}")
         cov = v.measurement.coverage
         if v.facts.quant_method:
             ops = ", ".join(f"{op} {n}" for op, n in cov.histogram.items())
             lines.append(f"  ops: {cov.quantized} of {cov.quantized + cov.float_ops} compute ops quantized; {ops}")
         lines += [f"  note: {n}" for n in v.notes]
     return "\n".join(lines)
+
+
+def classes_lost(base: Measurement, var: Measurement, listed: int = 3) -> str:
+    """The classes whose right answers fell most against the baseline, 'label (-lost/samples)', worst first;
+    empty when none fell (or no labels)."""
+    before = {c: right for c, _, right in base.classes}
+    falls = sorted((right - before[c], c, n) for c, n, right in var.classes if c in before and right < before[c])
+    return ", ".join(f"{c} ({change:+d} of {n})" for change, c, n in falls[:listed])

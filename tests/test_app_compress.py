@@ -377,6 +377,7 @@ def test_allocate_bits_writes_per_layer_bits_into_the_recipe(isolated_home):
 
 def test_search_under_an_accuracy_bar_queues_candidates(isolated_home):
     at = open_app(PAGE, session={"search_open": True})
+    assert "On 360 test samples one is 0.28 pt, and no change under 1.67 pt" in at.number_input(key="search_drop").help
     at.number_input(key="search_trials").set_value(3).run()
     at.number_input(key="search_drop").set_value(0.5).run()
     at.button(key="launch_search").click().run()

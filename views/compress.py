@@ -11,6 +11,7 @@ from workbench.presets import BITWIDTHS, PRESETS, QAT_BITS
 from workbench.preview import Number
 from workbench.search import OBJECTIVES, SPACE, candidates
 from workbench.sensitivity import layer_key
+from workbench.significance import smallest_detectable
 from workbench.specs import dump_recipe
 
 PRESETS_PER_ROW = 3
@@ -146,8 +147,12 @@ if search.open:
             help="adds structured pruning as a third axis: a real speedup, at an accuracy cost")
         space = {"sparsity": SPACE["sparsity"], "bits": SPACE["bits"], **({"ratio": SEARCH_RATIOS} if channels else {})}
         planned = len(candidates(spec, space))
+        samples = len(cache.splits(ref, data).test)
         max_drop = drop.number_input("Max accuracy drop (points)", 0.0, 100.0, 1.0, 0.25, key="search_drop",
-                                     help="vs each candidate's own baseline, measured in the same run")
+                                     help=f"vs each candidate's own baseline, measured in the same run. On "
+                                          f"{samples:,} test samples one is {100 / samples:.2f} pt, and no change "
+                                          f"under {100 * smallest_detectable() / samples:.2f} pt can be told from "
+                                          "chance: a tighter bar is met or missed partly by luck")
         count = trials.number_input(f"Trials (of {planned})", 1, planned, min(8, planned), key="search_trials")
         budget = minutes.number_input("Minutes (0: no limit)", 0, 600, 30, key="search_minutes",
                                       help="candidates still queued after this are cancelled; started ones finish")

@@ -107,7 +107,7 @@ def render_text(report: Report) -> str:
 
 
 def classes_lost(base: Measurement, var: Measurement, listed: int = 3) -> str:
-    """The classes whose right answers fell most against the baseline, 'label (-lost/samples)', worst first;
+    """The classes whose right answers fell most against the baseline, 'label (-lost of samples)', worst first;
     empty when none fell (or no labels)."""
     before = {c: right for c, _, right in base.classes}
     falls = sorted((right - before[c], c, n) for c, n, right in var.classes if c in before and right < before[c])

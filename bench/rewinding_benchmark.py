@@ -24,8 +24,8 @@ import torch
 from sections import write_section
 
 from workbench.data import Splits, digits_splits
-from workbench.evaluate import score, torch_predict
-from workbench.significance import changes, correct
+from workbench.evaluate import answers, score, torch_predict
+from workbench.significance import changes
 from workbench.specs import PruneSpec, RunSpec
 from workbench.stages import STAGE_RUNNERS, Context, Variant
 from workbench.zoo import load_sample, sample_card
@@ -82,7 +82,7 @@ def run_arm(model: str, prune: dict, seed: int, splits: Splits) -> dict:
     out = STAGE_RUNNERS["prune"](Variant(module=load_sample(model)), spec.stages[0], ctx)
     logits = torch_predict(out.module, splits.test)
     return {"accuracy": out.history[-1]["accuracy"], "loss": cross_entropy(logits, splits.test.labels),
-            "answers": correct(logits, splits.test.labels),
+            "answers": answers(logits, splits.test.labels),
             "sparsity": out.history[-1]["sparsity"], "history": out.history, "notes": out.notes,
             "epochs": len(out.history) * prune["finetune"]["epochs"] if prune.get("finetune") else 0}
 

@@ -215,7 +215,8 @@ def test_distill_and_lowrank_knobs(isolated_home):
     at.slider(key="energy").set_value(80).run()
     at.slider(key="epochs").set_value(3).run()
     assert not at.exception
-    assert next(m for m in at.metric if m.label == "one-shot accuracy").proto.help.endswith("SVD, no fine-tuning")
+    helptext = next(m for m in at.metric if m.label == "one-shot accuracy").proto.help
+    assert "truncated SVD, no fine-tuning; against the uncompressed model, " in helptext and "McNemar" in helptext
     (stage,) = launched_spec(at, isolated_home).stages
     assert stage.kind == "lowrank" and stage.energy == 0.8 and stage.finetune.epochs == 3
     at.radio(key="technique").set_value("distill").run()

@@ -266,3 +266,22 @@ def test_an_onnx_upload_gets_its_one_shot_accuracy_through_onnx_runtime(tmp_path
     assert onnx_accuracy.kind == "measured" and onnx_accuracy.note.startswith("ONNX Runtime")
     assert onnx_accuracy.value == pytest.approx(preview_settings(setting, eager).get("one-shot accuracy").value)
     assert onnx_accuracy.value < preview_settings(CompressSettings(sparsity=0.5), graph).get("one-shot accuracy").value
+
+
+def test_one_shot_accuracy_is_paired_with_the_uncompressed_models_answers(mlp):
+    from ui.view import _delta
+    from workbench.evaluate import answers, torch_predict
+
+    loaded, _, _ = mlp
+    test = digits_splits().test
+    subject = make_subject(loaded, test)
+    np.testing.assert_array_equal(subject.dense_answers, answers(torch_predict(loaded.module, test), test.labels))
+    dense = preview_settings(CompressSettings(sparsity=0.0), subject).get("one-shot accuracy")
+    assert dense.change == "identical"
+    light = preview_settings(CompressSettings(sparsity=0.3), subject).get("one-shot accuracy")
+    heavy = preview_settings(CompressSettings(sparsity=0.9), subject).get("one-shot accuracy")
+    assert heavy.change == "drop" and "beyond test-set noise" in heavy.note
+    assert light.change in ("identical", "within noise")     # 30% one-shot moves at most a sample or two
+    noisy = dataclasses.replace(light, value=dense.value - 0.003, change="within noise")
+    assert _delta(noisy, dense) == "-0.003, within noise" and _delta(heavy, dense).count(",") == 0
+    assert make_subject(loaded, None).dense_answers is None   # no test data: nothing to pair

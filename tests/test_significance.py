@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
+from workbench.evaluate import answers as correct
 from workbench.significance import (
     PairedChange,
     changes,
     class_counts,
-    correct,
     mcnemar_p,
     pack_answers,
     smallest_detectable,

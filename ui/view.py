@@ -89,7 +89,7 @@ def _delta(number: Number, reference: Number | None) -> str | None:
         ratio = reference.value / number.value
         return f"{ratio:.1f}× fewer" if ratio >= 1 else f"{1 / ratio:.1f}× more"
     if "accuracy" in number.label:
-        return f"{number.value - reference.value:+.3f}"
+        return f"{number.value - reference.value:+.3f}" + (", within noise" if number.change == "within noise" else "")
     return None
 
 

@@ -9,8 +9,9 @@ Contract:
 - `predict` / `torch_predict` return the model's *first* output for every sample, as float32,
   concatenated over batches. A model whose batch axis is a fixed number is run at that batch size
   (the last partial batch is padded by repeating samples and the padding is dropped from the result).
-- `score` turns outputs into metrics: accuracy against labels, and fidelity (top-1 agreement, output
-  MSE, mean per-sample cosine) against a reference model's outputs on the same inputs.
+- `score` turns outputs into metrics: accuracy against labels (`answers`: right or wrong per sample), and
+  fidelity (top-1 agreement, output MSE, mean per-sample cosine) against a reference model's outputs on the
+  same inputs.
 
 ONNX Runtime is imported with this module; torch is imported only by `torch_predict`.
 """
@@ -156,7 +157,9 @@ def predict(session: ort.InferenceSession, dataset: Dataset, batch_size: int = 2
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 
-def _accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
+def answers(outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per sample: is the top-1 class of (N, classes) `outputs` the label? Checks shapes and the label range."""
+    outputs = np.asarray(outputs)
     if outputs.ndim != 2:
         raise WorkbenchError(f"model output has shape {outputs.shape}, expected (N, classes) scores")
     labels = np.asarray(labels)
@@ -167,7 +170,7 @@ def _accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
         raise WorkbenchError(
             f"labels range {int(labels.min())}..{int(labels.max())}, but the model scores {classes} classes"
         )
-    return float(np.mean(np.argmax(outputs, axis=1) == labels))
+    return np.argmax(outputs, axis=1) == labels
 
 
 def _fidelity(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -200,7 +203,7 @@ def score(outputs: np.ndarray, labels: np.ndarray | None = None,
         raise WorkbenchError("no outputs to score")
     metrics: dict[str, float] = {}
     if labels is not None:
-        metrics["accuracy"] = _accuracy(outputs, labels)
+        metrics["accuracy"] = float(np.mean(answers(outputs, labels)))
     if reference is not None:
         metrics.update(_fidelity(outputs, np.asarray(reference)))
     return metrics

@@ -15,9 +15,9 @@ import onnx
 
 from workbench.benchmark import LatencyStats, ort_latency, torch_latency
 from workbench.data import Dataset
-from workbench.evaluate import make_session, predict, score
+from workbench.evaluate import answers, make_session, predict, score
 from workbench.onnx_graph import OpCoverage, op_coverage, weight_tensors
-from workbench.significance import PairedChange, changes, class_counts, correct, pack_answers
+from workbench.significance import PairedChange, changes, class_counts, pack_answers
 from workbench.size import SizeStats, size_stats
 from workbench.specs import MeasureSpec
 from workbench.summary import model_macs
@@ -65,13 +65,13 @@ def measure(model: onnx.ModelProto, eval_set: Dataset, spec: MeasureSpec, module
                               min_time_s=spec.min_time_s)
     size = size_stats(data, weight_tensors(model), storage_bits, layer_bits)
     counted = model_macs(model)
-    paired = answers = None
+    paired = packed = None
     classes: tuple[tuple[int, int, int], ...] = ()
     if "accuracy" in metrics:
-        right = correct(outputs, eval_set.labels)
-        answers, classes = pack_answers(right), class_counts(right, eval_set.labels)
+        right = answers(outputs, eval_set.labels)
+        packed, classes = pack_answers(right), class_counts(right, eval_set.labels)
         if baseline_outputs is not None:
-            paired = changes(correct(baseline_outputs, eval_set.labels), right)
+            paired = changes(answers(baseline_outputs, eval_set.labels), right)
     result = Measurement(metrics, tuple(latency), tuple(eager), size, op_coverage(model), len(eval_set),
-                         counted[0] if counted else None, paired, answers, classes)
+                         counted[0] if counted else None, paired, packed, classes)
     return result, outputs

@@ -27,10 +27,10 @@ import numpy as np
 import onnx
 
 from workbench.data import Dataset
-from workbench.oneshot import oneshot_accuracy
+from workbench.oneshot import oneshot_answers
 from workbench.presets import CompressSettings
 from workbench.pruning import compute_masks, emptied_notes, override_for
-from workbench.significance import smallest_detectable
+from workbench.significance import changes, smallest_detectable
 from workbench.size import tensor_min_bits
 from workbench.specs import LowRankSpec, PruneSpec
 
@@ -48,6 +48,7 @@ class Number:
     unit: str
     kind: str        # computed | estimate | measured
     note: str = ""
+    change: str = ""   # an accuracy against the uncompressed model's answers: significance.PairedChange.verdict
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class Subject:
     in_axes: dict[str, int | None] | None = None      # ONNX: the input axis of each weight (N:M groups)
     factors: dict[str, Factors] | None = None         # low-rank only: svd_factors(weights)
     onnx_model: Any = None                            # an ONNX graph (no torch module): accuracy through ORT
+    dense_answers: np.ndarray | None = None           # which test samples the uncompressed model gets right
 
     @property
     def runnable(self) -> Any:
@@ -113,9 +115,12 @@ def make_subject(loaded, test: Dataset | None = None, summary=None) -> Subject:
         from workbench.pruning import onnx_input_axes
 
         in_axes = onnx_input_axes(loaded.onnx_model)
-    return Subject(weights, other, loaded.module, test, loaded.file_bytes,
-                   macs if all(m is not None for m in macs.values()) else None, in_axes,
-                   onnx_model=loaded.onnx_model if loaded.module is None else None)
+    subject = Subject(weights, other, loaded.module, test, loaded.file_bytes,
+                      macs if all(m is not None for m in macs.values()) else None, in_axes,
+                      onnx_model=loaded.onnx_model if loaded.module is None else None)
+    if _runs_accuracy(subject.runnable, test, sum(w.size for w in weights.values())):
+        subject = replace(subject, dense_answers=oneshot_answers(subject.runnable, {}, test))
+    return subject
 
 
 def fake_quantize(w: np.ndarray, bits: int) -> np.ndarray:
@@ -143,13 +148,15 @@ def preview(weights: dict[str, np.ndarray], other_params: int, sparsity: float, 
             spec: PruneSpec | None = None, module=None, test: Dataset | None = None,
             baseline_file_bytes: int | None = None, clusters: int = 0,
             in_axes: dict[str, int | None] | None = None, file_bits: int | None = None,
-            layer_bits: dict[str, int] | None = None, layer_bits_real: bool = False) -> Preview:
+            layer_bits: dict[str, int] | None = None, layer_bits_real: bool = False,
+            dense_answers: np.ndarray | None = None) -> Preview:
     """Preview pruning `weights` to `sparsity` (or `spec.nm`), sharing `clusters` values per layer (0: no
     clustering) and rounding them to `bits`, stored at `file_bits` per value (default: `bits` where ONNX
     Runtime has a kernel for it, else float32). `layer_bits` ({layer pattern: bits}, as quantize.overrides)
     rounds the matching layers to their own bits instead, stored at those bits when `layer_bits_real`
     (MatMulNBits), else as float32 (fake). With `module` (a torch module or an ONNX graph whose weights
-    these are) and `test`, the one-shot accuracy is measured too."""
+    these are) and `test`, the one-shot accuracy is measured too, and paired with `dense_answers` (which test
+    samples the uncompressed model gets right) when given."""
     spec = spec or PruneSpec(sparsity=sparsity)
     if sparsity > 0 or spec.nm:
         masks = compute_masks(weights, spec, sparsity, in_axes=in_axes)
@@ -181,7 +188,7 @@ def preview(weights: dict[str, np.ndarray], other_params: int, sparsity: float, 
                "estimate", "nonzeros x bits + index, in a purpose-built sparse format"
                + (f"; {index_bits(clusters)}-bit cluster indices + {clusters} float16 values per layer"
                   if clusters else "")),
-        *_accuracy_number(module, values, test, params, min(bits_of.values()), "no fine-tuning"),
+        *_accuracy_number(module, values, test, params, min(bits_of.values()), "no fine-tuning", dense_answers),
     ]
     layers = tuple({"layer": n.removesuffix(".weight"), "params": int(w.size), "sparsity": float(1 - masks[n].mean())}
                    for n, w in weights.items())
@@ -262,17 +269,27 @@ def _sizes(stored: dict[str, np.ndarray], other_params: int, file_bits: int | di
                    "gzip of the stored weight values")]
 
 
+def _runs_accuracy(model, test: Dataset | None, params: int) -> bool:
+    return model is not None and test is not None and test.labels is not None and params <= ACCURACY_PARAM_LIMIT
+
+
 def _accuracy_number(model, weights: dict[str, np.ndarray], test: Dataset | None, params: int, bits: int,
-                     what: str) -> list[Number]:
-    """The one-shot accuracy of `model` (torch module or ONNX graph) with `weights` swapped in, when it can run."""
-    if model is None or test is None or test.labels is None or params > ACCURACY_PARAM_LIMIT:
+                     what: str, dense: np.ndarray | None = None) -> list[Number]:
+    """The one-shot accuracy of `model` (torch module or ONNX graph) with `weights` swapped in, when it can run;
+    with the uncompressed model's `dense` answers, the samples that changed side and whether that is noise."""
+    if not _runs_accuracy(model, test, params):
         return []
     engine = "ONNX Runtime" if isinstance(model, onnx.ModelProto) else "torch"
+    right = oneshot_answers(model, weights, test)
     n = len(test)
-    where = (f"{engine}, test split of {n:,} samples (one is {100 / n:.2f} pt; no change of fewer than "
-             f"{smallest_detectable()} samples can be told from chance)")
-    return [Number("one-shot accuracy", oneshot_accuracy(model, weights, test), "", "measured",
-                   f"{where}, {what}" + ("; quantization simulated" if bits < 32 else ""))]
+    note = (f"{engine}, test split of {n:,} samples (one is {100 / n:.2f} pt; no change of fewer than "
+            f"{smallest_detectable()} samples can be told from chance), {what}"
+            + ("; quantization simulated" if bits < 32 else ""))
+    change = changes(dense, right) if dense is not None and len(dense) == n else None
+    if change:
+        note += f"; against the uncompressed model, {change.sentence()}"
+    return [Number("one-shot accuracy", float(right.mean()), "", "measured", note,
+                   change.verdict if change else "")]
 
 
 def preview_settings(settings: CompressSettings, subject: Subject) -> Preview:
@@ -288,6 +305,7 @@ def preview_settings(settings: CompressSettings, subject: Subject) -> Preview:
                       overrides=dict(s.overrides))
         base = preview(subject.weights, subject.other_params, spec.sparsity, s.bits, spec=spec,
                        module=subject.runnable, test=subject.test, baseline_file_bytes=subject.file_bytes,
+                       dense_answers=subject.dense_answers,
                        clusters=s.clusters, in_axes=subject.in_axes, file_bits=_qat_file_bits(s),
                        layer_bits=dict(s.layer_bits) if s.layer_bits and not s.uses_qat else None,
                        layer_bits_real=s.layer_bits_method == "weight_only")
@@ -420,7 +438,7 @@ def _narrower(s: CompressSettings, subject: Subject) -> Preview:
     if structured and module is not None:
         weights = {n: fake_quantize(kept[n].detach().numpy(), bits_of[n]) for n in subject.weights if n in kept}
         numbers += _accuracy_number(module, weights, subject.test, total, min(bits_of.values()),
-                                    "channels removed, before recovery fine-tuning")
+                                    "channels removed, before recovery fine-tuning", subject.dense_answers)
     layers = tuple({"layer": n.removesuffix(".weight"), "params": int(w.size), "after": after[n]}
                    for n, w in subject.weights.items())
     what = ("channels/neurons/heads physically removed (Torch-Pruning)" if structured
@@ -502,7 +520,8 @@ def _lowrank(s: CompressSettings, subject: Subject) -> Preview:
                           / 8, "bytes", "estimate", "the factors' weights x bits (dense: no index needed)"))
     if vectors:
         numbers += _accuracy_number(subject.runnable, {n: fake_quantize(v, bits_of[n]) for n, v in values.items()},
-                                    subject.test, params, min(bits_of.values()), "truncated SVD, no fine-tuning")
+                                    subject.test, params, min(bits_of.values()), "truncated SVD, no fine-tuning",
+                                    subject.dense_answers)
     done = sum(row["rank"] is not None for row in layers)
     gain = (("size and MACs", "real", f"{done} of {len(layers)} layers become two smaller layers: fewer weights and "
              "multiply-adds in the exported file (estimated here; the run measures them and the speed)") if done

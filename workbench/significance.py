@@ -84,14 +84,9 @@ def smallest_detectable(alpha: float = ALPHA) -> int:
     return math.ceil(math.log2(2 / alpha) + 1e-12)
 
 
-def correct(outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per sample: is the top-1 class of (N, classes) `outputs` the label? (Two models' class counts may differ,
-    e.g. a transferred head: their answers still pair.)"""
-    return np.argmax(outputs, axis=1) == np.asarray(labels)
-
-
 def changes(before: np.ndarray, after: np.ndarray) -> PairedChange:
-    """`after` against `before`: per-sample correctness of two models on the same samples, in the same order."""
+    """`after` against `before`: per-sample correctness (evaluate.answers) of two models on the same samples, in
+    the same order. Their class counts may differ (a transferred head): the answers still pair."""
     if before.shape != after.shape:
         raise ValueError(f"changes: {before.shape} and {after.shape} answers are not the same samples")
     worse, better = int(np.sum(before & ~after)), int(np.sum(~before & after))

@@ -295,10 +295,8 @@ def _print_search(store: Store, sweep_id: str, max_drop: float | None, objective
     from workbench.search import search_summary
 
     summary = search_summary(store, sweep_id, max_drop, objective)
-    frame = summary.frame.astype(object).where(summary.frame.notna(), None)
     keys = ["id", "label", "status", "ratio", summary.metric, "drop", "gzip_kb", "latency_ms", "meets_bar", "pareto"]
-    rows = [{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items() if k in keys}
-            for row in frame.to_dict(orient="records")]
+    rows = [{k: _cell(v) for k, v in row.items() if k in keys} for row in summary.frame.to_dict(orient="records")]
     print(f"\nsearch {sweep_id}: bar {summary.max_drop:g} pt drop, objective {summary.objective}")
     print(text_table(rows, keys))
     print(f"\n{summary.message}")

@@ -244,6 +244,62 @@ def test_clustering_qat_and_transfer(isolated_home):
     assert spec.stages[2].weight_bits == 4 and spec.stages[2].activation_bits == 8
 
 
+def _onnx_upload(home, model) -> str:
+    import onnx
+
+    from ui import uploads
+
+    path = home / "model.onnx"
+    onnx.save(model, str(path))
+    return uploads.save_upload(path.read_bytes(), "model.onnx", home / "uploads", (".onnx",)).name
+
+
+def test_an_onnx_upload_takes_structured_pruning_through_its_torch_conversion(isolated_home):
+    import torch
+
+    from workbench import zoo
+    from workbench.compare import load_report
+    from workbench.export import export_onnx
+
+    model = export_onnx(zoo.load_sample("digits-cnn").eval(), (torch.zeros(2, 1, 8, 8),))
+    at = open_app(PAGE, query={"model": _onnx_upload(isolated_home, model), "technique": "structured",
+                               "ratio": "50", "epochs": "1"})
+    assert not at.exception and not at.warning and not at.button(key="launch_run").disabled
+    assert any("trains as torch modules converted from it" in t for t in texts(at))
+    spec = launched_spec(at, isolated_home)
+    assert [s.kind for s in spec.stages] == ["structured", "finetune"]
+    drain_queue(isolated_home)
+    (run,) = Store(isolated_home).list()
+    assert run.status == "succeeded", run.error
+    report = load_report(Store(isolated_home), run.id)
+    base, final = report["baseline"], report["variants"][-1]
+    assert any("converted from ONNX to torch modules" in n for n in base["notes"])
+    assert final["measurement"]["size"]["params"] < 0.4 * base["measurement"]["size"]["params"]
+
+
+def test_an_onnx_graph_that_does_not_convert_refuses_only_what_needs_torch(isolated_home):
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"]),
+         helper.make_node("Einsum", ["flat", "w"], ["logits"], equation="bi,io->bo", name="mix")], "einsum",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    at = open_app(PAGE, query={"model": _onnx_upload(isolated_home, model), "technique": "structured"})
+    assert not at.exception and at.button(key="launch_run").disabled
+    assert [w.value for w in at.warning] == [
+        "structured pruning needs torch modules, and this ONNX graph does not convert to them: the ONNX op Einsum "
+        "(node 'mix') has no torch conversion"]
+    at.radio(key="technique").set_value("unstructured").run()
+    at.slider(key="sparsity").set_value(50).run()
+    assert not at.warning and not at.button(key="launch_run").disabled
+
+
 def test_launch_creates_a_run_that_succeeds(isolated_home):
     at = open_app(PAGE, query={"sparsity": "50", "bits": "8"})
     spec = launched_spec(at, isolated_home)

@@ -157,6 +157,29 @@ def test_onnx_upload_with_unlabelled_data_reports_fidelity(tiny_onnx, tmp_path):
         report.final.measurement.coverage.histogram.get("DynamicQuantizeMatMul")
 
 
+def test_an_onnx_upload_trains_through_its_torch_conversion_and_is_measured_as_uploaded(tiny_onnx):
+    """Structured pruning and fine-tuning need torch modules: the run converts the graph (workbench.onnx_torch),
+    says so, measures the uploaded graph itself as the baseline, and the variants' layers really shrink."""
+    import onnx
+
+    spec = _spec({"path": str(tiny_onnx)}, [{"structured": {"ratio": 0.5}}, {"finetune": {"epochs": 1}}])
+    report = run_pipeline(spec)
+    (note,) = report.baseline.notes
+    assert note.startswith("converted from ONNX to torch modules for training and layer edits (2 Conv/Linear")
+    uploaded = onnx.load(str(tiny_onnx))
+    assert report.baseline.measurement.size.file_bytes == len(uploaded.SerializeToString())
+    assert all(not v.measurement.torch_latency for v in (report.baseline, *report.variants))  # ORT timing only
+    structured, tuned = report.variants
+    assert structured.measurement.size.params < 0.6 * report.baseline.measurement.size.params
+    assert tuned.measurement.size.params == structured.measurement.size.params
+    assert tuned.measurement.metrics["accuracy"] > structured.measurement.metrics["accuracy"]
+
+
+def test_an_onnx_upload_with_graph_only_stages_is_not_converted(tiny_onnx):
+    report = run_pipeline(_spec({"path": str(tiny_onnx)}, [{"prune": {"sparsity": 0.5}}]))
+    assert report.baseline.notes == () and not any("converted" in n for n in report.variants[0].notes)
+
+
 def test_finetune_after_quantize_is_a_clear_error():
     spec = _spec("digits-mlp", [{"quantize": {"method": "dynamic"}}, {"finetune": {"epochs": 1}}])
     with pytest.raises(WorkbenchError, match="finetune: needs a torch model"):

@@ -124,9 +124,16 @@ def test_sweeps_vary_the_method_knob_and_the_bits():
 
 
 def test_problems_say_what_cannot_run():
-    assert "needs a torch model" in CompressSettings(technique="structured").problems("onnx", True)[0]
+    why = "the ONNX op TopK (node 'pick') has no torch conversion"
+    assert CompressSettings(technique="structured").problems("onnx", True, unconvertible=why) == [
+        f"structured pruning needs torch modules, and this ONNX graph does not convert to them: {why}"]
+    assert CompressSettings(technique="structured").problems("onnx", True) == []   # the run converts it
+    assert CompressSettings(technique="structured").needs_module and not CompressSettings(sparsity=0.5).needs_module
     assert "distillation needs training data" in CompressSettings(technique="distill").problems("torch", False)[0]
-    assert "quantization-aware training needs" in CompressSettings(bits=4, qat=True).problems("onnx", True)[0]
+    assert "distillation needs training data" in CompressSettings(technique="distill").problems("onnx", False)[0]
+    qat = CompressSettings(bits=4, qat=True)
+    assert "quantization-aware training needs" in qat.problems("onnx", True, unconvertible=why)[0]
+    assert CompressSettings(sparsity=0.5, bits=8).problems("onnx", True, unconvertible=why) == []   # graph-only
     assert "set the bitwidth to 32" in CompressSettings(clusters=8, bits=8).problems("torch", True)[0]
     assert "at least two classes" in CompressSettings(classes=(3,)).problems("torch", True)[0]
     traced = "a TorchScript model (.pt/.ts)"

@@ -110,6 +110,23 @@ def splits(ref: ModelRef, data: DataRef) -> Splits:
     return _splits(_key(ref), _key(data))
 
 
+@st.cache_resource(show_spinner="Converting the ONNX graph to torch modules…", max_entries=8)
+def _unconvertible(model_key: str, data_key: str) -> str | None:
+    from workbench.errors import WorkbenchError
+    from workbench.onnx_torch import convert_for_run
+
+    try:
+        convert_for_run(_held(model_key).loaded.onnx_model, _splits(model_key, data_key))
+    except WorkbenchError as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+def unconvertible(ref: ModelRef, data: DataRef) -> str | None:
+    """For an ONNX model: why the run could not convert it to torch modules on this data (None: it can)."""
+    return _unconvertible(_key(ref), _key(data))
+
+
 @st.cache_resource(show_spinner="Reading the data file…", max_entries=8)
 def _user_data(path: str, label_column: str | None) -> Dataset:
     from workbench.data import load_user_data

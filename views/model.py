@@ -43,6 +43,10 @@ with pick_model:
                 if ref != current:
                     state.set_model(ref)
                 st.success(f"{upload.name}: loaded. Nothing leaves this machine; pickles are never loaded.")
+                if cache.model(ref).loaded.kind == "onnx":
+                    st.caption("An ONNX graph: pruning, quantization, clustering and low-rank work on the graph "
+                               "itself; methods that train or remove channels run on torch modules converted "
+                               "from it, checked against ONNX Runtime on the test samples.")
                 if kind := traced_kind(cache.model(ref).loaded.module):
                     st.caption(f"This is {kind}: {TRACED[kind][1]} work on it. Structured pruning, distillation, "
                                "low-rank, QAT and transfer need nn.Linear/Conv modules (safetensors + a built-in "

@@ -33,7 +33,7 @@ from workbench.models import LoadedModel, load_model
 from workbench.onnx_graph import kernel_signature
 from workbench.report import Report, VariantResult
 from workbench.specs import RunSpec, StageSpec, stage_dict
-from workbench.stages import STAGE_RUNNERS, Context, Variant, to_onnx
+from workbench.stages import STAGE_RUNNERS, Context, Variant, needs_module, to_onnx
 
 log = logging.getLogger(__name__)
 BASELINE_AFTER_TRANSFER = "baseline (after transfer)"
@@ -104,23 +104,32 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
     report_progress(0.0, "load", f"loading {spec.model.label}")
     loaded = load_model(spec.model)
     splits = load_splits(spec, loaded)
-    variant = Variant(module=loaded.module, onnx_model=loaded.onnx_model)
-    ctx = Context(spec, splits, example_inputs(splits.test) if loaded.module is not None else (),
+    module, converted = loaded.module, ()
+    if module is None and any(needs_module(stage) for stage in spec.stages):
+        from workbench.onnx_torch import convert_for_run
+
+        report_progress(0.01, "load", "converting the ONNX graph to torch modules")
+        conversion, splits = convert_for_run(loaded.onnx_model, splits)
+        module, converted = conversion.module, (conversion.note(),)
+    eager = not converted   # a converted module's eager latency is not the user's model's: time ONNX only
+    variant = Variant(module=module, onnx_model=loaded.onnx_model)
+    ctx = Context(spec, splits, example_inputs(splits.test) if module is not None else (),
                   lambda f, msg: None, cancelled)
 
     stages = list(enumerate(spec.stages, start=1))
-    base_name, base_stage, base_notes, base_history = "baseline", None, (), ()
+    base_name, base_stage, base_notes, base_history = "baseline", None, converted, ()
     if stages and stages[0][1].kind == "transfer":  # the baseline is the transferred, uncompressed model
         i, stage = stages.pop(0)
         variant = _run_stage(variant, i, stage, ctx, report_progress, steps)
         base_name, base_stage = BASELINE_AFTER_TRANSFER, stage_dict(stage)
-        base_notes, base_history = tuple(variant.notes), tuple(variant.history)
+        base_notes, base_history = (*converted, *variant.notes), tuple(variant.history)
     ctx.teacher = variant.module     # what recovery fine-tuning may distill from: the uncompressed model
 
     report_progress(0.02 if base_stage is None else 1.85 / (steps + 1), "baseline",
                     "exporting and measuring the baseline")
-    base_model = to_onnx(variant, ctx)
-    base_m, base_outputs = measure(base_model, splits.test, spec.measure, module=variant.module)
+    # an ONNX upload is measured as uploaded, even when the stages run on its conversion
+    base_model = loaded.onnx_model if converted and base_stage is None else to_onnx(variant, ctx)
+    base_m, base_outputs = measure(base_model, splits.test, spec.measure, module=variant.module if eager else None)
     baseline = VariantResult(base_name, base_stage, base_m, Facts(), (), base_notes, base_history)
     labelled = splits.test.labels is not None   # accuracy (paired with the baseline's answers), else fidelity
 
@@ -133,7 +142,7 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
         label = f"{i}: {stage.kind}"
         report_progress((i + 0.85) / (steps + 1), label, "measuring")
         model = to_onnx(variant, ctx)
-        m, _ = measure(model, splits.test, spec.measure, module=variant.module,
+        m, _ = measure(model, splits.test, spec.measure, module=variant.module if eager else None,
                        reference=None if labelled else base_outputs,
                        storage_bits=variant.storage_bits if _computed_bits(variant) else None,
                        layer_bits=variant.layer_bits if _computed_bits(variant) else None,

@@ -334,19 +334,24 @@ class CompressSettings:
                      f"{len(self.overrides)} per-layer sparsities" if overrides else ""]
         return "".join(f" ({p})" for p in per_layer if p)
 
+    @property
+    def needs_module(self) -> bool:
+        """Whether the run trains or reshapes torch layers (an ONNX model is then converted to torch modules)."""
+        return self.technique in TORCH_ONLY or bool(self._training_steps())
+
     def problems(self, model_kind: str, has_train_data: bool, has_rewind_checkpoint: bool = True,
-                 traced: str | None = None) -> list[str]:
+                 traced: str | None = None, unconvertible: str | None = None) -> list[str]:
         """Reasons this setting cannot run on the current model and data (empty when it can).
         `has_rewind_checkpoint`: the model has an early-training checkpoint (samples ship one); `traced`: the
-        torch model's traced kind (workbench.models.traced_kind), which has no Linear/Conv modules to edit."""
+        torch model's traced kind (workbench.models.traced_kind), which has no Linear/Conv modules to edit;
+        `unconvertible`: for an ONNX model, why it does not convert to torch modules (workbench.onnx_torch)."""
         out = []
         refused = [r for edit in self._layer_edits() if traced and (r := traced_reason(edit, traced))]
         out += refused[:1]
         trains = self._training_steps()
-        if self.technique in TORCH_ONLY and model_kind != "torch":
-            out.append(f"{TORCH_ONLY[self.technique]} needs a torch model; this model is ONNX")
-        elif trains and model_kind != "torch":
-            out.append(f"{trains[0]} needs a torch model; this model is ONNX")
+        what = TORCH_ONLY.get(self.technique) or (trains[0] if trains else None)
+        if what and model_kind != "torch" and unconvertible:
+            out.append(f"{what} needs torch modules, and this ONNX graph does not convert to them: {unconvertible}")
         elif trains and not has_train_data:
             out.append(f"{trains[0]} needs training data; the chosen data has none (add a labelled training file "
                        "on the Model page, data.train_path in a recipe, or use the built-in data)")

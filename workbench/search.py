@@ -98,8 +98,6 @@ def coarse_to_fine(points: list[dict[str, Any]], space: dict[str, tuple]) -> lis
 def candidates(base: RunSpec, space: dict[str, Any] | None = None) -> list[RunSpec]:
     """Every point of the space applied to `base`, coarse-to-fine; the do-nothing point is left out."""
     space = _check_space(space if space is not None else SPACE)
-    if space.get("ratio", (0,)) != (0,) and base.model.path and base.model.path.lower().endswith(".onnx"):
-        raise WorkbenchError("space.ratio: structured pruning needs a torch model; this recipe loads an ONNX file")
     axes = list(space)
     points = [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*(space[a] for a in axes))]
     points = [p for p in points if p.get("sparsity", 0) or p.get("bits", 32) != 32 or p.get("ratio", 0)]

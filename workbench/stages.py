@@ -73,6 +73,18 @@ def runner(kind: str) -> Callable[[Runner], Runner]:
     return register
 
 
+TRAINING_KINDS = ("finetune", "structured", "qat", "distill", "transfer")   # train or reshape torch layers
+
+
+def needs_module(stage: Any) -> bool:
+    """Whether `stage` trains or reshapes torch layers, so that an ONNX model must become a torch module
+    first (workbench.onnx_torch); pruning, reconstruction, low-rank factors and clustering without
+    fine-tuning work on the ONNX graph itself."""
+    tuning = getattr(stage, "finetune", None)
+    return (stage.kind in TRAINING_KINDS or (tuning is not None and tuning.epochs > 0)
+            or getattr(stage, "rewind", None) == "weight")
+
+
 def to_onnx(variant: Variant, ctx: Context) -> onnx.ModelProto:
     if variant.module is None:
         return variant.onnx_model

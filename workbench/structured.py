@@ -19,6 +19,7 @@ import io
 import logging
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -178,6 +179,21 @@ def _pruner(tp, model: nn.Module, example: tuple, spec: StructuredSpec, ignored:
     )
 
 
+def _groups(pruner) -> Iterator:
+    """The pruner's groups; Torch-Pruning failing while it scores one (graphs it does not model, such as a
+    split attention projection in a converted ONNX graph) is a WorkbenchError naming its error."""
+    steps = pruner.step(interactive=True)
+    while True:
+        try:
+            group = next(steps)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise WorkbenchError(f"structured: Torch-Pruning cannot rank this model's channels ({_line(exc)}); "
+                                 "exclude the layers around it, or use unstructured pruning") from None
+        yield group
+
+
 def _attempt(base: nn.Module, example: tuple, spec: StructuredSpec, plan: _Plan,
              ref_shape: tuple) -> tuple[nn.Module | None, tuple[list[str], str] | None]:
     """Prune a copy of `base` group by group, checking the forward pass after each group. Returns the
@@ -200,7 +216,7 @@ def _attempt(base: nn.Module, example: tuple, spec: StructuredSpec, plan: _Plan,
             pruner = _pruner(tp, model, example, spec, ignored, attention)
         except Exception as exc:
             raise WorkbenchError(f"structured: could not trace the model's layers ({_line(exc)})") from None
-        for group in pruner.step(interactive=True):
+        for group in _groups(pruner):
             # the layers whose outputs this group narrows; ignoring any of them makes Torch-Pruning skip it
             owners = [names[d.target.module] for d, _ in group
                       if d.target.module in names and pruner.DG.is_out_channel_pruning_fn(d.handler)]

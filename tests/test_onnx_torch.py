@@ -1,0 +1,140 @@
+"""ONNX graphs become trainable torch modules that compute what ONNX Runtime computes, keep the graph's layer
+names, export again with a dynamic batch, and take structured pruning; what does not convert says why."""
+
+import contextlib
+import io
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from tests.test_structured import TinyResNet, _random_init
+from workbench import onnx_ops, zoo
+from workbench.errors import WorkbenchError
+from workbench.evaluate import make_session
+from workbench.export import export_onnx
+from workbench.onnx_torch import convert
+from workbench.specs import StructuredSpec
+from workbench.structured import prune_structured
+
+X = np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32)
+EXAMPLE = (torch.from_numpy(X[:2]),)
+
+
+def _legacy(module: nn.Module) -> onnx.ModelProto:
+    """The TorchScript exporter's graph (what most ONNX files in the wild come from): shape arithmetic
+    (Shape, Gather, Unsqueeze, Concat) feeding a Reshape, Constant nodes, Flatten, GlobalAveragePool."""
+    buffer = io.BytesIO()
+    with contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(module.eval(), EXAMPLE, buffer, dynamo=False, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                          opset_version=17)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _runs_like_ort(module: nn.Module, model: onnx.ModelProto, batch: int = 5) -> None:
+    x = np.random.default_rng(batch).random((batch, 1, 8, 8), dtype=np.float32)
+    (want,) = make_session(model).run(None, {"input": x})
+    with torch.no_grad():
+        np.testing.assert_allclose(module(torch.from_numpy(x)).numpy(), want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn", "digits-vit"])
+def test_each_sample_export_converts_with_its_layer_names_and_exports_again(name):
+    original = zoo.load_sample(name).eval()
+    model = export_onnx(original, EXAMPLE)
+    conversion = convert(model, [X])
+    assert conversion.max_error < 1e-5
+    converted = dict(conversion.module.named_parameters())
+    assert {n for n, p in original.named_parameters() if p.ndim == 2} <= set(converted)   # Linear weights by name
+    linears = {n for n, m in conversion.module.named_modules() if isinstance(m, nn.Linear)}
+    assert linears == {n for n, m in original.named_modules() if isinstance(m, nn.Linear)}
+    again = export_onnx(conversion.module, EXAMPLE)           # the torch.export path, batch axis dynamic
+    for batch in (1, 5):
+        _runs_like_ort(conversion.module, again, batch)
+        _runs_like_ort(conversion.module, model, batch)
+
+
+class ViewMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 32), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x.view(x.size(0), -1))))
+
+
+def test_legacy_exporter_graphs_keep_the_batch_dynamic_and_prune_structurally():
+    mlp = _legacy(_random_init(ViewMLP()))
+    assert {"Shape", "Gather", "Concat", "Reshape"} <= {n.op_type for n in mlp.graph.node}
+    converted = convert(mlp, [X]).module
+    _runs_like_ort(converted, mlp, batch=3)
+
+    resnet = _legacy(_random_init(TinyResNet()))
+    conversion = convert(resnet, [X])
+    pruned, report = prune_structured(conversion.module, EXAMPLE, StructuredSpec(ratio=0.5))
+    assert report["params_after"] < 0.4 * report["params_before"]
+    assert report["skipped"] == [("fc", "classifier: its outputs are the model's outputs")]
+    session = make_session(export_onnx(pruned, EXAMPLE))
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(None, {"input": X})[0], pruned(torch.from_numpy(X)).numpy(),
+                                   atol=1e-4, rtol=1e-3)
+
+
+def test_a_reshape_that_splits_channels_fails_loudly_when_they_shrink_instead_of_mixing_samples():
+    """The ViT's qkv reshape (-1, 16, 3, 4, 16): -1 is the batch. Left as -1, removing qkv channels would
+    fold samples into each other and still run; the conversion pins it, so the layer is left whole."""
+    conversion = convert(export_onnx(zoo.load_sample("digits-vit").eval(), EXAMPLE), [X])
+    _, report = prune_structured(conversion.module, EXAMPLE, StructuredSpec(ratio=0.5))
+    reasons = dict(report["skipped"])
+    assert "breaks the forward pass" in reasons["blocks.0.attn.qkv"]
+    assert report["params_after"] < report["params_before"]    # the MLP neurons still go
+
+
+def _graph(nodes, inits, opset: int = 17) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 64])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_gemm_without_transposed_weight_scaled_by_alpha_and_beta_becomes_one_linear():
+    rng = np.random.default_rng(1)
+    w, c = rng.normal(size=(64, 10)).astype(np.float32), rng.normal(size=(10,)).astype(np.float32)
+    model = _graph([helper.make_node("Gemm", ["input", "w", "c"], ["out"], alpha=0.5, beta=2.0)], {"w": w, "c": c})
+    module = convert(model, [X.reshape(8, 64)]).module
+    assert isinstance(module.get_submodule("w"), nn.Linear)
+    np.testing.assert_allclose(module.get_submodule("w").weight.detach().numpy(), 0.5 * w.T, rtol=1e-6)
+
+
+def test_what_does_not_convert_says_what_and_where():
+    top = _graph([helper.make_node("TopK", ["input", "k"], ["out", "idx"], name="pick")],
+                 {"k": np.array([3], dtype=np.int64)})
+    with pytest.raises(WorkbenchError, match="the ONNX op TopK \\(node 'pick'\\) has no torch conversion"):
+        convert(top, [X.reshape(8, 64)])
+    scale = np.array(0.1, dtype=np.float32)
+    quantized = _graph([helper.make_node("QuantizeLinear", ["input", "s"], ["q"]),
+                        helper.make_node("DequantizeLinear", ["q", "s"], ["out"])], {"s": scale})
+    with pytest.raises(WorkbenchError, match="the graph is quantized \\(DequantizeLinear, QuantizeLinear\\)"):
+        convert(quantized, [X.reshape(8, 64)])
+
+
+def test_a_conversion_that_computes_something_else_is_refused(monkeypatch):
+    model = export_onnx(zoo.load_sample("digits-mlp").eval(), EXAMPLE)
+    monkeypatch.setitem(onnx_ops.OPS, "Relu", lambda attrs, x: x[0])   # a wrong op: the check must notice
+    with pytest.raises(WorkbenchError, match="differs from ONNX Runtime"):
+        convert(model, [X])
+
+
+def test_the_converted_module_trains_and_keeps_constants_fixed():
+    model = _legacy(_random_init(TinyResNet()))
+    module = convert(model, [X]).module.train()
+    trainable = sum(p.numel() for p in module.parameters())
+    assert trainable == sum(numpy_helper.to_array(t).size for t in model.graph.initializer
+                            if numpy_helper.to_array(t).dtype.kind == "f")
+    loss = module(torch.from_numpy(X)).logsumexp(1).mean()
+    loss.backward()
+    assert all(p.grad is not None for p in module.parameters())

@@ -2,6 +2,8 @@
 and the URL set the knobs, Launch runs to the end."""
 
 import pytest
+import torch
+from torch import nn
 
 from tests.app_fixtures import chart_specs, drain_queue, fresh_app_env, metric, open_app, rerun_until, texts
 from workbench.presets import PRESETS, CompressSettings, preset_spec
@@ -96,43 +98,56 @@ def test_structured_knobs_give_a_structured_stage_and_a_counted_preview(isolated
     assert stage.exclude == ("features.1.0",)
 
 
-def test_a_pt2_upload_refuses_layer_edits_up_front_and_its_pruning_run_succeeds(isolated_home):
-    """A .pt2 upload has no Linear/Conv modules: structured pruning, low-rank and QAT are refused under Run it
-    (once each, saying what works) instead of letting a run fail; pruning with fine-tuning runs to the end."""
-    import torch
-
+def _pt2_upload(home, module, name: str) -> str:
     from ui import uploads
-    from workbench import zoo
 
-    program = torch.export.export(zoo.load_sample("digits-mlp").eval(), (torch.zeros(2, 64),),
-                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
-    buffer = isolated_home / "mlp.pt2"
-    torch.export.save(program, str(buffer))
-    saved = uploads.save_upload(buffer.read_bytes(), "mlp.pt2", isolated_home / "uploads", (".pt2",))
-    at = open_app(PAGE, query={"model": saved.name, "technique": "structured"})
-    assert not at.exception and at.button(key="launch_run").disabled
-    (warning,) = at.warning
-    assert warning.value.startswith("structured pruning edits nn.Linear/Conv modules, and a torch.export program "
-                                    "(.pt2) has none")
-    at.radio(key="technique").set_value("distill").run()   # its preview's refusal is the same line, shown once
-    assert [w.value.split(" edits ")[0] for w in at.warning] == [
-        "distillation (the student is the teacher with channels removed)"]
-    at.radio(key="technique").set_value("lowrank").run()
-    assert at.button(key="launch_run").disabled and at.warning[0].value.startswith("low-rank factorization edits")
-    at.radio(key="technique").set_value("unstructured").run()
-    at.select_slider(key="bits").set_value(4).run()
-    at.toggle(key="qat").set_value(True).run()
-    assert at.button(key="launch_run").disabled and "quantization-aware training edits" in at.warning[0].value
-    at.toggle(key="qat").set_value(False).run()
-    at.select_slider(key="bits").set_value(32).run()
-    at.slider(key="sparsity").set_value(50).run()
-    at.slider(key="epochs").set_value(1).run()
-    assert not at.warning and not at.button(key="launch_run").disabled
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(module.eval(), (torch.zeros(2, 64),), dynamic_shapes=({0: batch},))
+    path = home / name
+    torch.export.save(program, str(path))
+    return uploads.save_upload(path.read_bytes(), name, home / "uploads", (".pt2",)).name
+
+
+class CumulativeMLP(nn.Module):
+    """A traced model with an op the ONNX-to-torch conversion lacks (CumSum)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1).cumsum(1))
+
+
+def test_a_pt2_upload_gets_layer_edits_through_its_conversion_or_says_why_not(isolated_home):
+    """A .pt2 upload has no Linear/Conv modules: a run that edits them converts it through its ONNX export (and
+    succeeds); a model whose export does not convert is refused under Run it, once, saying what failed."""
+    from workbench import zoo
+    from workbench.compare import load_report
+
+    at = open_app(PAGE, query={"model": _pt2_upload(isolated_home, zoo.load_sample("digits-mlp"), "mlp.pt2"),
+                               "technique": "structured", "ratio": "50", "epochs": "1"})
+    assert not at.exception and not at.warning and not at.button(key="launch_run").disabled
+    assert any("converted from its ONNX export" in t for t in texts(at))
     at.button(key="launch_run").click().run()
-    (run,) = Store(isolated_home).list()
     drain_queue(isolated_home)
-    done = Store(isolated_home).get(run.id)
-    assert done.status == "succeeded", done.error
+    (run,) = Store(isolated_home).list()
+    assert run.status == "succeeded", run.error
+    report = load_report(Store(isolated_home), run.id)
+    sizes = [v["measurement"]["size"]["params"] for v in (report["baseline"], report["variants"][-1])]
+    assert sizes[1] < 0.5 * sizes[0]
+
+    at = open_app(PAGE, query={"model": _pt2_upload(isolated_home, CumulativeMLP(), "cumsum.pt2"),
+                               "technique": "lowrank"})
+    assert at.button(key="launch_run").disabled
+    (warning,) = at.warning
+    assert warning.value.startswith("low-rank factorization edits nn.Linear/Conv modules, and a torch.export program "
+                                    "(.pt2) has none (its layers are traced into plain ops), and converting it to "
+                                    "them through ONNX failed (the ONNX op CumSum")
+    at.radio(key="technique").set_value("unstructured").run()
+    at.slider(key="sparsity").set_value(50).run()
+    at.slider(key="epochs").set_value(1).run()     # fine-tuning trains the traced program as it is
+    assert not at.warning and not at.button(key="launch_run").disabled
 
 
 def test_nm_shows_the_mask_and_says_there_is_no_cpu_kernel(isolated_home):
@@ -255,8 +270,6 @@ def _onnx_upload(home, model) -> str:
 
 
 def test_an_onnx_upload_takes_structured_pruning_through_its_torch_conversion(isolated_home):
-    import torch
-
     from workbench import zoo
     from workbench.compare import load_report
     from workbench.export import export_onnx
@@ -265,7 +278,7 @@ def test_an_onnx_upload_takes_structured_pruning_through_its_torch_conversion(is
     at = open_app(PAGE, query={"model": _onnx_upload(isolated_home, model), "technique": "structured",
                                "ratio": "50", "epochs": "1"})
     assert not at.exception and not at.warning and not at.button(key="launch_run").disabled
-    assert any("trains as torch modules converted from it" in t for t in texts(at))
+    assert any("runs these methods as torch modules converted from it" in t for t in texts(at))
     spec = launched_spec(at, isolated_home)
     assert [s.kind for s in spec.stages] == ["structured", "finetune"]
     drain_queue(isolated_home)
@@ -273,7 +286,7 @@ def test_an_onnx_upload_takes_structured_pruning_through_its_torch_conversion(is
     assert run.status == "succeeded", run.error
     report = load_report(Store(isolated_home), run.id)
     base, final = report["baseline"], report["variants"][-1]
-    assert any("converted from ONNX to torch modules" in n for n in base["notes"])
+    assert any("converted to torch modules from the ONNX graph" in n for n in base["notes"])
     assert final["measurement"]["size"]["params"] < 0.4 * base["measurement"]["size"]["params"]
 
 
@@ -376,7 +389,8 @@ def test_presets_round_trip_and_problems():
     seed = preset_spec("Seed recipe: iterative 20% + LR rewinding", ModelRef(sample="digits-mlp"))
     assert isinstance(seed.stages[0], PruneSpec) and seed.stages[0].rounds == 11 and seed.stages[0].finetune
     assert seed.stages[0].rewind == "lr" and isinstance(seed.stages[1], QuantSpec) and len(seed.stages) == 2
-    assert CompressSettings(sparsity=0.5, epochs=3).problems("onnx", True)
+    assert not CompressSettings(sparsity=0.5, epochs=3).problems("onnx", True)   # an ONNX graph is converted
+    assert CompressSettings(sparsity=0.5, epochs=3).problems("onnx", True, unconvertible="the ONNX op X has none")
     assert CompressSettings(sparsity=0.5, epochs=3).problems("torch", False)
     assert not CompressSettings(sparsity=0.5).problems("onnx", False)
 

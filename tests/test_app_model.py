@@ -53,6 +53,7 @@ def test_onnx_upload_becomes_the_current_model(tiny_onnx):
     assert at.session_state["model_ref"]["path"].endswith(".onnx")
     assert any("tiny.onnx" in t for t in texts(at))  # the sidebar names the user's file, not the hash
     assert list(at.dataframe[0].value["name"]) == ["conv", "fc"]
+    assert any("methods that train or remove channels run on torch modules converted from it" in t for t in texts(at))
     at.switch_page("views/compress.py").run()
     at.slider(key="sparsity").set_value(80).run()
     assert not at.exception and not at.error and metric(at, "sparsity") == "80.0%"
@@ -159,7 +160,8 @@ def test_a_pt2_upload_says_which_methods_work_on_it(tmp_path):
     at.file_uploader(key="model_upload").upload("mlp.pt2", path.read_bytes()).run()
     assert not at.exception and not at.error
     assert any(t.startswith("This is a torch.export program (.pt2): unstructured pruning, fine-tuning, clustering "
-                            "and quantization work on it.") for t in texts(at))
+                            "and quantization work on it as it is.") and "converts it to them through its ONNX export"
+               in t for t in texts(at))
     assert float(metric(at, "accuracy")) > 0.95     # the baseline runs (it used to fail at the export)
 
 

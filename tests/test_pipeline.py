@@ -165,7 +165,7 @@ def test_an_onnx_upload_trains_through_its_torch_conversion_and_is_measured_as_u
     spec = _spec({"path": str(tiny_onnx)}, [{"structured": {"ratio": 0.5}}, {"finetune": {"epochs": 1}}])
     report = run_pipeline(spec)
     (note,) = report.baseline.notes
-    assert note.startswith("converted from ONNX to torch modules for training and layer edits (2 Conv/Linear")
+    assert note.startswith("converted to torch modules from the ONNX graph for training and layer edits (2 Conv/Linear")
     uploaded = onnx.load(str(tiny_onnx))
     assert report.baseline.measurement.size.file_bytes == len(uploaded.SerializeToString())
     assert all(not v.measurement.torch_latency for v in (report.baseline, *report.variants))  # ORT timing only

@@ -128,7 +128,8 @@ def test_problems_say_what_cannot_run():
     assert CompressSettings(technique="structured").problems("onnx", True, unconvertible=why) == [
         f"structured pruning needs torch modules, and this ONNX graph does not convert to them: {why}"]
     assert CompressSettings(technique="structured").problems("onnx", True) == []   # the run converts it
-    assert CompressSettings(technique="structured").needs_module and not CompressSettings(sparsity=0.5).needs_module
+    assert CompressSettings(technique="structured").converts("onnx")
+    assert not CompressSettings(sparsity=0.5).converts("onnx")
     assert "distillation needs training data" in CompressSettings(technique="distill").problems("torch", False)[0]
     assert "distillation needs training data" in CompressSettings(technique="distill").problems("onnx", False)[0]
     qat = CompressSettings(bits=4, qat=True)
@@ -137,11 +138,16 @@ def test_problems_say_what_cannot_run():
     assert "set the bitwidth to 32" in CompressSettings(clusters=8, bits=8).problems("torch", True)[0]
     assert "at least two classes" in CompressSettings(classes=(3,)).problems("torch", True)[0]
     traced = "a TorchScript model (.pt/.ts)"
-    assert CompressSettings(sparsity=0.5, reconstruct="obs").problems("torch", True, traced=traced)[0].startswith(
-        "reconstruction (solving each layer's kept weights; an ONNX export of the model takes it) edits")
-    assert CompressSettings(sparsity=0.5, epochs=2).problems("torch", True, traced=traced) == []
+    obs = CompressSettings(sparsity=0.5, reconstruct="obs")
+    assert obs.converts("torch", traced) and obs.problems("torch", True, traced=traced) == []   # converted
+    assert obs.problems("torch", True, traced=traced, unconvertible=why)[0].startswith(
+        "reconstruction (solving each layer's kept weights; an ONNX export of the model takes it) edits nn.Linear/"
+        f"Conv modules, and {traced} has none (its layers are compiled TorchScript), and converting it to them "
+        f"through ONNX failed ({why})")
+    tuned = CompressSettings(sparsity=0.5, epochs=2)
+    assert not tuned.converts("torch", traced) and tuned.problems("torch", True, traced=traced, unconvertible=why) == []
     assert "centroid fine-tuning (re-parametrizes each layer's weight) edits" in CompressSettings(
-        sparsity=0.5, clusters=8, cluster_epochs=2).problems("torch", True, traced=traced)[0]
+        sparsity=0.5, clusters=8, cluster_epochs=2).problems("torch", True, traced=traced, unconvertible=why)[0]
     rewind = CompressSettings(sparsity=0.9, schedule="iterative", rewind="weight", epochs=1)
     assert not rewind.problems("torch", True) and "checkpoint" in rewind.problems("torch", True, False)[0]
     assert not CompressSettings(technique="nm").problems("onnx", False)       # 2:4 masks work on ONNX graphs

@@ -110,20 +110,23 @@ def splits(ref: ModelRef, data: DataRef) -> Splits:
     return _splits(_key(ref), _key(data))
 
 
-@st.cache_resource(show_spinner="Converting the ONNX graph to torch modules…", max_entries=8)
+@st.cache_resource(show_spinner="Converting the model to torch modules…", max_entries=8)
 def _unconvertible(model_key: str, data_key: str) -> str | None:
     from workbench.errors import WorkbenchError
-    from workbench.onnx_torch import convert_for_run
+    from workbench.onnx_torch import convert_loaded
 
+    held = _held(model_key)
     try:
-        convert_for_run(_held(model_key).loaded.onnx_model, _splits(model_key, data_key))
+        with held.lock:
+            convert_loaded(held.loaded, _splits(model_key, data_key))
     except WorkbenchError as exc:
         return str(exc).splitlines()[0]
     return None
 
 
 def unconvertible(ref: ModelRef, data: DataRef) -> str | None:
-    """For an ONNX model: why the run could not convert it to torch modules on this data (None: it can)."""
+    """For an ONNX graph or a traced torch model: why a run could not convert it to torch modules on this data
+    (workbench.onnx_torch), or None when it can."""
     return _unconvertible(_key(ref), _key(data))
 
 

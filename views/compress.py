@@ -82,16 +82,19 @@ if layers.open:
         sensitivity_view.section(ref, data, settings)
 
 st.subheader("Run it")
-converts = held.loaded.kind == "onnx" and settings.needs_module   # the run trains or reshapes an ONNX graph
+traced = traced_kind(held.loaded.module)
+converts = settings.converts(held.loaded.kind, traced)   # the run needs layer modules the model lacks
 problems = settings.problems(held.loaded.kind, has_train_data=data.builtin is not None or data.train_path is not None,
-                             has_rewind_checkpoint=ref.sample is not None, traced=traced_kind(held.loaded.module),
+                             has_rewind_checkpoint=ref.sample is not None, traced=traced,
                              unconvertible=cache.unconvertible(ref, data) if converts else None)
 problems += [cannot] if cannot and cannot not in problems else []
 for problem in problems:
     st.warning(problem)
 if converts and not problems:
-    st.caption("This ONNX graph trains as torch modules converted from it (checked against ONNX Runtime); the "
-               "run measures the uploaded file as the baseline and exports each variant from the conversion.")
+    st.caption(f"This {'model' if traced else 'ONNX graph'} runs these methods as torch modules converted from "
+               f"{'its ONNX export' if traced else 'it'} (checked against ONNX Runtime); the run measures "
+               f"{'that export' if traced else 'the uploaded file'} as the baseline and exports each variant from "
+               "the conversion.")
 spec = settings.to_spec(ref, data, state.measure_spec(), name=f"{label} · {settings.describe()}")
 single, sweep = st.columns(2, gap="large")
 with single:

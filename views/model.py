@@ -48,9 +48,9 @@ with pick_model:
                                "itself; methods that train or remove channels run on torch modules converted "
                                "from it, checked against ONNX Runtime on the test samples.")
                 if kind := traced_kind(cache.model(ref).loaded.module):
-                    st.caption(f"This is {kind}: {TRACED[kind][1]} work on it. Structured pruning, distillation, "
-                               "low-rank, QAT and transfer need nn.Linear/Conv modules (safetensors + a built-in "
-                               "architecture).")
+                    st.caption(f"This is {kind}: {TRACED[kind][1]} work on it as it is. Structured pruning, "
+                               "distillation, low-rank, QAT and transfer need nn.Linear/Conv modules: a run "
+                               "converts it to them through its ONNX export, checked against ONNX Runtime.")
         elif current.path:
             st.caption(f"Current model: **{uploads.model_label(current)}** (uploaded earlier)")
 with pick_data:

@@ -294,7 +294,7 @@ def trainable_program(module: nn.Module) -> nn.Module:
 
 
 EXPORTED, SCRIPTED = "a torch.export program (.pt2)", "a TorchScript model (.pt/.ts)"
-# what edits nn.Linear/Conv modules, by key (a stage kind, or a part of one): refused on a traced model
+# what edits nn.Linear/Conv modules, by key (a stage kind, or a part of one): a traced model is converted first
 LAYER_EDITS = {
     "structured": "structured pruning",
     "distill": "distillation (the student is the teacher with channels removed)",
@@ -328,14 +328,15 @@ def traced_kind(module: Any) -> str | None:
     return None
 
 
-def traced_reason(edit: str, kind: str) -> str | None:
-    """Why `edit` (a key of LAYER_EDITS) cannot run on a traced model of `kind` (a key of TRACED), or None."""
+def traced_reason(edit: str, kind: str, unconvertible: str | None = None) -> str | None:
+    """Why `edit` (a key of LAYER_EDITS) cannot run on a traced model of `kind` (a key of TRACED) as it is, or
+    None; `unconvertible`: why its conversion to modules through ONNX (workbench.onnx_torch) failed, if it did."""
     if edit == "centroids" and kind != SCRIPTED:
         return None
     why, works = TRACED[kind]
-    return (f"{LAYER_EDITS[edit]} edits nn.Linear/Conv modules, and {kind} has none ({why}); only the built-in "
-            f"architectures load as such modules (safetensors + arch). {works[0].upper()}{works[1:]} work on it "
-            "as it is")
+    converting = f", and converting it to them through ONNX failed ({unconvertible})" if unconvertible else ""
+    return (f"{LAYER_EDITS[edit]} edits nn.Linear/Conv modules, and {kind} has none ({why}){converting}. "
+            f"{works[0].upper()}{works[1:]} work on it as it is")
 
 
 def frozen_mode_note(module: Any) -> list[str]:

@@ -36,6 +36,7 @@ from torch import nn
 
 from workbench.data import Dataset, Splits
 from workbench.errors import WorkbenchError
+from workbench.models import LoadedModel
 from workbench.onnx_ops import OPS, axis_index
 
 log = logging.getLogger(__name__)
@@ -403,9 +404,22 @@ class Conversion:
     max_error: float                       # max |torch - ONNX Runtime| on the check inputs
 
     def note(self) -> str:
-        return (f"converted from ONNX to torch modules for training and layer edits ({self.layers} Conv/Linear "
-                f"layers; outputs within {self.max_error:.1e} of ONNX Runtime); the variants are exported "
-                "from it again, so their graphs may differ from the uploaded file beyond the compression")
+        return (f"converted to torch modules from the ONNX graph for training and layer edits ({self.layers} "
+                f"Conv/Linear layers; outputs within {self.max_error:.1e} of ONNX Runtime); the variants are "
+                "exported from them again, so their graphs may differ from the baseline's beyond the compression")
+
+
+def convert_loaded(loaded: LoadedModel, splits: Splits) -> tuple[Conversion, Splits, onnx.ModelProto]:
+    """`convert_for_run` of an ONNX upload, or of a traced torch model's ONNX export (a .pt2 or TorchScript
+    model runs traced ops, with no layer modules to edit); also returns the graph it converted."""
+    model = loaded.onnx_model
+    if model is None:
+        from workbench.export import export_onnx
+        from workbench.pipeline import example_inputs
+
+        model = export_onnx(loaded.module, example_inputs(splits.test))
+    conversion, splits = convert_for_run(model, splits)
+    return conversion, splits, model
 
 
 def convert_for_run(model: onnx.ModelProto, splits: Splits) -> tuple[Conversion, Splits]:

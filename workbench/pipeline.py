@@ -29,11 +29,11 @@ from workbench.data import Dataset, Splits, adapt_to_shape, check_training_data,
 from workbench.environment import environment
 from workbench.errors import WorkbenchError
 from workbench.measure import measure
-from workbench.models import LoadedModel, load_model
+from workbench.models import LoadedModel, load_model, traced_kind, traced_reason
 from workbench.onnx_graph import kernel_signature
 from workbench.report import Report, VariantResult
 from workbench.specs import RunSpec, StageSpec, stage_dict
-from workbench.stages import STAGE_RUNNERS, Context, Variant, needs_module, to_onnx
+from workbench.stages import STAGE_RUNNERS, Context, Variant, layer_edits, needs_module, to_onnx
 
 log = logging.getLogger(__name__)
 BASELINE_AFTER_TRANSFER = "baseline (after transfer)"
@@ -104,15 +104,15 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
     report_progress(0.0, "load", f"loading {spec.model.label}")
     loaded = load_model(spec.model)
     splits = load_splits(spec, loaded)
-    module, converted = loaded.module, ()
-    if module is None and any(needs_module(stage) for stage in spec.stages):
-        from workbench.onnx_torch import convert_for_run
+    module, graph, converted = loaded.module, loaded.onnx_model, ()
+    if _converts(loaded, spec):
+        from workbench.onnx_torch import convert_loaded
 
-        report_progress(0.01, "load", "converting the ONNX graph to torch modules")
-        conversion, splits = convert_for_run(loaded.onnx_model, splits)
+        report_progress(0.01, "load", "converting the model to torch modules")
+        conversion, splits, graph = convert_loaded(loaded, splits)
         module, converted = conversion.module, (conversion.note(),)
     eager = not converted   # a converted module's eager latency is not the user's model's: time ONNX only
-    variant = Variant(module=module, onnx_model=loaded.onnx_model)
+    variant = Variant(module=module, onnx_model=graph)
     ctx = Context(spec, splits, example_inputs(splits.test) if module is not None else (),
                   lambda f, msg: None, cancelled)
 
@@ -127,8 +127,8 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
 
     report_progress(0.02 if base_stage is None else 1.85 / (steps + 1), "baseline",
                     "exporting and measuring the baseline")
-    # an ONNX upload is measured as uploaded, even when the stages run on its conversion
-    base_model = loaded.onnx_model if converted and base_stage is None else to_onnx(variant, ctx)
+    # a converted model is measured as the graph it was converted from (an ONNX upload: as uploaded)
+    base_model = graph if converted and base_stage is None else to_onnx(variant, ctx)
     base_m, base_outputs = measure(base_model, splits.test, spec.measure, module=variant.module if eager else None)
     baseline = VariantResult(base_name, base_stage, base_m, Facts(), (), base_notes, base_history)
     labelled = splits.test.labels is not None   # accuracy (paired with the baseline's answers), else fidelity
@@ -161,6 +161,15 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
         report = write_artifacts(report, model, spec, Path(out_dir), variant.packed, program)
     report_progress(1.0, "done", f"finished in {report.seconds:.1f} s")
     return report
+
+
+def _converts(loaded: LoadedModel, spec: RunSpec) -> bool:
+    """Whether the stages need torch modules the model lacks: an ONNX graph that they train or reshape, or a
+    traced torch model whose layers they edit (workbench.onnx_torch converts either)."""
+    if loaded.module is None:
+        return any(needs_module(stage) for stage in spec.stages)
+    kind = traced_kind(loaded.module)
+    return bool(kind) and any(traced_reason(edit, kind) for stage in spec.stages for edit in layer_edits(stage))
 
 
 def _run_stage(variant: Variant, i: int, stage: StageSpec, ctx: Context, report_progress: Progress,

@@ -334,19 +334,23 @@ class CompressSettings:
                      f"{len(self.overrides)} per-layer sparsities" if overrides else ""]
         return "".join(f" ({p})" for p in per_layer if p)
 
-    @property
-    def needs_module(self) -> bool:
-        """Whether the run trains or reshapes torch layers (an ONNX model is then converted to torch modules)."""
-        return self.technique in TORCH_ONLY or bool(self._training_steps())
+    def converts(self, model_kind: str, traced: str | None = None) -> bool:
+        """Whether a run of this setting converts the model to torch modules first (workbench.onnx_torch):
+        an ONNX graph it trains or reshapes, or a traced torch model (`traced`) whose layers it edits."""
+        if model_kind != "torch":
+            return self.technique in TORCH_ONLY or bool(self._training_steps())
+        return bool(traced) and any(traced_reason(edit, traced) for edit in self._layer_edits())
 
     def problems(self, model_kind: str, has_train_data: bool, has_rewind_checkpoint: bool = True,
                  traced: str | None = None, unconvertible: str | None = None) -> list[str]:
         """Reasons this setting cannot run on the current model and data (empty when it can).
         `has_rewind_checkpoint`: the model has an early-training checkpoint (samples ship one); `traced`: the
         torch model's traced kind (workbench.models.traced_kind), which has no Linear/Conv modules to edit;
-        `unconvertible`: for an ONNX model, why it does not convert to torch modules (workbench.onnx_torch)."""
+        `unconvertible`: why the model does not convert to torch modules (workbench.onnx_torch), when a run of
+        this setting would convert it (`converts`); None when it converts."""
         out = []
-        refused = [r for edit in self._layer_edits() if traced and (r := traced_reason(edit, traced))]
+        refused = [r for edit in self._layer_edits() if traced and unconvertible
+                   and (r := traced_reason(edit, traced, unconvertible))]
         out += refused[:1]
         trains = self._training_steps()
         what = TORCH_ONLY.get(self.technique) or (trains[0] if trains else None)

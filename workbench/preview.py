@@ -383,8 +383,11 @@ def _keep_shares(weights: dict[str, np.ndarray], keep: float) -> dict[str, float
 def _reshaped(s: CompressSettings, subject: Subject):
     """The torch model as the run's method stage first shapes it, on a copy: structured channel removal with
     the setting's ratio, round_to and layers left whole, or the distilled student's architecture (the same
-    Torch-Pruning calls as the run). (module, report), or None without a torch model and test inputs."""
-    if subject.module is None or subject.test is None:
+    Torch-Pruning calls as the run). (module, report), or None without layer modules (an ONNX graph, a traced
+    model: the run converts those, the preview estimates) or test inputs."""
+    from workbench.models import traced_kind
+
+    if subject.module is None or subject.test is None or traced_kind(subject.module):
         return None
     from workbench.pipeline import example_inputs
 

@@ -138,3 +138,18 @@ def test_the_converted_module_trains_and_keeps_constants_fixed():
     loss = module(torch.from_numpy(X)).logsumexp(1).mean()
     loss.backward()
     assert all(p.grad is not None for p in module.parameters())
+
+
+def test_a_weight_two_nodes_read_and_float_math_on_sizes_stay_plain_functions():
+    """Tied weights (one initializer, two MatMuls) are not owned by a layer, and a scale computed from the input's
+    size (Sqrt(Cast(Shape(x)[-1]))) is float arithmetic: both must compute what ONNX Runtime computes."""
+    w = np.random.default_rng(2).normal(size=(64, 64)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["input", "w"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w"], ["h2"]),
+             helper.make_node("Shape", ["h2"], ["shape"]), helper.make_node("Gather", ["shape", "last"], ["width"]),
+             helper.make_node("Cast", ["width"], ["widthf"], to=TensorProto.FLOAT),
+             helper.make_node("Sqrt", ["widthf"], ["scale"]), helper.make_node("Div", ["h2", "scale"], ["out"])]
+    model = _graph(nodes, {"w": w, "last": np.array(-1, dtype=np.int64)})
+    conversion = convert(model, [X.reshape(8, 64)])
+    assert conversion.max_error < 1e-5 and conversion.layers == 0
+    assert [n for n, _ in conversion.module.named_parameters()] == ["w"]    # one parameter, trained once

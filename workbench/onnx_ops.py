@@ -336,13 +336,13 @@ def _constant(attrs: dict, x: list) -> Any:
 
 @op("Cast")
 def _cast(attrs: dict, x: list) -> Any:
-    if _is_shape(x[0]):
-        return x[0]
     dtype = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.INT64: torch.int64,
              onnx.TensorProto.INT32: torch.int32, onnx.TensorProto.BOOL: torch.bool,
              onnx.TensorProto.DOUBLE: torch.float64}.get(attrs["to"])
     if dtype is None:
         raise WorkbenchError(f"Cast to ONNX type {attrs['to']} is not supported")
+    if _is_shape(x[0]) and not dtype.is_floating_point:
+        return x[0]     # sizes stay Python ints
     return _tensor(x[0]).to(dtype)
 
 

@@ -189,8 +189,11 @@ class _Builder:
         self.steps: list[Step] = []
         self.skip: set[int] = set()
 
-    def float_init(self, name: str) -> np.ndarray | None:
+    def float_init(self, name: str, node: onnx.NodeProto | None = None) -> np.ndarray | None:
+        """The float initializer `name`; with `node`, only when no other node reads it (a layer owns it)."""
         value = self.inits.get(name)
+        if node is not None and any(other is not node for other in self.consumers.get(name, [])):
+            return None
         return value if value is not None and value.dtype.kind == "f" else None
 
     def add_layer(self, module: nn.Module, weight_name: str) -> str:
@@ -220,12 +223,14 @@ class _Builder:
 
     # -- layers
     def _make_Conv(self, i: int, node, attrs: dict, inputs: list) -> Step | None:   # noqa: N802
-        weight = self.float_init(node.input[1])
+        weight = self.float_init(node.input[1], node)
         if weight is None:
-            return self._unsupported(node, "its weight is not a float initializer")
+            return self._unsupported(node, "its weight is not a float initializer of its own")
         if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
             return self._unsupported(node, "auto_pad SAME is not supported (export with explicit pads)")
-        bias = self.float_init(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        bias = self.float_init(node.input[2], node) if len(node.input) > 2 and node.input[2] else None
+        if len(node.input) > 2 and node.input[2] and bias is None:
+            return self._unsupported(node, "its bias is not a float initializer of its own")
         dims = weight.ndim - 2
         group = attrs.get("group", 1)
         pads = list(attrs.get("pads", [0] * 2 * dims))
@@ -255,10 +260,11 @@ class _Builder:
         return path
 
     def _make_Gemm(self, i: int, node, attrs: dict, inputs: list) -> Step | None:   # noqa: N802
-        weight = self.float_init(node.input[1])
-        if weight is None or weight.ndim != 2 or attrs.get("transA", 0):
-            return self._unsupported(node, "only x @ W (+ C) with W a 2-D float initializer converts")
-        bias = self.float_init(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        weight = self.float_init(node.input[1], node)
+        bias = self.float_init(node.input[2], node) if len(node.input) > 2 and node.input[2] else None
+        if weight is None or weight.ndim != 2 or attrs.get("transA", 0) or (len(node.input) > 2 and node.input[2]
+                                                                             and bias is None):
+            return self._unsupported(node, "only x @ W (+ C) with W (and C) float initializers of its own converts")
         out = weight.shape[0] if attrs.get("transB", 0) else weight.shape[1]
         if bias is not None and bias.size != out:
             return self._unsupported(node, f"its bias has {bias.size} values for {out} outputs")
@@ -270,15 +276,15 @@ class _Builder:
         return Step("Gemm", inputs[:1], list(node.output), {}, path)
 
     def _make_MatMul(self, i: int, node, attrs: dict, inputs: list) -> Step | None:   # noqa: N802
-        weight = self.float_init(node.input[1])
+        weight = self.float_init(node.input[1], node)
         if weight is None or weight.ndim != 2 or node.input[0] in self.inits:
-            return None
+            return None   # x @ y of two values, or a weight other nodes read too: a plain matmul
         consumers = self.consumers.get(node.output[0], [])
         add = consumers[0] if len(consumers) == 1 and consumers[0].op_type == "Add" else None
         bias_name = None
         if add is not None and node.output[0] not in self.graph_outputs:
             other = [n for n in add.input if n != node.output[0]]
-            bias = self.float_init(other[0]) if len(other) == 1 else None
+            bias = self.float_init(other[0], add) if len(other) == 1 else None
             if bias is not None and bias.size == weight.shape[1] and bias.ndim <= 2:
                 bias_name = other[0]
         if bias_name is None:
@@ -290,7 +296,7 @@ class _Builder:
         return Step("MatMul+Add", inputs[:1], list(add.output), {}, path)
 
     def _make_BatchNormalization(self, i: int, node, attrs: dict, inputs: list) -> Step | None:   # noqa: N802
-        params = [self.float_init(n) for n in node.input[1:5]]
+        params = [self.float_init(n, node) for n in node.input[1:5]]
         rank = len(self.shapes.get(node.input[0]) or [0, 0, 0, 0])
         training = len(node.output) > 1 and any(node.output[1:])
         if any(p is None for p in params) or rank not in (2, 3, 4, 5) or training:
@@ -307,8 +313,10 @@ class _Builder:
         return Step("BatchNormalization", inputs[:1], list(node.output)[:1], {}, path)
 
     def _make_LayerNormalization(self, i: int, node, attrs: dict, inputs: list) -> Step | None:   # noqa: N802
-        scale = self.float_init(node.input[1])
-        bias = self.float_init(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        scale = self.float_init(node.input[1], node)
+        bias = self.float_init(node.input[2], node) if len(node.input) > 2 and node.input[2] else None
+        if len(node.input) > 2 and node.input[2] and bias is None:
+            return None    # a bias other nodes read too: the functional form
         rank = len(self.shapes.get(node.input[0]) or [])
         axis = attrs.get("axis", -1)
         stats = len(node.output) > 1 and any(node.output[1:])

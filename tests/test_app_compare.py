@@ -163,6 +163,7 @@ def test_clustered_structured_and_rewinding_runs_show_their_results(methods_home
     assert len(packed) == 1 and "vs baseline file" in packed[0].proto.delta    # only the clustered run
     text = " ".join(m.value for m in at.markdown)
     assert "REAL packed size" in text and "weights.packed" in text
+    assert "**What each stage did**" in text and "removed 50% of channels per group" in text   # stage notes
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels.count("Packed weights (weights.packed)") == 1 and labels.count("Script (reproduce.py)") == 2
     assert labels.count("PyTorch model (model.pt2)") == 2     # both end as torch models (clustered, structured)

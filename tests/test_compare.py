@@ -384,3 +384,12 @@ def test_the_prune_label_says_how_the_kept_weights_were_solved():
     nm = compare.method_label({"stages": [{"prune": {"sparsity": 0.5, "nm": "2:4", "reconstruct": "refit"}}]})
     assert nm == "prune 2:4 N:M magnitude + least-squares refit"
     assert compare.method_label({"stages": [{"prune": {"sparsity": 0.5}}]}) == "prune 50% global magnitude"
+
+
+def test_stage_notes_keep_run_order_and_survive_old_or_missing_reports():
+    report = {"baseline": {"name": "baseline", "notes": ["converted"]},
+              "variants": [{"name": "1: structured", "notes": ["removed 50%", "left whole: fc"]},
+                           {"name": "2: finetune", "notes": []}]}
+    assert compare.stage_notes(report) == [("baseline", "converted"), ("1: structured", "removed 50%"),
+                                           ("1: structured", "left whole: fc")]
+    assert compare.stage_notes(None) == [] and compare.stage_notes({"baseline": {}}) == []

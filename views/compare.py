@@ -138,6 +138,8 @@ for row in df.to_dict("records"):
         st.markdown(rv.badges(claims.get(row["id"], [])))
         for claim in claims.get(row["id"], []):
             st.markdown(f"- **{claim['aspect']}** ({claim['kind']}): {claim['reason']}")
+        if notes := compare.stage_notes(reports.get(row["id"])):
+            st.markdown("**What each stage did**\n" + "\n".join(f"- *{stage}*: {note}" for stage, note in notes))
         model_col, torch_col, recipe_col, script_col, packed_col = st.columns(5)
         rv.download(model_col, store, row["id"], "model", "Compressed model (model.onnx)", f"run-{row['id']}.onnx")
         if rv.has_artifact(store, row["id"], "torch"):

@@ -441,6 +441,13 @@ def history_frame(report: dict[str, Any] | None, label: str, min_rounds: int = 1
     return pd.DataFrame(rows if len(rows) >= min_rounds else [], columns=["run", "round", "sparsity", "accuracy"])
 
 
+def stage_notes(report: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """(stage, note) for the baseline and every variant in run order: what each stage did, left whole or warns
+    about (layers a method could not touch and why, a conversion, calibration on scored data...)."""
+    parts = [(report or {}).get("baseline") or {}, *((report or {}).get("variants") or [])]
+    return [(part.get("name", "?"), str(note)) for part in parts for note in part.get("notes") or []]
+
+
 def claims_frame(report: dict[str, Any] | None) -> pd.DataFrame:
     """The final variant's claims: aspect, kind (real | simulated | estimate | none), ratio, reason."""
     variants = (report or {}).get("variants") or []

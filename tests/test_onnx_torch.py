@@ -3,11 +3,13 @@ names, export again with a dynamic batch, and take structured pruning; what does
 
 import contextlib
 import io
+import warnings
 
 import numpy as np
 import onnx
 import pytest
 import torch
+import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
@@ -28,7 +30,8 @@ def _legacy(module: nn.Module) -> onnx.ModelProto:
     """The TorchScript exporter's graph (what most ONNX files in the wild come from): shape arithmetic
     (Shape, Gather, Unsqueeze, Concat) feeding a Reshape, Constant nodes, Flatten, GlobalAveragePool."""
     buffer = io.BytesIO()
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the tracer's notes on torch's own attention code
         torch.onnx.export(module.eval(), EXAMPLE, buffer, dynamo=False, input_names=["input"],
                           output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=17)
@@ -82,6 +85,55 @@ def test_legacy_exporter_graphs_keep_the_batch_dynamic_and_prune_structurally():
     with torch.no_grad():
         np.testing.assert_allclose(session.run(None, {"input": X})[0], pruned(torch.from_numpy(X)).numpy(),
                                    atol=1e-4, rtol=1e-3)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.reduce, self.expand = nn.Conv2d(c, c // 4, 1), nn.Conv2d(c // 4, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.expand(torch.relu(self.reduce(F.adaptive_avg_pool2d(x, 1)))))
+
+
+class MobileNetV3Block(nn.Module):
+    """Hard-swish stem, a ReLU6 depthwise conv, squeeze-excitation, a residual add, average-pool head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.Hardswish())
+        self.depthwise = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU6())
+        self.se = SqueezeExcite(16)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10), nn.Dropout(0.2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stem = self.stem(x)
+        return self.head(self.se(self.depthwise(stem)) + stem)
+
+
+class TokenEncoder(nn.Module):
+    """nn.TransformerEncoder over the 8 rows of a digit: the exporters slice and transpose its fused
+    in-projection, compute the attention scale from sizes, and regroup sizes with Mod and Reshape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.out = nn.Linear(8, 32), nn.Linear(32, 10)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.encoder(self.embed(x.reshape(x.shape[0], 8, 8))).mean(1))
+
+
+@pytest.mark.parametrize("make, exporter", [(MobileNetV3Block, "legacy"), (MobileNetV3Block, "dynamo"),
+                                            (TokenEncoder, "legacy"), (TokenEncoder, "dynamo")])
+def test_common_blocks_convert_from_either_exporter(make, exporter):
+    module = _random_init(make()).eval()
+    model = _legacy(module) if exporter == "legacy" else export_onnx(module, EXAMPLE)
+    conversion = convert(model, [X])
+    assert conversion.max_error < 1e-5 and conversion.layers >= 2
+    _runs_like_ort(conversion.module, model, batch=3)
+    _runs_like_ort(conversion.module, export_onnx(conversion.module, EXAMPLE), batch=3)
 
 
 def test_a_reshape_that_splits_channels_fails_loudly_when_they_shrink_instead_of_mixing_samples():

@@ -128,9 +128,30 @@ OPS["Div"] = _binary(lambda a, b: torch.div(a, b, rounding_mode="trunc") if not 
 OPS["Pow"] = _binary(torch.pow, lambda a, b: a**b)
 
 
+OPS["Mod"] = _binary(torch.remainder, lambda a, b: a % b)
+
+
 @op("MatMul")
 def _matmul(attrs: dict, x: list) -> torch.Tensor:
     return torch.matmul(x[0], x[1])
+
+
+@op("Gemm")
+def _gemm(attrs: dict, x: list) -> torch.Tensor:
+    """alpha * A' @ B' + beta * C, where the weight is computed or shared (not a layer of its own)."""
+    a = x[0].transpose(0, 1) if attrs.get("transA", 0) else x[0]
+    b = x[1].transpose(0, 1) if attrs.get("transB", 0) else x[1]
+    out = attrs.get("alpha", 1.0) * torch.matmul(a, b)
+    return out + attrs.get("beta", 1.0) * x[2] if len(x) > 2 and x[2] is not None else out
+
+
+@op("ConstantOfShape")
+def _constant_of_shape(attrs: dict, x: list) -> torch.Tensor:
+    value = attrs.get("value")
+    fill = value.reshape(-1)[0] if isinstance(value, torch.Tensor) else torch.tensor(0.0)
+    if not isinstance(value, torch.Tensor) and value is not None:   # an integer fill
+        fill = torch.tensor(_ints(value)[0])
+    return torch.full(tuple(_ints(x[0])), fill.item(), dtype=fill.dtype)
 
 
 @op("Softmax", "LogSoftmax")
@@ -143,7 +164,7 @@ def _softmax(attrs: dict, x: list) -> torch.Tensor:
     return fn(data.flatten(axis), dim=axis).reshape(data.shape)
 
 
-@op("Conv", "Gemm", "MatMul+Add", "MatMul1", "BatchNormalization", "LayerNormalization+")
+@op("layer")   # Conv, Gemm / MatMul (+ bias Add), BatchNormalization, LayerNormalization as a module
 def _layer(attrs: dict, x: list, layer: nn.Module) -> torch.Tensor:
     data = x[0]
     if "pad" in attrs:   # asymmetric padding, applied before the layer
@@ -211,6 +232,9 @@ def _flatten(attrs: dict, x: list) -> torch.Tensor:
 @op("Reshape")
 def _reshape(attrs: dict, x: list) -> torch.Tensor:
     data = x[0]
+    if _is_shape(data):   # sizes being regrouped: a 0-d target is one int, any other a flat tuple
+        values = _ints(data)
+        return values[0] if not _ints(x[1]) and len(values) == 1 else tuple(values)
     if attrs.get("flatten"):
         return data.flatten(1)
     shape = list(attrs["shape"]) if "shape" in attrs else _ints(x[1])

@@ -246,7 +246,7 @@ class _Builder:
         path = self.add_layer(conv, node.input[1])
         self._took(node.input[1], node.input[2:3] if bias is not None else [])
         step_attrs = {} if symmetric else {"pad": [p for k in reversed(range(dims)) for p in (pads[k], pads[k + dims])]}
-        return Step("Conv", inputs[:1], list(node.output), step_attrs, path)
+        return Step("layer", inputs[:1], list(node.output), step_attrs, path)
 
     def _linear(self, weight: np.ndarray, bias: np.ndarray | None, name: str, transposed: bool) -> str:
         w = weight.T if transposed else weight
@@ -264,7 +264,7 @@ class _Builder:
         bias = self.float_init(node.input[2], node) if len(node.input) > 2 and node.input[2] else None
         if weight is None or weight.ndim != 2 or attrs.get("transA", 0) or (len(node.input) > 2 and node.input[2]
                                                                              and bias is None):
-            return self._unsupported(node, "only x @ W (+ C) with W (and C) float initializers of its own converts")
+            return None   # not a layer of its own (a computed or shared weight): the functional Gemm
         out = weight.shape[0] if attrs.get("transB", 0) else weight.shape[1]
         if bias is not None and bias.size != out:
             return self._unsupported(node, f"its bias has {bias.size} values for {out} outputs")
@@ -273,7 +273,7 @@ class _Builder:
                             node.input[1], transposed=not attrs.get("transB", 0))
         if bias is not None:
             self.used.add(node.input[2])
-        return Step("Gemm", inputs[:1], list(node.output), {}, path)
+        return Step("layer", inputs[:1], list(node.output), {}, path)
 
     def _make_MatMul(self, i: int, node, attrs: dict, inputs: list) -> Step | None:   # noqa: N802
         weight = self.float_init(node.input[1], node)
@@ -289,11 +289,11 @@ class _Builder:
                 bias_name = other[0]
         if bias_name is None:
             path = self._linear(weight, None, node.input[1], transposed=True)
-            return Step("MatMul1", inputs[:1], list(node.output), {}, path)
+            return Step("layer", inputs[:1], list(node.output), {}, path)
         path = self._linear(weight, self.inits[bias_name], node.input[1], transposed=True)
         self.used.add(bias_name)
         self.skip.add(list(self.model.graph.node).index(add))
-        return Step("MatMul+Add", inputs[:1], list(add.output), {}, path)
+        return Step("layer", inputs[:1], list(add.output), {}, path)
 
     def _make_BatchNormalization(self, i: int, node, attrs: dict, inputs: list) -> Step | None:   # noqa: N802
         params = [self.float_init(n, node) for n in node.input[1:5]]
@@ -310,7 +310,7 @@ class _Builder:
                 target.copy_(torch.from_numpy(value.copy()))
         path = self.add_layer(norm, node.input[1])
         self._took(node.input[1], node.input[2:5])
-        return Step("BatchNormalization", inputs[:1], list(node.output)[:1], {}, path)
+        return Step("layer", inputs[:1], list(node.output)[:1], {}, path)
 
     def _make_LayerNormalization(self, i: int, node, attrs: dict, inputs: list) -> Step | None:   # noqa: N802
         scale = self.float_init(node.input[1], node)
@@ -329,7 +329,7 @@ class _Builder:
                 norm.bias.copy_(torch.from_numpy(bias.reshape(-1).copy()))
         path = self.add_layer(norm, node.input[1])
         self._took(node.input[1], node.input[2:3] if bias is not None else [])
-        return Step("LayerNormalization+", inputs[:1], list(node.output)[:1], {}, path)
+        return Step("layer", inputs[:1], list(node.output)[:1], {}, path)
 
     def _took(self, weight: str, others: Sequence[str]) -> None:
         if weight in self.used:   # a weight two layers share would be trained as two copies

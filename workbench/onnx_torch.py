@@ -9,10 +9,12 @@ classification networks export to itself:
   named after their ONNX weights ("features.0.weight" becomes the module features.0), so layer names in
   recipes, notes and tables stay the graph's;
 - other float initializers of more than one value (positional embeddings, class tokens) become parameters;
-- every other op is a function applied in the graph's order (`OPS`); shape arithmetic (Shape, Gather,
-  Concat...) runs on Python ints, so the batch axis stays dynamic when the module is exported again;
-- a Reshape's constant entries that copy the input's size at the same axis become "copy" (0), and a reshape
-  to (batch, rest) becomes a flatten: removing channels before it then keeps the graph valid.
+- every other op is a function applied in the graph's order (`workbench.onnx_ops.OPS`; also a Gemm or MatMul
+  whose weight is computed or read by other nodes too); shape arithmetic (Shape, Gather, Concat...) runs on
+  Python ints, so the batch axis stays dynamic when the module is exported again;
+- a Reshape's constant entries that copy the input's size at the same axis become "copy" (0), a leading -1
+  that stands for the batch becomes "copy" too, and a reshape to (batch, rest) becomes a flatten: removing
+  channels before a reshape then either stays valid or fails loudly, never folding samples into each other.
 `convert` checks the module against ONNX Runtime on sample inputs; an op outside `OPS`, a quantized graph or
 a difference above tolerance is a WorkbenchError that names it.
 """

@@ -491,6 +491,40 @@ RECIPE_CASES = [
          "structured exclude: 'fc9' matches no layer (layers: fc1, fc2, fc3)", level="run", entries=RECIPE_ENTRIES),
 ]
 
+def _onnx_recipe(name: str, model: Callable[[], onnx.ModelProto], stages: list) -> Callable[[Path], Path]:
+    """A recipe whose stages need torch modules, on an ONNX graph the run must first convert to them."""
+    def make(folder: Path) -> Path:
+        path = _save(model(), folder / f"{name}.onnx")
+        return _recipe(name, {"model": str(path), "stages": stages, "measure": FAST_MEASURE})(folder)
+    return make
+
+
+def _cumulative() -> onnx.ModelProto:
+    """Class scores through a running sum: ONNX Runtime runs it, the torch conversion has no CumSum."""
+    return digits_onnx(extra_nodes=(helper.make_node("CumSum", ["logits", "axis"], ["scores"], name="running"),),
+                       out="scores", extra_inits=(numpy_helper.from_array(np.array(1, dtype=np.int64), "axis"),))
+
+
+def _weight_qdq() -> onnx.ModelProto:
+    """A graph whose weight is stored as int8 and dequantized at run time (already quantized)."""
+    model = digits_onnx()
+    weight = numpy_helper.to_array(model.graph.initializer[0])
+    scale = np.float32(np.abs(weight).max() / 127)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend([numpy_helper.from_array(np.round(weight / scale).astype(np.int8), "fc.q"),
+                                    numpy_helper.from_array(np.array(scale), "fc.scale")])
+    model.graph.node.insert(0, helper.make_node("DequantizeLinear", ["fc.q", "fc.scale"], ["fc.weight"]))
+    return model
+
+
+CONVERSION_CASES = [  # methods that need torch modules on ONNX graphs that do not convert: refused, saying why
+    Case("onnx-unconvertible-op-structured", "recipe", _onnx_recipe("cumsum", _cumulative, [{"structured": {}}]),
+         "the ONNX op CumSum (node 'running') has no torch conversion", level="run", entries=RECIPE_ENTRIES),
+    Case("onnx-quantized-finetune", "recipe", _onnx_recipe("qdq", _weight_qdq, [{"finetune": {"epochs": 1}}]),
+         "the graph is quantized (DequantizeLinear); only float graphs convert to torch", level="run",
+         entries=RECIPE_ENTRIES),
+]
+
 TRAINING_CASES = [  # a training file next to the user's evaluation data: refused before anything trains
     Case("recipe-train-without-labels", "recipe", _training_recipe("nolabels", [{"finetune": {"epochs": 1}}],
                                                                    x=lambda x, y: x),
@@ -505,4 +539,4 @@ TRAINING_CASES = [  # a training file next to the user's evaluation data: refuse
          "the training labels (unseen-train.npz) stop at 1", level="run", entries=RECIPE_ENTRIES),
 ]
 
-ALL_CASES = MODEL_CASES + DATA_CASES + RECIPE_CASES + TRAINING_CASES
+ALL_CASES = MODEL_CASES + DATA_CASES + RECIPE_CASES + CONVERSION_CASES + TRAINING_CASES

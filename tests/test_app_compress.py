@@ -279,6 +279,10 @@ def test_an_onnx_upload_takes_structured_pruning_through_its_torch_conversion(is
                                "ratio": "50", "epochs": "1"})
     assert not at.exception and not at.warning and not at.button(key="launch_run").disabled
     assert any("runs these methods as torch modules converted from it" in t for t in texts(at))
+    labels = [m.label for m in at.metric]   # the preview prunes the conversion: counts and one-shot accuracy
+    assert "one-shot accuracy" in labels and "channels/neurons/heads physically removed (Torch-Pruning): a " \
+        "smaller dense model, so fewer weights and multiply-adds in the exported file; counted here on a pruned " \
+        "copy" in " ".join(texts(at))
     spec = launched_spec(at, isolated_home)
     assert [s.kind for s in spec.stages] == ["structured", "finetune"]
     drain_queue(isolated_home)

@@ -126,6 +126,33 @@ def test_structured_preview_without_a_torch_model_is_an_estimate(cnn):
     assert {g[0]: g[1] for g in p.gains} == {"size and MACs": "real", "accuracy": "run"}
 
 
+def test_an_onnx_graph_previews_structured_pruning_on_its_conversion(cnn):
+    """An ONNX upload has no layer modules: the preview counts on its conversion (what the run prunes) and
+    measures the one-shot accuracy, where without it the counts are estimates."""
+    import torch
+
+    from workbench.export import export_onnx
+    from workbench.models import LoadedModel
+    from workbench.onnx_torch import convert_for_run
+    from workbench.preview import with_layers
+    from workbench.structured import prune_structured
+
+    loaded, _ = cnn
+    graph = export_onnx(loaded.module, (torch.zeros(2, 1, 8, 8),))
+    upload = make_subject(LoadedModel("cnn.onnx", "onnx", onnx_model=graph), digits_splits().test)
+    conversion, typed = convert_for_run(graph, digits_splits())
+    settings = CompressSettings(technique="structured", ratio=0.5)
+    assert preview_settings(settings, upload).get("parameters").kind == "estimate"
+    counted = preview_settings(settings, with_layers(upload, conversion.module, typed.test))
+    assert counted.get("parameters").kind == "computed" and counted.get("one-shot accuracy").kind == "measured"
+    pruned, _ = prune_structured(conversion.module, (torch.zeros(2, 1, 8, 8),), settings.method_stage)
+    kept = sum(p.numel() for n, p in pruned.named_parameters() if n in upload.weights)
+    assert counted.get("parameters").value == kept
+    renamed = {f"onnx::{n}": w for n, w in upload.weights.items()}    # names the conversion does not carry
+    other = dataclasses.replace(upload, weights=renamed)
+    assert with_layers(other, conversion.module, typed.test) is other
+
+
 def test_nm_preview_keeps_two_of_every_four_and_says_no_cpu_kernel(mlp):
     loaded, weights, other = mlp
     subject = make_subject(loaded, digits_splits().test)

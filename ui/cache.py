@@ -13,14 +13,15 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
 from workbench.data import Dataset, Splits
 from workbench.measure import Measurement
-from workbench.models import LoadedModel
+from workbench.models import LoadedModel, traced_kind
 from workbench.presets import CompressSettings
-from workbench.preview import Preview, Subject
+from workbench.preview import Preview, Subject, with_layers
 from workbench.repair_preview import RepairPreview
 from workbench.sensitivity import Sensitivity
 from workbench.specs import DataRef, MeasureSpec, ModelRef, RunSpec
@@ -110,24 +111,26 @@ def splits(ref: ModelRef, data: DataRef) -> Splits:
     return _splits(_key(ref), _key(data))
 
 
-@st.cache_resource(show_spinner="Converting the model to torch modules…", max_entries=8)
-def _unconvertible(model_key: str, data_key: str) -> str | None:
+@st.cache_resource(show_spinner="Converting the model to torch modules…", max_entries=4)
+def _conversion(model_key: str, data_key: str) -> tuple[Any, Dataset | None, str | None]:
+    """(layer modules, the test split typed for them, None) or (None, None, why not) for an ONNX graph or a
+    traced torch model (workbench.onnx_torch); the modules are shared: previews prune copies."""
     from workbench.errors import WorkbenchError
     from workbench.onnx_torch import convert_loaded
 
     held = _held(model_key)
     try:
         with held.lock:
-            convert_loaded(held.loaded, _splits(model_key, data_key))
+            conversion, typed, _ = convert_loaded(held.loaded, _splits(model_key, data_key))
     except WorkbenchError as exc:
-        return str(exc).splitlines()[0]
-    return None
+        return None, None, str(exc).splitlines()[0]
+    return conversion.module, typed.test, None
 
 
 def unconvertible(ref: ModelRef, data: DataRef) -> str | None:
     """For an ONNX graph or a traced torch model: why a run could not convert it to torch modules on this data
     (workbench.onnx_torch), or None when it can."""
-    return _unconvertible(_key(ref), _key(data))
+    return _conversion(_key(ref), _key(data))[2]
 
 
 @st.cache_resource(show_spinner="Reading the data file…", max_entries=8)
@@ -209,6 +212,10 @@ def _preview(key: str, data_key: str, settings: CompressSettings) -> Preview:
     subject = _subject(key, data_key)
     if settings.technique == "lowrank":
         subject = dataclasses.replace(subject, factors=_factors(key))
+    if settings.technique in ("structured", "distill") and (held.loaded.kind == "onnx" or
+                                                           traced_kind(held.loaded.module)):
+        module, test, _ = _conversion(key, data_key)   # count on the layers a run would convert it to
+        subject = with_layers(subject, module, test) if module is not None else subject
     with held.lock:
         return preview_settings(settings, subject)
 

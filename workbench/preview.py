@@ -12,8 +12,9 @@ simulated, or that only a run can tell. A run is still needed for ONNX Runtime l
 - Low-rank: each layer's rank from its singular values (`svd_factors`, computed once per model) by the
   lowrank stage's rules, the weights after factorization and the multiply-adds estimated, one-shot
   accuracy measured on the truncated-SVD weights.
-- Structured channels and distilled students: weights and multiply-adds after the change are estimates
-  (every layer keeps the same share of its channels); accuracy needs the run's training.
+- Structured channels and distilled students: counted on a pruned copy of the torch model (an ONNX graph or a
+  traced model: of its conversion to layer modules, `with_layers`), with one-shot accuracy for structured;
+  without layer modules, estimates (every layer keeps the same share of its channels).
 """
 
 from __future__ import annotations
@@ -378,6 +379,14 @@ def _keep_shares(weights: dict[str, np.ndarray], keep: float) -> dict[str, float
     both shrink, except the model's input (first layer) and the classifier's outputs (last layer)."""
     names = list(weights)
     return {n: (keep if i else 1.0) * (keep if i < len(names) - 1 else 1.0) for i, n in enumerate(names)}
+
+
+def with_layers(subject: Subject, module: Any, test: Dataset) -> Subject:
+    """`subject` whose structured/distill previews count on `module`, the model's conversion to layer modules
+    (workbench.onnx_torch; `test` typed as it takes inputs), when its parameters carry the subject's weight
+    names; else `subject` unchanged (the preview then estimates)."""
+    names = {n for n, _ in module.named_parameters()}
+    return replace(subject, module=module, test=test) if set(subject.weights) <= names else subject
 
 
 def _reshaped(s: CompressSettings, subject: Subject):

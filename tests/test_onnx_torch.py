@@ -146,6 +146,15 @@ def test_a_reshape_that_splits_channels_fails_loudly_when_they_shrink_instead_of
     assert report["params_after"] < report["params_before"]    # the MLP neurons still go
 
 
+def test_layers_torch_pruning_cannot_rank_are_left_whole_and_the_rest_is_pruned():
+    """The TorchScript exporter splits the ViT's fused qkv projection with Split: Torch-Pruning fails scoring
+    that group. Those layers stay whole, named with the reason; the MLP neurons still go."""
+    conversion = convert(_legacy(zoo.load_sample("digits-vit").eval()), [X])
+    _, report = prune_structured(conversion.module, EXAMPLE, StructuredSpec(ratio=0.5))
+    unranked = [name for name, why in report["skipped"] if why.startswith("Torch-Pruning cannot rank its channels")]
+    assert len(unranked) == 2 and report["params_after"] < 0.5 * report["params_before"]
+
+
 def _graph(nodes, inits, opset: int = 17) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 64])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],

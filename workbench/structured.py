@@ -179,6 +179,21 @@ def _pruner(tp, model: nn.Module, example: tuple, spec: StructuredSpec, ignored:
     )
 
 
+def _unrankable(pruner, names: dict) -> tuple[list[str], str] | None:
+    """The first group whose channels Torch-Pruning cannot score (a graph it does not model, such as an attention
+    projection split by a converted ONNX graph's Split), as (its layers, why): the caller leaves them whole."""
+    for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                          root_module_types=pruner.root_module_types):
+        try:
+            pruner.estimate_importance(group)
+        except Exception as exc:
+            owners = [names[d.target.module] for d, _ in group
+                      if d.target.module in names and pruner.DG.is_out_channel_pruning_fn(d.handler)]
+            return owners or [names.get(group[0].dep.target.module, "?")], \
+                f"Torch-Pruning cannot rank its channels ({_line(exc)})"
+    return None
+
+
 def _groups(pruner) -> Iterator:
     """The pruner's groups; Torch-Pruning failing while it scores one (graphs it does not model, such as a
     split attention projection in a converted ONNX graph) is a WorkbenchError naming its error."""
@@ -216,6 +231,8 @@ def _attempt(base: nn.Module, example: tuple, spec: StructuredSpec, plan: _Plan,
             pruner = _pruner(tp, model, example, spec, ignored, attention)
         except Exception as exc:
             raise WorkbenchError(f"structured: could not trace the model's layers ({_line(exc)})") from None
+        if (unrankable := _unrankable(pruner, names)) is not None:
+            return None, unrankable
         for group in _groups(pruner):
             # the layers whose outputs this group narrows; ignoring any of them makes Torch-Pruning skip it
             owners = [names[d.target.module] for d, _ in group

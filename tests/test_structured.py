@@ -314,6 +314,7 @@ def test_pipeline_structured_then_finetune_is_really_smaller(tmp_path):
     assert pruned.facts.structured and tuned.facts.structured
     assert pruned.history[0]["params_after"] < pruned.history[0]["params_before"]
     assert pruned.notes[0].startswith("removed 50% of channels per group (layer scope) in 3 Conv2d, 1 Linear layers")
+    assert pruned.notes[1] == "left whole: head.1 (classifier: its outputs are the model's outputs)"   # and why
     for v in (pruned, tuned):
         assert v.measurement.size.file_bytes < 0.4 * base.measurement.size.file_bytes
         assert next(c for c in v.claims if c.aspect == "file size").kind == "real"

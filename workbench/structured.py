@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 log = logging.getLogger(__name__)
+LISTED = 6   # layers left whole named in the stage's note
 HEAD_ATTRS = ("heads", "num_heads")
 
 
@@ -383,9 +384,10 @@ def run_structured(variant: Variant, spec: StructuredSpec, ctx: Context) -> Vari
     out = variant.copy_meta(module=module, masks={}, structured=True)
     out.history.append(report)
     out.notes.append(describe(report, spec))
-    left = [n for n, _ in report["skipped"]]
+    left = [f"{name} ({why})" for name, why in report["skipped"]]
     if left:
-        out.notes.append(f"left whole: {', '.join(left[:6])}{' ...' if len(left) > 6 else ''} (reasons in the report)")
+        more = f"; and {len(left) - LISTED} more (all in the report)" if len(left) > LISTED else ""
+        out.notes.append(f"left whole: {'; '.join(left[:LISTED])}{more}")
     if variant.masks:
         out.notes.append("earlier unstructured masks no longer fit the new shapes and were dropped: "
                          "a later finetune may regrow those zeros")

@@ -13,7 +13,7 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
@@ -27,6 +27,9 @@ from workbench.sensitivity import Sensitivity
 from workbench.specs import DataRef, MeasureSpec, ModelRef, RunSpec
 from workbench.store import Store
 from workbench.summary import ModelSummary
+
+if TYPE_CHECKING:
+    from workbench.onnx_torch import Conversion
 
 
 @dataclass
@@ -112,9 +115,9 @@ def splits(ref: ModelRef, data: DataRef) -> Splits:
 
 
 @st.cache_resource(show_spinner="Converting the model to torch modules…", max_entries=4)
-def _conversion(model_key: str, data_key: str) -> tuple[Any, Dataset | None, str | None]:
-    """(layer modules, the test split typed for them, None) or (None, None, why not) for an ONNX graph or a
-    traced torch model (workbench.onnx_torch); the modules are shared: previews prune copies."""
+def _conversion(model_key: str, data_key: str) -> tuple[Conversion | None, Dataset | None, str | None]:
+    """(the conversion, the test split typed for its module, None) or (None, None, why not) for an ONNX graph or
+    a traced torch model (workbench.onnx_torch); the module is shared: previews prune copies."""
     from workbench.errors import WorkbenchError
     from workbench.onnx_torch import convert_loaded
 
@@ -124,13 +127,19 @@ def _conversion(model_key: str, data_key: str) -> tuple[Any, Dataset | None, str
             conversion, typed, _ = convert_loaded(held.loaded, _splits(model_key, data_key))
     except WorkbenchError as exc:
         return None, None, str(exc).splitlines()[0]
-    return conversion.module, typed.test, None
+    return conversion, typed.test, None
+
+
+def conversion(ref: ModelRef, data: DataRef) -> tuple[Conversion | None, str | None]:
+    """For an ONNX graph or a traced torch model: its conversion to torch modules on this data
+    (workbench.onnx_torch) and None, or None and why a run could not convert it."""
+    converted, _, why = _conversion(_key(ref), _key(data))
+    return converted, why
 
 
 def unconvertible(ref: ModelRef, data: DataRef) -> str | None:
-    """For an ONNX graph or a traced torch model: why a run could not convert it to torch modules on this data
-    (workbench.onnx_torch), or None when it can."""
-    return _conversion(_key(ref), _key(data))[2]
+    """Why a run could not convert the model to torch modules on this data, or None when it can."""
+    return conversion(ref, data)[1]
 
 
 @st.cache_resource(show_spinner="Reading the data file…", max_entries=8)
@@ -214,8 +223,8 @@ def _preview(key: str, data_key: str, settings: CompressSettings) -> Preview:
         subject = dataclasses.replace(subject, factors=_factors(key))
     if settings.technique in ("structured", "distill") and (held.loaded.kind == "onnx" or
                                                            traced_kind(held.loaded.module)):
-        module, test, _ = _conversion(key, data_key)   # count on the layers a run would convert it to
-        subject = with_layers(subject, module, test) if module is not None else subject
+        converted, test, _ = _conversion(key, data_key)   # count on the layers a run would convert it to
+        subject = with_layers(subject, converted.module, test) if converted is not None else subject
     with held.lock:
         return preview_settings(settings, subject)
 

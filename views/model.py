@@ -101,16 +101,35 @@ st.subheader(f"Layers of {label}")
 with view.guard():
     summary = cache.summary(ref)
     table = pd.DataFrame(summary.table())
-    table["weight_shape"] = table["weight_shape"].map(lambda shape: " × ".join(map(str, shape)))
-    st.dataframe(table, hide_index=True, column_config={
-        "share": st.column_config.NumberColumn("share", format="percent", help="of all parameters"),
-        "macs": st.column_config.NumberColumn("MACs", format="localized", help="multiply-accumulates per sample"),
-        "params": st.column_config.NumberColumn("params", format="localized"),
-        "sparsity": st.column_config.NumberColumn("zeros", format="percent"),
-    })
+    if table.empty:
+        st.info("No Conv, Gemm or MatMul layer with its weights in the model: pruning, clustering, low-rank and the "
+                "per-layer views have nothing to act on.")
+    else:
+        table["weight_shape"] = table["weight_shape"].map(lambda shape: " × ".join(map(str, shape)))
+        st.dataframe(table, hide_index=True, column_config={
+            "share": st.column_config.NumberColumn("share", format="percent", help="of all parameters"),
+            "macs": st.column_config.NumberColumn("MACs", format="localized", help="multiply-accumulates per sample"),
+            "params": st.column_config.NumberColumn("params", format="localized"),
+            "sparsity": st.column_config.NumberColumn("zeros", format="percent"),
+        })
     macs = f"{summary.total_macs:,} MACs per sample" if summary.total_macs else "MACs unknown (input shape unknown)"
     st.caption(f"{summary.total_params:,} parameters, {summary.weight_params:,} of them in the layers above "
                f"(what pruning acts on) · {macs}")
+    held = cache.model(ref)
+    traced = traced_kind(held.loaded.module)
+    if held.loaded.kind == "onnx" or traced:
+        converted, why = cache.conversion(ref, data)
+        if converted is not None:
+            st.caption(f"{view.badge('measured')} Converts to torch modules for training and removing channels "
+                       f"({converted.fidelity()} on the test samples).")
+        elif traced:
+            st.caption(f"Does not convert to torch modules, so structured pruning, distillation, low-rank, QAT and "
+                       f"transfer are unavailable for it: {why}. {TRACED[traced][1].capitalize()} work on it as it "
+                       "is.")
+        else:
+            st.caption(f"Does not convert to torch modules, so fine-tuning, structured pruning, QAT, distillation "
+                       f"and transfer are unavailable for it: {why}. Pruning, quantization, clustering and "
+                       "low-rank work on it as it is.")
 
 st.subheader("Baseline")
 with view.guard():

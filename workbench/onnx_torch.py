@@ -413,10 +413,13 @@ class Conversion:
     layers: int                            # Conv/Linear modules
     max_error: float                       # max |torch - ONNX Runtime| on the check inputs
 
+    def fidelity(self) -> str:
+        return f"{self.layers} Conv/Linear layers; outputs within {self.max_error:.1e} of ONNX Runtime"
+
     def note(self) -> str:
-        return (f"converted to torch modules from the ONNX graph for training and layer edits ({self.layers} "
-                f"Conv/Linear layers; outputs within {self.max_error:.1e} of ONNX Runtime); the variants are "
-                "exported from them again, so their graphs may differ from the baseline's beyond the compression")
+        return (f"converted to torch modules from the ONNX graph for training and layer edits ({self.fidelity()}); "
+                "the variants are exported from them again, so their graphs may differ from the baseline's beyond "
+                "the compression")
 
 
 def convert_loaded(loaded: LoadedModel, splits: Splits) -> tuple[Conversion, Splits, onnx.ModelProto]:

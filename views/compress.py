@@ -86,7 +86,8 @@ traced = traced_kind(held.loaded.module)
 converts = settings.converts(held.loaded.kind, traced)   # the run needs layer modules the model lacks
 problems = settings.problems(held.loaded.kind, has_train_data=data.builtin is not None or data.train_path is not None,
                              has_rewind_checkpoint=ref.sample is not None, traced=traced,
-                             unconvertible=cache.unconvertible(ref, data) if converts else None)
+                             unconvertible=cache.unconvertible(ref, data) if converts else None,
+                             has_layers=bool(cache.weights(ref)[0]))
 problems += [cannot] if cannot and cannot not in problems else []
 for problem in problems:
     st.warning(problem)

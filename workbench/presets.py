@@ -342,13 +342,17 @@ class CompressSettings:
         return bool(traced) and any(traced_reason(edit, traced) for edit in self._layer_edits())
 
     def problems(self, model_kind: str, has_train_data: bool, has_rewind_checkpoint: bool = True,
-                 traced: str | None = None, unconvertible: str | None = None) -> list[str]:
+                 traced: str | None = None, unconvertible: str | None = None, has_layers: bool = True) -> list[str]:
         """Reasons this setting cannot run on the current model and data (empty when it can).
         `has_rewind_checkpoint`: the model has an early-training checkpoint (samples ship one); `traced`: the
         torch model's traced kind (workbench.models.traced_kind), which has no Linear/Conv modules to edit;
         `unconvertible`: why the model does not convert to torch modules (workbench.onnx_torch), when a run of
-        this setting would convert it (`converts`); None when it converts."""
+        this setting would convert it (`converts`); None when it converts. `has_layers`: the model has Conv /
+        Gemm / MatMul weights, which every method but quantization acts on."""
         out = []
+        if not has_layers and (self.technique != "unstructured" or self.sparsity > 0 or self.clusters):
+            out.append("the model has no Conv, Gemm or MatMul layer with its weights: nothing for this method to "
+                       "act on (quantization alone may still apply)")
         refused = [r for edit in self._layer_edits() if traced and unconvertible
                    and (r := traced_reason(edit, traced, unconvertible))]
         out += refused[:1]

@@ -28,8 +28,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.test_onnx_torch import MobileNetV3Block, TokenEncoder  # noqa: E402
-from tests.test_structured import BasicBlock, TinyResNet, _random_init  # noqa: E402
+from tests.architectures import BasicBlock, MobileNetV3Block, TinyResNet, TokenEncoder, random_init  # noqa: E402
 from workbench.errors import WorkbenchError  # noqa: E402
 from workbench.export import export_onnx  # noqa: E402
 from workbench.onnx_torch import convert  # noqa: E402
@@ -72,11 +71,11 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "digits-mlp (sample)": (lambda: load_sample("digits-mlp"), DIGITS),
     "digits-cnn (sample)": (lambda: load_sample("digits-cnn"), DIGITS),
     "digits-vit (sample)": (lambda: load_sample("digits-vit"), DIGITS),
-    "ResNet blocks + BatchNorm": (lambda: _random_init(TinyResNet()), DIGITS),
-    "MobileNetV3 block (hard-swish, SE)": (lambda: _random_init(MobileNetV3Block()), DIGITS),
-    "nn.TransformerEncoder, 2 layers": (lambda: _random_init(TokenEncoder()), DIGITS),
-    "ResNet-18 layout, 224x224": (lambda: _random_init(ResNet18()), (3, 224, 224)),
-    "LSTM": (lambda: _random_init(RowLSTM()), DIGITS),
+    "ResNet blocks + BatchNorm": (lambda: random_init(TinyResNet()), DIGITS),
+    "MobileNetV3 block (hard-swish, SE)": (lambda: random_init(MobileNetV3Block()), DIGITS),
+    "nn.TransformerEncoder, 2 layers": (lambda: random_init(TokenEncoder()), DIGITS),
+    "ResNet-18 layout, 224x224": (lambda: random_init(ResNet18()), (3, 224, 224)),
+    "LSTM": (lambda: random_init(RowLSTM()), DIGITS),
 }
 
 

@@ -9,11 +9,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from tests.test_structured import TinyResNet, _random_init
+from tests.architectures import MobileNetV3Block, TinyResNet, TokenEncoder, ViewMLP, random_init
 from workbench import onnx_ops, zoo
 from workbench.errors import WorkbenchError
 from workbench.evaluate import make_session
@@ -61,22 +60,13 @@ def test_each_sample_export_converts_with_its_layer_names_and_exports_again(name
         _runs_like_ort(conversion.module, model, batch)
 
 
-class ViewMLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(64, 32), nn.Linear(32, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(torch.relu(self.a(x.view(x.size(0), -1))))
-
-
 def test_legacy_exporter_graphs_keep_the_batch_dynamic_and_prune_structurally():
-    mlp = _legacy(_random_init(ViewMLP()))
+    mlp = _legacy(random_init(ViewMLP()))
     assert {"Shape", "Gather", "Concat", "Reshape"} <= {n.op_type for n in mlp.graph.node}
     converted = convert(mlp, [X]).module
     _runs_like_ort(converted, mlp, batch=3)
 
-    resnet = _legacy(_random_init(TinyResNet()))
+    resnet = _legacy(random_init(TinyResNet()))
     conversion = convert(resnet, [X])
     pruned, report = prune_structured(conversion.module, EXAMPLE, StructuredSpec(ratio=0.5))
     assert report["params_after"] < 0.4 * report["params_before"]
@@ -87,48 +77,10 @@ def test_legacy_exporter_graphs_keep_the_batch_dynamic_and_prune_structurally():
                                    atol=1e-4, rtol=1e-3)
 
 
-class SqueezeExcite(nn.Module):
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.reduce, self.expand = nn.Conv2d(c, c // 4, 1), nn.Conv2d(c // 4, c, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(self.expand(torch.relu(self.reduce(F.adaptive_avg_pool2d(x, 1)))))
-
-
-class MobileNetV3Block(nn.Module):
-    """Hard-swish stem, a ReLU6 depthwise conv, squeeze-excitation, a residual add, average-pool head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.Hardswish())
-        self.depthwise = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU6())
-        self.se = SqueezeExcite(16)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10), nn.Dropout(0.2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        stem = self.stem(x)
-        return self.head(self.se(self.depthwise(stem)) + stem)
-
-
-class TokenEncoder(nn.Module):
-    """nn.TransformerEncoder over the 8 rows of a digit: the exporters slice and transpose its fused
-    in-projection, compute the attention scale from sizes, and regroup sizes with Mod and Reshape."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed, self.out = nn.Linear(8, 32), nn.Linear(32, 10)
-        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.encoder(self.embed(x.reshape(x.shape[0], 8, 8))).mean(1))
-
-
 @pytest.mark.parametrize("make, exporter", [(MobileNetV3Block, "legacy"), (MobileNetV3Block, "dynamo"),
                                             (TokenEncoder, "legacy"), (TokenEncoder, "dynamo")])
 def test_common_blocks_convert_from_either_exporter(make, exporter):
-    module = _random_init(make()).eval()
+    module = random_init(make()).eval()
     model = _legacy(module) if exporter == "legacy" else export_onnx(module, EXAMPLE)
     conversion = convert(model, [X])
     assert conversion.max_error < 1e-5 and conversion.layers >= 2
@@ -191,7 +143,7 @@ def test_a_conversion_that_computes_something_else_is_refused(monkeypatch):
 
 
 def test_the_converted_module_trains_and_keeps_constants_fixed():
-    model = _legacy(_random_init(TinyResNet()))
+    model = _legacy(random_init(TinyResNet()))
     module = convert(model, [X]).module.train()
     trainable = sum(p.numel() for p in module.parameters())
     assert trainable == sum(numpy_helper.to_array(t).size for t in model.graph.initializer

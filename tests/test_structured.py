@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import workbench.structured  # noqa: F401  registers the "structured" stage runner
+from tests.architectures import TinyMobileNet, TinyResNet, random_init
 from tests.conftest import FAST_MEASURE
 from workbench import zoo
 from workbench.errors import WorkbenchError
@@ -34,79 +35,6 @@ def _ort_matches_torch(module: nn.Module) -> onnx.ModelProto:
         with torch.no_grad():
             np.testing.assert_allclose(got, module(x).numpy(), atol=1e-4, rtol=1e-3)
     return model
-
-
-class BasicBlock(nn.Module):
-    """torchvision's ResNet BasicBlock: conv-BN-ReLU-conv-BN + identity (or 1x1 conv-BN downsample)."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.downsample = None
-        if stride != 1 or c_in != c_out:
-            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-        return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
-class TinyResNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
-        self.layer1 = nn.Sequential(BasicBlock(16, 16), BasicBlock(16, 16))
-        self.layer2 = nn.Sequential(BasicBlock(16, 32, stride=2), BasicBlock(32, 32))
-        self.fc = nn.Linear(32, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.layer2(self.layer1(self.stem(x))), 1), 1))
-
-
-def _conv_bn(c_in: int, c_out: int, k: int, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=k // 2, groups=groups, bias=False),
-                         nn.BatchNorm2d(c_out), nn.ReLU6())
-
-
-class InvertedResidual(nn.Module):
-    """MobileNetV2's block: 1x1 expand, 3x3 depthwise (groups = channels), 1x1 project, residual add."""
-
-    def __init__(self, c: int, expand: int = 4) -> None:
-        super().__init__()
-        hidden = c * expand
-        self.expand = _conv_bn(c, hidden, 1)
-        self.depthwise = _conv_bn(hidden, hidden, 3, groups=hidden)
-        self.project = nn.Sequential(nn.Conv2d(hidden, c, 1, bias=False), nn.BatchNorm2d(c))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.project(self.depthwise(self.expand(x)))
-
-
-class TinyMobileNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = _conv_bn(1, 16, 3)
-        self.separable = nn.Sequential(_conv_bn(16, 16, 3, groups=16), _conv_bn(16, 24, 1))
-        self.blocks = nn.Sequential(InvertedResidual(24), InvertedResidual(24))
-        self.classifier = nn.Linear(24, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.blocks(self.separable(self.stem(x))).mean(dim=(2, 3)))
-
-
-def _random_init(module: nn.Module) -> nn.Module:
-    """Non-trivial BatchNorm statistics, so a wrongly coupled BN would change the outputs' shapes or values."""
-    torch.manual_seed(0)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            nn.init.uniform_(m.weight, 0.5, 1.5)
-            nn.init.uniform_(m.bias, -0.1, 0.1)
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    return module.eval()
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +77,7 @@ def test_removing_only_dead_neurons_changes_nothing():
 
 
 def test_residual_network_with_batchnorm_prunes_coupled_channels_together():
-    base = _random_init(TinyResNet())
+    base = random_init(TinyResNet())
     pruned, report = prune_structured(base, EXAMPLE, StructuredSpec(ratio=0.5))
     assert report["params_after"] < 0.4 * report["params_before"]
     for block in [*pruned.layer1, *pruned.layer2]:
@@ -164,7 +92,7 @@ def test_residual_network_with_batchnorm_prunes_coupled_channels_together():
 
 
 def test_depthwise_separable_network_keeps_groups_equal_to_channels():
-    base = _random_init(TinyMobileNet())
+    base = random_init(TinyMobileNet())
     pruned, report = prune_structured(base, EXAMPLE, StructuredSpec(ratio=0.5, importance="l2"))
     assert report["params_after"] < 0.5 * report["params_before"]
     depthwise = [m for m in pruned.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]

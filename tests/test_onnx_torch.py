@@ -141,6 +141,13 @@ def test_a_conversion_that_computes_something_else_is_refused(monkeypatch):
     with pytest.raises(WorkbenchError, match="differs from ONNX Runtime"):
         convert(model, [X])
 
+    def misfit(attrs, x):
+        raise ValueError("expected 4D input (got 2D input)")
+
+    monkeypatch.setitem(onnx_ops.OPS, "Relu", misfit)                   # one that cannot run: one clear line
+    with pytest.raises(WorkbenchError, match=r"^the converted model does not run \(ValueError: expected 4D input"):
+        convert(model, [X])
+
 
 def test_the_converted_module_trains_and_keeps_constants_fixed():
     model = _legacy(random_init(TinyResNet()))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import logging
 import math
 import re
 from collections.abc import Sequence
@@ -41,7 +40,6 @@ from workbench.errors import WorkbenchError
 from workbench.models import LoadedModel
 from workbench.onnx_ops import OPS, axis_index
 
-log = logging.getLogger(__name__)
 TOLERANCE = 1e-3     # max |torch - ORT| allowed, relative to the largest |output| (at least 1)
 CHECK_SAMPLES = 32   # test samples the conversion is checked on
 
@@ -189,7 +187,8 @@ class _Builder:
         self.paths = _Paths()
         self.used: set[str] = set()           # initializers a layer took
         self.steps: list[Step] = []
-        self.skip: set[int] = set()
+        self.skip: set[int] = set()            # positions of nodes a layer took in (a MatMul's bias Add)
+        self.position = {id(node): i for i, node in enumerate(graph.node)}
 
     def float_init(self, name: str, node: onnx.NodeProto | None = None) -> np.ndarray | None:
         """The float initializer `name`; with `node`, only when no other node reads it (a layer owns it)."""
@@ -211,7 +210,7 @@ class _Builder:
             attrs = _attrs(node, self.opset)
             inputs: list[str | None] = [n or None for n in node.input]
             maker = getattr(self, f"_make_{node.op_type}", None)
-            step = maker(i, node, attrs, inputs) if maker else None
+            step = maker(node, attrs, inputs) if maker else None
             if step is None:
                 if node.op_type not in OPS:
                     raise WorkbenchError(f"the ONNX op {node.op_type} (node '{node.name or node.output[0]}') has no "
@@ -224,7 +223,7 @@ class _Builder:
             self.steps.append(step)
 
     # -- layers
-    def _make_Conv(self, i: int, node, attrs: dict, inputs: list) -> Step | None:   # noqa: N802
+    def _make_Conv(self, node: onnx.NodeProto, attrs: dict, inputs: list) -> Step | None:   # noqa: N802
         weight = self.float_init(node.input[1], node)
         if weight is None:
             return self._unsupported(node, "its weight is not a float initializer of its own")
@@ -261,7 +260,7 @@ class _Builder:
         self._took(name, [])
         return path
 
-    def _make_Gemm(self, i: int, node, attrs: dict, inputs: list) -> Step | None:   # noqa: N802
+    def _make_Gemm(self, node: onnx.NodeProto, attrs: dict, inputs: list) -> Step | None:   # noqa: N802
         weight = self.float_init(node.input[1], node)
         bias = self.float_init(node.input[2], node) if len(node.input) > 2 and node.input[2] else None
         if weight is None or weight.ndim != 2 or attrs.get("transA", 0) or (len(node.input) > 2 and node.input[2]
@@ -277,7 +276,7 @@ class _Builder:
             self.used.add(node.input[2])
         return Step("layer", inputs[:1], list(node.output), {}, path)
 
-    def _make_MatMul(self, i: int, node, attrs: dict, inputs: list) -> Step | None:   # noqa: N802
+    def _make_MatMul(self, node: onnx.NodeProto, attrs: dict, inputs: list) -> Step | None:   # noqa: N802
         weight = self.float_init(node.input[1], node)
         if weight is None or weight.ndim != 2 or node.input[0] in self.inits:
             return None   # x @ y of two values, or a weight other nodes read too: a plain matmul
@@ -294,10 +293,10 @@ class _Builder:
             return Step("layer", inputs[:1], list(node.output), {}, path)
         path = self._linear(weight, self.inits[bias_name], node.input[1], transposed=True)
         self.used.add(bias_name)
-        self.skip.add(list(self.model.graph.node).index(add))
+        self.skip.add(self.position[id(add)])
         return Step("layer", inputs[:1], list(add.output), {}, path)
 
-    def _make_BatchNormalization(self, i: int, node, attrs: dict, inputs: list) -> Step | None:   # noqa: N802
+    def _make_BatchNormalization(self, node: onnx.NodeProto, attrs: dict, inputs: list) -> Step | None:   # noqa: N802
         params = [self.float_init(n, node) for n in node.input[1:5]]
         rank = len(self.shapes.get(node.input[0]) or [0, 0, 0, 0])
         training = len(node.output) > 1 and any(node.output[1:])
@@ -314,7 +313,7 @@ class _Builder:
         self._took(node.input[1], node.input[2:5])
         return Step("layer", inputs[:1], list(node.output)[:1], {}, path)
 
-    def _make_LayerNormalization(self, i: int, node, attrs: dict, inputs: list) -> Step | None:   # noqa: N802
+    def _make_LayerNormalization(self, node: onnx.NodeProto, attrs: dict, inputs: list) -> Step | None:   # noqa: N802
         scale = self.float_init(node.input[1], node)
         bias = self.float_init(node.input[2], node) if len(node.input) > 2 and node.input[2] else None
         if len(node.input) > 2 and node.input[2] and bias is None:
@@ -474,8 +473,14 @@ def _check(module: OnnxModule, model: onnx.ModelProto, inputs: Sequence[np.ndarr
     session = make_session(model)
     feeds = {i.name: x for i, x in zip(session.get_inputs(), inputs, strict=True)}
     expected = session.run(None, feeds)
-    with torch.no_grad():
-        got = module(*(torch.from_numpy(np.ascontiguousarray(x)) for x in inputs))
+    try:
+        with torch.no_grad():
+            got = module(*(torch.from_numpy(np.ascontiguousarray(x)) for x in inputs))
+    except WorkbenchError:
+        raise
+    except Exception as exc:   # an op's conversion that does not fit this graph (an unexpected rank, say)
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WorkbenchError(f"the converted model does not run ({type(exc).__name__}: {text[:200]})") from None
     got = got if isinstance(got, tuple) else (got,)
     error = 0.0
     for want, have in zip(expected, got, strict=True):

@@ -13,7 +13,6 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
@@ -27,8 +26,6 @@ def _ints(value: Any) -> list[int]:
         return [value]
     if isinstance(value, torch.Tensor):
         return [int(v) for v in value.reshape(-1).tolist()]
-    if isinstance(value, np.ndarray):
-        return [int(v) for v in value.reshape(-1)]
     return list(value)
 
 
@@ -282,7 +279,7 @@ def _unsqueeze(attrs: dict, x: list) -> Any:
 @op("Concat")
 def _concat(attrs: dict, x: list) -> Any:
     parts = [p for p in x if p is not None]
-    if all(_is_shape(p) or (isinstance(p, np.ndarray)) for p in parts):
+    if all(_is_shape(p) for p in parts):
         return tuple(v for p in parts for v in _ints(p))
     like = next(p for p in parts if isinstance(p, torch.Tensor))
     return torch.cat([_tensor(p, like) if isinstance(p, torch.Tensor) else torch.as_tensor(_ints(p))
@@ -302,7 +299,7 @@ def _gather(attrs: dict, x: list) -> Any:
     if _is_shape(data):
         values = _ints(data)
         picked = [values[i] for i in _ints(indices)]
-        scalar = isinstance(indices, int) or (isinstance(indices, np.ndarray | torch.Tensor) and indices.ndim == 0)
+        scalar = isinstance(indices, int) or (isinstance(indices, torch.Tensor) and indices.ndim == 0)
         return picked[0] if scalar else tuple(picked)
     index = _tensor(indices).long()
     axis = axis_index(axis, data.dim())

@@ -25,15 +25,17 @@ X = np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32)
 EXAMPLE = (torch.from_numpy(X[:2]),)
 
 
-def _legacy(module: nn.Module) -> onnx.ModelProto:
+def _legacy(module: nn.Module, batch: int | None = None) -> onnx.ModelProto:
     """The TorchScript exporter's graph (what most ONNX files in the wild come from): shape arithmetic
-    (Shape, Gather, Unsqueeze, Concat) feeding a Reshape, Constant nodes, Flatten, GlobalAveragePool."""
+    (Shape, Gather, Unsqueeze, Concat) feeding a Reshape, Constant nodes, Flatten, GlobalAveragePool.
+    `batch`: export for that batch size only (no dynamic axis), as many files are."""
     buffer = io.BytesIO()
+    example = EXAMPLE if batch is None else (torch.from_numpy(X[:batch]),)
+    axes = None if batch is not None else {"input": {0: "batch"}, "logits": {0: "batch"}}
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")   # the tracer's notes on torch's own attention code
-        torch.onnx.export(module.eval(), EXAMPLE, buffer, dynamo=False, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=17)
+        torch.onnx.export(module.eval(), example, buffer, dynamo=False, input_names=["input"],
+                          output_names=["logits"], dynamic_axes=axes, opset_version=17)
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -86,6 +88,19 @@ def test_common_blocks_convert_from_either_exporter(make, exporter):
     assert conversion.max_error < 1e-5 and conversion.layers >= 2
     _runs_like_ort(conversion.module, model, batch=3)
     _runs_like_ort(conversion.module, export_onnx(conversion.module, EXAMPLE), batch=3)
+
+
+@pytest.mark.parametrize("name", ["digits-cnn", "digits-vit"])
+def test_a_graph_exported_for_batch_1_only_converts_to_a_module_for_any_batch(name):
+    """Many files fix the batch at 1, baking it into their reshapes; the check runs ONNX Runtime one sample
+    at a time, and the module (which trains on batches of 64) takes any batch."""
+    fixed = _legacy(zoo.load_sample(name), batch=1)
+    assert fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    module = convert(fixed, [X]).module
+    session = make_session(fixed)
+    want = np.concatenate([session.run(None, {"input": X[i:i + 1]})[0] for i in range(len(X))])
+    with torch.no_grad():
+        np.testing.assert_allclose(module(torch.from_numpy(X)).numpy(), want, atol=1e-5, rtol=1e-4)
 
 
 def test_a_reshape_that_splits_channels_fails_loudly_when_they_shrink_instead_of_mixing_samples():

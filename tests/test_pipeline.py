@@ -175,6 +175,20 @@ def test_an_onnx_upload_trains_through_its_torch_conversion_and_is_measured_as_u
     assert tuned.measurement.metrics["accuracy"] > structured.measurement.metrics["accuracy"]
 
 
+def test_an_onnx_upload_with_a_fixed_batch_of_1_trains_and_its_variants_take_any_batch(tmp_path):
+    import onnx
+
+    from tests.test_onnx_torch import _legacy
+    from workbench import zoo
+
+    path = tmp_path / "cnn-batch1.onnx"
+    onnx.save(_legacy(zoo.load_sample("digits-cnn"), batch=1), str(path))
+    report = run_pipeline(_spec({"path": str(path)}, [{"structured": {"ratio": 0.5}}, {"finetune": {"epochs": 1}}]))
+    assert [s.batch_size for s in report.baseline.measurement.latency] == [1]    # the upload runs batch 1 only
+    assert [s.batch_size for s in report.final.measurement.latency] == [1, 32]   # the exported variants any
+    assert report.final.measurement.metrics["accuracy"] > 0.9
+
+
 def test_an_onnx_upload_with_graph_only_stages_is_not_converted(tiny_onnx):
     report = run_pipeline(_spec({"path": str(tiny_onnx)}, [{"prune": {"sparsity": 0.5}}]))
     assert report.baseline.notes == () and not any("converted" in n for n in report.variants[0].notes)

@@ -103,6 +103,14 @@ def test_a_graph_exported_for_batch_1_only_converts_to_a_module_for_any_batch(na
         np.testing.assert_allclose(module(torch.from_numpy(X)).numpy(), want, atol=1e-5, rtol=1e-4)
 
 
+def test_a_fixed_batch_folded_into_other_sizes_is_refused_saying_how_to_export():
+    """Sequence-first attention folds the batch into (batch x heads): no reshape rule can free it."""
+    folded = _legacy(random_init(TokenEncoder()), batch=1)
+    with pytest.raises(WorkbenchError, match="exported for batch size 1 only and folds it into its ops: export it "
+                                             "with a dynamic batch axis"):
+        convert(folded, [X])
+
+
 def test_a_reshape_that_splits_channels_fails_loudly_when_they_shrink_instead_of_mixing_samples():
     """The ViT's qkv reshape (-1, 16, 3, 4, 16): -1 is the batch. Left as -1, removing qkv channels would
     fold samples into each other and still run; the conversion pins it, so the layer is left whole."""

@@ -473,7 +473,7 @@ def _check(module: OnnxModule, model: onnx.ModelProto, inputs: Sequence[np.ndarr
     """Max relative difference between the module's first output and ONNX Runtime's (the output every
     measurement reads), on `inputs` typed as the graph takes them; a graph with a fixed batch size runs in
     chunks of it, while the module takes them all at once."""
-    from workbench.evaluate import feeds, make_session, predict
+    from workbench.evaluate import feeds, fixed_batch, make_session, predict
 
     session = make_session(model)
     data = Dataset("conversion check", tuple(inputs))
@@ -486,7 +486,10 @@ def _check(module: OnnxModule, model: onnx.ModelProto, inputs: Sequence[np.ndarr
         raise
     except Exception as exc:   # an op's conversion that does not fit this graph (an unexpected rank, say)
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WorkbenchError(f"the converted model does not run ({type(exc).__name__}: {text[:200]})") from None
+        fixed = fixed_batch(session)
+        hint = (f"; the graph was exported for batch size {fixed} only and folds it into its ops: export it with a "
+                "dynamic batch axis") if fixed is not None else ""
+        raise WorkbenchError(f"the converted model does not run ({type(exc).__name__}: {text[:200]}){hint}") from None
     have = (got[0] if isinstance(got, tuple) else got).detach().numpy().astype(np.float32)
     if expected.shape != have.shape:
         raise WorkbenchError(f"the converted model's output has shape {have.shape}, ONNX Runtime's {expected.shape}")

@@ -43,14 +43,11 @@ with pick_model:
                 if ref != current:
                     state.set_model(ref)
                 st.success(f"{upload.name}: loaded. Nothing leaves this machine; pickles are never loaded.")
-                if cache.model(ref).loaded.kind == "onnx":
-                    st.caption("An ONNX graph: pruning, quantization, clustering and low-rank work on the graph "
-                               "itself; methods that train or remove channels run on torch modules converted "
-                               "from it, checked against ONNX Runtime on the test samples.")
                 if kind := traced_kind(cache.model(ref).loaded.module):
                     st.caption(f"This is {kind}: {TRACED[kind][1]} work on it as it is. Structured pruning, "
                                "distillation, low-rank, QAT and transfer need nn.Linear/Conv modules: a run "
-                               "converts it to them through its ONNX export, checked against ONNX Runtime.")
+                               "converts it to them through its ONNX export where that converts (see under "
+                               "Layers).")
         elif current.path:
             st.caption(f"Current model: **{uploads.model_label(current)}** (uploaded earlier)")
 with pick_data:
@@ -121,7 +118,8 @@ with view.guard():
         converted, why = cache.conversion(ref, data)
         if converted is not None:
             st.caption(f"{view.badge('measured')} Converts to torch modules for training and removing channels "
-                       f"({converted.fidelity()} on the test samples).")
+                       f"({converted.fidelity()} on the test samples): runs of those methods use the conversion, "
+                       "and measure this model as their baseline.")
         elif traced:
             st.caption(f"Does not convert to torch modules, so structured pruning, distillation, low-rank, QAT and "
                        f"transfer are unavailable for it: {why}. {TRACED[traced][1].capitalize()} work on it as it "

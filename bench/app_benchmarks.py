@@ -78,33 +78,42 @@ def method_settings() -> list[tuple[str, dict]]:
             ("90% + QAT 4-bit", {"technique": "unstructured", "sparsity": 0.9, "bits": 4, "qat": True})]
 
 
-def method_preview_latency(model: str, repeats: int = 10) -> list[dict]:
-    """`preview_settings` per method as ui.cache.preview_for calls it (subject and singular values cached)."""
+def method_preview_latency(model: str, repeats: int = 10, path: Path | None = None) -> list[dict]:
+    """`preview_settings` per method as ui.cache.preview_for calls it (subject, singular values and, for an
+    ONNX upload `path`, its conversion to torch modules cached)."""
     import dataclasses
 
     from workbench.models import load_model
+    from workbench.onnx_torch import convert_loaded
     from workbench.pipeline import load_splits
     from workbench.presets import CompressSettings
-    from workbench.preview import ACCURACY_PARAM_LIMIT, make_subject, preview_settings, svd_factors
+    from workbench.preview import ACCURACY_PARAM_LIMIT, make_subject, preview_settings, svd_factors, with_layers
     from workbench.specs import ModelRef, RunSpec
 
-    ref = ModelRef(sample=model)
+    ref = ModelRef(sample=model) if path is None else ModelRef(path=str(path))
     loaded = load_model(ref)
-    subject = make_subject(loaded, load_splits(RunSpec(model=ref), loaded).test)
+    splits = load_splits(RunSpec(model=ref), loaded)
+    subject = make_subject(loaded, splits.test)
     params = sum(w.size for w in subject.weights.values())
     factors = svd_factors(subject.weights, vectors=params <= ACCURACY_PARAM_LIMIT)
     factored = dataclasses.replace(subject, factors=factors)
+    layered = subject
+    if path is not None:   # structured and distill previews count on the conversion, as the app does
+        conversion, typed, _ = convert_loaded(loaded, splits)
+        layered = with_layers(subject, conversion.module, typed.test)
     rows = []
     for name, knobs in method_settings():
         settings = CompressSettings(**knobs)
-        target = factored if settings.technique == "lowrank" else subject
+        target = factored if settings.technique == "lowrank" else layered if knobs["technique"] in (
+            "structured", "distill") else subject
         preview_settings(settings, target)   # warm-up
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             preview_settings(settings, target)
             times.append((time.perf_counter() - start) * 1000)
-        rows.append({"model": model, "method": name, "p50": float(np.percentile(times, 50)),
+        rows.append({"model": model if path is None else f"{model} (its ONNX export, as an upload)", "method": name,
+                     "p50": float(np.percentile(times, 50)),
                      "p95": float(np.percentile(times, 95))})
     return rows
 
@@ -259,7 +268,9 @@ def main() -> None:
     previews = [preview_latency(m) for m in args.models]
     methods = [row for m in args.models for row in method_preview_latency(m)]
     with tempfile.TemporaryDirectory() as tmp:
-        previews.append(preview_latency(f"{ONNX_MODEL} (its ONNX export, as an upload)", onnx_export(Path(tmp))))
+        upload = onnx_export(Path(tmp))
+        previews.append(preview_latency(f"{ONNX_MODEL} (its ONNX export, as an upload)", upload))
+        methods += method_preview_latency(ONNX_MODEL, path=upload)
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         os.environ["WORKBENCH_HOME"] = str(home)

@@ -158,6 +158,46 @@ def test_what_does_not_convert_says_what_and_where():
         convert(quantized, [X.reshape(8, 64)])
 
 
+def test_padding_comparisons_and_elementwise_ops_compute_what_onnx_runtime_computes():
+    """Ops of exports from other frameworks (TF, Keras): Pad in constant and reflect mode, PRelu, instance norm,
+    variadic Max/Min/Sum/Mean, comparisons feeding Where, Tile, rounding, ReduceMin."""
+    rng = np.random.default_rng(3)
+    inits = {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64), "half": np.array(0.5, dtype=np.float32),
+             "conv.weight": rng.normal(size=(4, 1, 3, 3)).astype(np.float32),
+             "slope": rng.uniform(0.1, 0.3, size=(4, 1, 1)).astype(np.float32),
+             "scale": rng.uniform(0.5, 1.5, size=4).astype(np.float32), "shift": rng.normal(size=4).astype(np.float32),
+             "two": np.array(2.0, dtype=np.float32), "repeats": np.array([1, 2, 1, 1], dtype=np.int64),
+             "axes": np.array([1], dtype=np.int64), "fc.weight": rng.normal(size=(10, 800)).astype(np.float32)}
+    nodes = [helper.make_node("Pad", ["x", "pads", "half"], ["p1"], mode="constant"),
+             helper.make_node("Pad", ["p1", "pads"], ["p2"], mode="reflect"),
+             helper.make_node("Conv", ["p2", "conv.weight"], ["c"]),                          # N x 4 x 10 x 10
+             helper.make_node("PRelu", ["c", "slope"], ["pr"]),
+             helper.make_node("InstanceNormalization", ["pr", "scale", "shift"], ["inorm"]),
+             helper.make_node("Neg", ["inorm"], ["neg"]),
+             helper.make_node("Max", ["inorm", "neg", "half"], ["mx"]),
+             helper.make_node("Min", ["mx", "two"], ["mn"]),
+             helper.make_node("Greater", ["inorm", "half"], ["gt"]), helper.make_node("Less", ["inorm", "neg"], ["lt"]),
+             helper.make_node("Not", ["lt"], ["nlt"]), helper.make_node("And", ["gt", "nlt"], ["both"]),
+             helper.make_node("Floor", ["inorm"], ["fl"]), helper.make_node("Ceil", ["inorm"], ["ce"]),
+             helper.make_node("Where", ["both", "fl", "ce"], ["w"]),
+             helper.make_node("Sum", ["w", "mn", "inorm"], ["sm"]), helper.make_node("Mean", ["sm", "mx"], ["me"]),
+             helper.make_node("ReduceMin", ["me", "axes"], ["rmin"], keepdims=1),                 # N x 1 x 10 x 10
+             helper.make_node("Sub", ["me", "rmin"], ["d"]),
+             helper.make_node("Tile", ["d", "repeats"], ["t"]),                                   # N x 8 x 10 x 10
+             helper.make_node("Flatten", ["t"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "fc.weight"], ["out"], transB=1)]
+    graph = helper.make_graph(nodes, "ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 10])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    conversion = convert(model, [X])
+    assert conversion.max_error < 1e-5 and conversion.layers == 2
+    x = np.random.default_rng(4).random((3, 1, 8, 8), dtype=np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(conversion.module(torch.from_numpy(x)).numpy(),
+                                   make_session(model).run(None, {"x": x})[0], atol=1e-4, rtol=1e-4)
+
+
 def test_a_conversion_that_computes_something_else_is_refused(monkeypatch):
     model = export_onnx(zoo.load_sample("digits-mlp").eval(), EXAMPLE)
     monkeypatch.setitem(onnx_ops.OPS, "Relu", lambda attrs, x: x[0])   # a wrong op: the check must notice

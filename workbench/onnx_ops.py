@@ -65,7 +65,8 @@ def _unary(fn: Callable[[torch.Tensor], torch.Tensor]) -> Op:
 for _name, _fn in {"Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Erf": torch.erf,
                    "Sqrt": torch.sqrt, "Exp": torch.exp, "Log": torch.log, "Neg": torch.neg, "Abs": torch.abs,
                    "Reciprocal": torch.reciprocal, "Identity": lambda x: x, "Softplus": F.softplus,
-                   "HardSwish": F.hardswish, "Sin": torch.sin, "Cos": torch.cos}.items():
+                   "HardSwish": F.hardswish, "Sin": torch.sin, "Cos": torch.cos, "Floor": torch.floor,
+                   "Ceil": torch.ceil, "Sign": torch.sign, "Not": torch.logical_not}.items():
     OPS[_name] = _unary(_fn)
 
 
@@ -123,9 +124,72 @@ OPS["Mul"] = _binary(torch.mul, lambda a, b: a * b)
 OPS["Div"] = _binary(lambda a, b: torch.div(a, b, rounding_mode="trunc") if not a.is_floating_point()
                      else torch.div(a, b), lambda a, b: a // b)
 OPS["Pow"] = _binary(torch.pow, lambda a, b: a**b)
-
-
 OPS["Mod"] = _binary(torch.remainder, lambda a, b: a % b)
+OPS["Equal"] = _binary(torch.eq, lambda a, b: a == b)
+OPS["Greater"] = _binary(torch.gt, lambda a, b: a > b)
+OPS["Less"] = _binary(torch.lt, lambda a, b: a < b)
+OPS["GreaterOrEqual"] = _binary(torch.ge, lambda a, b: a >= b)
+OPS["LessOrEqual"] = _binary(torch.le, lambda a, b: a <= b)
+OPS["And"] = _binary(torch.logical_and, lambda a, b: a and b)
+OPS["Or"] = _binary(torch.logical_or, lambda a, b: a or b)
+
+
+def _variadic(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], mean: bool = False) -> Op:
+    def apply(attrs: dict, x: list) -> torch.Tensor:
+        parts = [p for p in x if p is not None]
+        out = parts[0]
+        for part in parts[1:]:
+            out = fn(out, _tensor(part, out))
+        return out / len(parts) if mean else out
+
+    return apply
+
+
+OPS["Max"] = _variadic(torch.maximum)
+OPS["Min"] = _variadic(torch.minimum)
+OPS["Sum"] = _variadic(torch.add)
+OPS["Mean"] = _variadic(torch.add, mean=True)
+
+
+@op("Where")
+def _where(attrs: dict, x: list) -> torch.Tensor:
+    like = x[1] if isinstance(x[1], torch.Tensor) else x[2]
+    return torch.where(_tensor(x[0]).bool(), _tensor(x[1], like), _tensor(x[2], like))
+
+
+@op("PRelu")
+def _prelu(attrs: dict, x: list) -> torch.Tensor:
+    return torch.where(x[0] >= 0, x[0], x[0] * x[1])
+
+
+@op("Pad")
+def _pad(attrs: dict, x: list) -> torch.Tensor:
+    """Constant, reflect or edge padding; `pads` lists every axis's begins, then every axis's ends."""
+    data = x[0]
+    pads = _ints(x[1]) if len(x) > 1 and x[1] is not None else list(attrs.get("pads", []))
+    axes = _ints(x[3]) if len(x) > 3 and x[3] is not None else list(range(data.dim()))
+    mode = attrs.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    half = len(pads) // 2
+    per_axis = {axis_index(a, data.dim()): (pads[i], pads[i + half]) for i, a in enumerate(axes)}
+    last = max(per_axis) if per_axis else 0
+    flat = [p for axis in range(last, -1, -1) for p in per_axis.get(axis, (0, 0))]
+    if mode == "constant":
+        value = float(x[2].reshape(-1)[0]) if len(x) > 2 and x[2] is not None and x[2].numel() else 0.0
+        return F.pad(data, flat, value=value)
+    if any(per_axis.get(a, (0, 0)) != (0, 0) for a in range(2)):
+        raise WorkbenchError(f"Pad in {mode} mode over the batch or channel axis is not supported")
+    return F.pad(data, flat[: 2 * (last - 1)], mode={"reflect": "reflect", "edge": "replicate"}[mode])
+
+
+@op("Tile")
+def _tile(attrs: dict, x: list) -> torch.Tensor:
+    return x[0].repeat(*_ints(x[1]))
+
+
+@op("InstanceNormalization")
+def _instance_norm(attrs: dict, x: list) -> torch.Tensor:
+    return F.instance_norm(x[0], weight=x[1].reshape(-1), bias=x[2].reshape(-1), eps=attrs.get("epsilon", 1e-5))
 
 
 @op("MatMul")
@@ -345,6 +409,7 @@ def _reduce(fn: Callable) -> Op:
 OPS["ReduceMean"] = _reduce(torch.mean)
 OPS["ReduceSum"] = _reduce(torch.sum)
 OPS["ReduceMax"] = _reduce(torch.amax)
+OPS["ReduceMin"] = _reduce(torch.amin)
 
 
 @op("Constant")

@@ -198,6 +198,28 @@ def test_padding_comparisons_and_elementwise_ops_compute_what_onnx_runtime_compu
                                    make_session(model).run(None, {"x": x})[0], atol=1e-4, rtol=1e-4)
 
 
+def _same_padding_graph(average_excludes_padding: bool) -> onnx.ModelProto:
+    weight = np.random.default_rng(5).normal(size=(4, 1, 3, 3)).astype(np.float32)
+    fc = np.random.default_rng(6).normal(size=(10, 16)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], auto_pad="SAME_UPPER", strides=[2, 2]),   # 8 -> 4, pad (0, 1)
+             helper.make_node("MaxPool", ["c"], ["m"], auto_pad="SAME_LOWER", kernel_shape=[2, 2]),  # pad (1, 0)
+             helper.make_node("AveragePool", ["m"], ["a"], auto_pad="SAME_UPPER", kernel_shape=[3, 3], strides=[2, 2],
+                              count_include_pad=0 if average_excludes_padding else 1),              # 4 -> 2
+             helper.make_node("Flatten", ["a"], ["f"]), helper.make_node("Gemm", ["f", "fc"], ["out"], transB=1)]
+    graph = helper.make_graph(nodes, "same", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 10])],
+                              [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(fc, "fc")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_same_padding_from_the_input_size_converts_and_uneven_excluded_average_padding_is_refused():
+    """auto_pad SAME (Keras/TF exports) pads by the input's size, unevenly when the stride leaves one pixel over."""
+    conversion = convert(_same_padding_graph(average_excludes_padding=False), [X])
+    assert conversion.max_error < 1e-5 and isinstance(conversion.module.get_submodule("w"), nn.Conv2d)
+    with pytest.raises(WorkbenchError, match="AveragePool with uneven padding that excludes the padding"):
+        convert(_same_padding_graph(average_excludes_padding=True), [X])
+
+
 def test_a_conversion_that_computes_something_else_is_refused(monkeypatch):
     model = export_onnx(zoo.load_sample("digits-mlp").eval(), EXAMPLE)
     monkeypatch.setitem(onnx_ops.OPS, "Relu", lambda attrs, x: x[0])   # a wrong op: the check must notice

@@ -228,7 +228,9 @@ def _softmax(attrs: dict, x: list) -> torch.Tensor:
 @op("layer")   # Conv, Gemm / MatMul (+ bias Add), BatchNormalization, LayerNormalization as a module
 def _layer(attrs: dict, x: list, layer: nn.Module) -> torch.Tensor:
     data = x[0]
-    if "pad" in attrs:   # asymmetric padding, applied before the layer
+    if "kernel_shape" in attrs:   # a convolution with auto_pad SAME: padding from the input's size
+        data = F.pad(data, same_pads(attrs, list(data.shape[2:]), list(attrs["kernel_shape"])))
+    elif "pad" in attrs:   # asymmetric padding, applied before the layer
         data = F.pad(data, attrs["pad"])
     return layer(data)
 
@@ -240,9 +242,30 @@ def _layer_norm(attrs: dict, x: list) -> torch.Tensor:
     return F.layer_norm(data, tuple(data.shape[axis:]), scale, bias, attrs.get("epsilon", 1e-5))
 
 
-def _pool_args(attrs: dict, rank: int) -> tuple[list[int], list[int], list[int], list[int] | None]:
+def same_pads(attrs: dict, sizes: list[int], kernel: list[int]) -> list[int] | None:
+    """F.pad's list for auto_pad SAME_UPPER / SAME_LOWER over spatial `sizes` (output = ceil(size / stride); the
+    odd pixel goes at the end for UPPER, at the start for LOWER), or None for NOTSET / VALID."""
+    mode = attrs.get("auto_pad", b"NOTSET")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode not in ("SAME_UPPER", "SAME_LOWER"):
+        return None
+    strides = list(attrs.get("strides", [1] * len(kernel)))
+    dilations = list(attrs.get("dilations", [1] * len(kernel)))
+    pairs = []
+    for size, k, stride, dilation in zip(sizes, kernel, strides, dilations, strict=True):
+        total = max((-(-size // stride) - 1) * stride + (k - 1) * dilation + 1 - size, 0)
+        small, large = total // 2, total - total // 2
+        pairs.append((small, large) if mode == "SAME_UPPER" else (large, small))
+    return [p for begin, end in reversed(pairs) for p in (begin, end)]
+
+
+def _pool_args(attrs: dict, data: torch.Tensor) -> tuple[list[int], list[int], list[int], list[int] | None]:
+    """(kernel, strides, symmetric padding, F.pad's list for asymmetric or SAME padding or None)."""
     kernel = list(attrs["kernel_shape"])
     strides = list(attrs.get("strides", [1] * len(kernel)))
+    same = same_pads(attrs, list(data.shape[2:]), kernel)
+    if same is not None:
+        return kernel, strides, [0] * len(kernel), same
     pads = list(attrs.get("pads", [0] * 2 * len(kernel)))
     half = len(pads) // 2
     symmetric = pads[:half] == pads[half:]
@@ -253,7 +276,7 @@ def _pool_args(attrs: dict, rank: int) -> tuple[list[int], list[int], list[int],
 @op("MaxPool")
 def _max_pool(attrs: dict, x: list) -> torch.Tensor:
     data = x[0]
-    kernel, strides, pads, extra = _pool_args(attrs, data.dim())
+    kernel, strides, pads, extra = _pool_args(attrs, data)
     if extra:
         data = F.pad(data, extra, value=float("-inf"))
     fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[len(kernel)]
@@ -264,12 +287,15 @@ def _max_pool(attrs: dict, x: list) -> torch.Tensor:
 @op("AveragePool")
 def _avg_pool(attrs: dict, x: list) -> torch.Tensor:
     data = x[0]
-    kernel, strides, pads, extra = _pool_args(attrs, data.dim())
-    if extra:
+    kernel, strides, pads, extra = _pool_args(attrs, data)
+    include = bool(attrs.get("count_include_pad", 0))
+    if extra and any(extra):
+        if not include:   # the padded zeros would count as values
+            raise WorkbenchError("AveragePool with uneven padding that excludes the padding from the average is "
+                                 "not supported")
         data = F.pad(data, extra)
     fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[len(kernel)]
-    return fn(data, kernel, strides, pads, ceil_mode=bool(attrs.get("ceil_mode", 0)),
-              count_include_pad=bool(attrs.get("count_include_pad", 0)))
+    return fn(data, kernel, strides, pads, ceil_mode=bool(attrs.get("ceil_mode", 0)), count_include_pad=include)
 
 
 @op("GlobalAveragePool")

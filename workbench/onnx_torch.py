@@ -227,14 +227,13 @@ class _Builder:
         weight = self.float_init(node.input[1], node)
         if weight is None:
             return self._unsupported(node, "its weight is not a float initializer of its own")
-        if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
-            return self._unsupported(node, "auto_pad SAME is not supported (export with explicit pads)")
         bias = self.float_init(node.input[2], node) if len(node.input) > 2 and node.input[2] else None
         if len(node.input) > 2 and node.input[2] and bias is None:
             return self._unsupported(node, "its bias is not a float initializer of its own")
         dims = weight.ndim - 2
         group = attrs.get("group", 1)
-        pads = list(attrs.get("pads", [0] * 2 * dims))
+        same = attrs.get("auto_pad", b"NOTSET") in (b"SAME_UPPER", b"SAME_LOWER")
+        pads = [0] * 2 * dims if same else list(attrs.get("pads", [0] * 2 * dims))
         symmetric = pads[:dims] == pads[dims:]
         cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
         conv = cls(weight.shape[1] * group, weight.shape[0], tuple(weight.shape[2:]),
@@ -247,6 +246,9 @@ class _Builder:
         path = self.add_layer(conv, node.input[1])
         self._took(node.input[1], node.input[2:3] if bias is not None else [])
         step_attrs = {} if symmetric else {"pad": [p for k in reversed(range(dims)) for p in (pads[k], pads[k + dims])]}
+        if same:   # padding that depends on the input's size: computed at every call
+            step_attrs = {key: attrs[key] for key in ("auto_pad", "strides", "dilations") if key in attrs}
+            step_attrs["kernel_shape"] = list(weight.shape[2:])
         return Step("layer", inputs[:1], list(node.output), step_attrs, path)
 
     def _linear(self, weight: np.ndarray, bias: np.ndarray | None, name: str, transposed: bool) -> str:

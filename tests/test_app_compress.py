@@ -294,19 +294,10 @@ def test_an_onnx_upload_takes_structured_pruning_through_its_torch_conversion(is
     assert final["measurement"]["size"]["params"] < 0.4 * base["measurement"]["size"]["params"]
 
 
-def test_an_onnx_graph_that_does_not_convert_refuses_only_what_needs_torch(isolated_home):
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
+def test_an_onnx_graph_that_does_not_convert_refuses_only_what_needs_torch(isolated_home, einsum_onnx):
+    import onnx
 
-    weight = np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Flatten", ["input"], ["flat"]),
-         helper.make_node("Einsum", ["flat", "w"], ["logits"], equation="bi,io->bo", name="mix")], "einsum",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
-        [numpy_helper.from_array(weight, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = onnx.load(str(einsum_onnx))
     at = open_app(PAGE, query={"model": _onnx_upload(isolated_home, model), "technique": "structured"})
     assert not at.exception and at.button(key="launch_run").disabled
     nothing = ("the model has no Conv, Gemm or MatMul layer with its weights: nothing for this method to act on "

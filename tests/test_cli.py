@@ -33,6 +33,17 @@ def test_inspect_prints_layers(capsys):
     assert "features.1.0" in out and "MACs/sample 2,382,848" in out
 
 
+def test_inspect_says_whether_an_onnx_graph_converts_to_torch_modules(tiny_onnx, einsum_onnx, capsys):
+    import json
+
+    main(["inspect", str(tiny_onnx)])
+    assert capsys.readouterr().out.splitlines()[-1].startswith(
+        "torch conversion (for training and removing channels): converts (2 Conv/Linear layers; outputs within")
+    main(["inspect", str(einsum_onnx), "--json"])
+    assert json.loads(capsys.readouterr().out)["torch_conversion"] == (
+        "does not convert: the ONNX op Einsum (node 'mix') has no torch conversion")
+
+
 def test_bad_recipe_is_one_line_exit_2(tmp_path, capsys):
     recipe = _recipe(tmp_path, [{"prune": {"sparsity": 1.5}}])
     with pytest.raises(SystemExit) as info:

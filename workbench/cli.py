@@ -67,9 +67,11 @@ def _inspect(args: argparse.Namespace) -> None:
 
     is_file = Path(args.model).suffix.lower() in MODEL_SUFFIXES
     ref = ModelRef(path=args.model, arch=args.arch) if is_file else ModelRef(sample=args.model)
-    summary = summarize(load_model(ref))
+    loaded = load_model(ref)
+    summary = summarize(loaded)
+    conversion = _conversion_line(loaded.onnx_model) if loaded.kind == "onnx" else None
     if args.json:
-        print(json.dumps(summary.to_dict(), indent=2))
+        print(json.dumps(summary.to_dict() | ({"torch_conversion": conversion} if conversion else {}), indent=2))
         return
     print(f"{summary.label} ({summary.kind}), inputs: {', '.join(summary.inputs)}")
     print(f"{'layer':32} {'op':10} {'weight shape':16} {'params':>9} {'share':>7} {'MACs':>11} {'zeros':>6}")
@@ -82,6 +84,22 @@ def _inspect(args: argparse.Namespace) -> None:
     size = f"{summary.file_bytes:,} bytes" if summary.file_bytes is not None else "unknown"
     print(f"total parameters {summary.total_params:,} (weights {summary.weight_params:,}); MACs/sample {macs}; "
           f"file {size}")
+    if conversion:
+        print(f"torch conversion (for training and removing channels): {conversion}")
+
+
+def _conversion_line(model) -> str:
+    """Whether an ONNX graph converts to torch modules (workbench.onnx_torch), checked on random inputs of its
+    declared shapes: the methods that train or remove channels run on that conversion."""
+    from workbench.onnx_torch import convert, random_check_inputs
+
+    inputs = random_check_inputs(model)
+    if inputs is None:
+        return "not checked here (an input is not float or has unnamed sizes); a run checks it on its data"
+    try:
+        return f"converts ({convert(model, inputs).fidelity()} on {len(inputs[0])} random inputs)"
+    except WorkbenchError as exc:
+        return f"does not convert: {exc}"
 
 
 def _base_spec(text: str, arch: str | None = None, data: str | None = None, label_column: str | None = None):

@@ -425,6 +425,23 @@ class Conversion:
                 "the compression")
 
 
+def random_check_inputs(model: onnx.ModelProto, samples: int = CHECK_SAMPLES) -> list[np.ndarray] | None:
+    """`samples` random float inputs of the graph's declared per-sample shapes (a fixed batch is checked in
+    chunks), to check a conversion without data; None when an input is not float or has a size other than the
+    batch unnamed."""
+    from workbench.evaluate import make_session
+
+    arrays, rng = [], np.random.default_rng(0)
+    for meta in make_session(model).get_inputs():
+        dims = list(meta.shape)
+        if meta.type not in ("tensor(float)", "tensor(double)") or not dims or \
+                not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+            return None
+        dtype = np.float32 if meta.type == "tensor(float)" else np.float64
+        arrays.append(rng.standard_normal((samples, *dims[1:])).astype(dtype))
+    return arrays
+
+
 def convert_loaded(loaded: LoadedModel, splits: Splits) -> tuple[Conversion, Splits, onnx.ModelProto]:
     """`convert_for_run` of an ONNX upload, or of a traced torch model's ONNX export (a .pt2 or TorchScript
     model runs traced ops, with no layer modules to edit); also returns the graph it converted."""

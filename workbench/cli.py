@@ -91,13 +91,15 @@ def _inspect(args: argparse.Namespace) -> None:
 def _conversion_line(model) -> str:
     """Whether an ONNX graph converts to torch modules (workbench.onnx_torch), checked on random inputs of its
     declared shapes: the methods that train or remove channels run on that conversion."""
+    from workbench.evaluate import make_session
     from workbench.onnx_torch import convert, random_check_inputs
 
-    inputs = random_check_inputs(model)
+    session = make_session(model)
+    inputs = random_check_inputs(session)
     if inputs is None:
         return "not checked here (an input is not float or has unnamed sizes); a run checks it on its data"
     try:
-        return f"converts ({convert(model, inputs).fidelity()} on {len(inputs[0])} random inputs)"
+        return f"converts ({convert(model, inputs, session).fidelity()} on {len(inputs[0])} random inputs)"
     except WorkbenchError as exc:
         return f"does not convert: {exc}"
 

@@ -27,7 +27,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -39,6 +39,9 @@ from workbench.data import Dataset, Splits
 from workbench.errors import WorkbenchError
 from workbench.models import LoadedModel
 from workbench.onnx_ops import OPS, axis_index
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 TOLERANCE = 1e-3     # max |torch - ORT| allowed, relative to the largest |output| (at least 1)
 CHECK_SAMPLES = 32   # test samples the conversion is checked on
@@ -425,14 +428,12 @@ class Conversion:
                 "the compression")
 
 
-def random_check_inputs(model: onnx.ModelProto, samples: int = CHECK_SAMPLES) -> list[np.ndarray] | None:
-    """`samples` random float inputs of the graph's declared per-sample shapes (a fixed batch is checked in
+def random_check_inputs(session: ort.InferenceSession, samples: int = CHECK_SAMPLES) -> list[np.ndarray] | None:
+    """`samples` random float inputs of the session's declared per-sample shapes (a fixed batch is checked in
     chunks), to check a conversion without data; None when an input is not float or has a size other than the
     batch unnamed."""
-    from workbench.evaluate import make_session
-
     arrays, rng = [], np.random.default_rng(0)
-    for meta in make_session(model).get_inputs():
+    for meta in session.get_inputs():
         dims = list(meta.shape)
         if meta.type not in ("tensor(float)", "tensor(double)") or not dims or \
                 not all(isinstance(d, int) and d > 0 for d in dims[1:]):
@@ -468,12 +469,14 @@ def convert_for_run(model: onnx.ModelProto, splits: Splits) -> tuple[Conversion,
         return dataclasses.replace(data, inputs=tuple(feeds(session, data, 0, len(data)).values()))
 
     splits = Splits(typed(splits.train), typed(splits.calib), typed(splits.test))
-    return convert(model, [x[:CHECK_SAMPLES] for x in splits.test.inputs]), splits
+    return convert(model, [x[:CHECK_SAMPLES] for x in splits.test.inputs], session), splits
 
 
-def convert(model: onnx.ModelProto, check_inputs: Sequence[np.ndarray]) -> Conversion:
-    """`model` as an OnnxModule (eval mode), checked against ONNX Runtime on `check_inputs` (one array per
-    graph input, batch first). Raises WorkbenchError naming the first op, node or difference that stops it."""
+def convert(model: onnx.ModelProto, check_inputs: Sequence[np.ndarray],
+            session: ort.InferenceSession | None = None) -> Conversion:
+    """`model` as an OnnxModule (eval mode), checked against ONNX Runtime (`session` of `model`, made when not
+    given) on `check_inputs` (one array per graph input, batch first). Raises WorkbenchError naming the first
+    op, node or difference that stops it."""
     quantized = sorted({n.op_type for n in model.graph.node} & QUANT_OPS)
     if quantized:
         raise WorkbenchError(f"the graph is quantized ({', '.join(quantized)}); only float graphs convert to torch")
@@ -483,18 +486,21 @@ def convert(model: onnx.ModelProto, check_inputs: Sequence[np.ndarray]) -> Conve
     builder = _Builder(model)
     builder.build()
     module = builder.module().eval()
-    error = _check(module, model, check_inputs)
+    if session is None:
+        from workbench.evaluate import make_session
+
+        session = make_session(model)
+    error = _check(module, session, check_inputs)
     layers = sum(isinstance(m, nn.Linear | nn.modules.conv._ConvNd) for m in module.modules())
     return Conversion(module, layers, error)
 
 
-def _check(module: OnnxModule, model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> float:
+def _check(module: OnnxModule, session: ort.InferenceSession, inputs: Sequence[np.ndarray]) -> float:
     """Max relative difference between the module's first output and ONNX Runtime's (the output every
     measurement reads), on `inputs` typed as the graph takes them; a graph with a fixed batch size runs in
     chunks of it, while the module takes them all at once."""
-    from workbench.evaluate import feeds, fixed_batch, make_session, predict
+    from workbench.evaluate import feeds, fixed_batch, predict
 
-    session = make_session(model)
     data = Dataset("conversion check", tuple(inputs))
     expected = predict(session, data, batch_size=len(data))
     typed = feeds(session, data, 0, len(data)).values()

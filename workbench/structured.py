@@ -180,6 +180,14 @@ def _pruner(tp, model: nn.Module, example: tuple, spec: StructuredSpec, ignored:
     )
 
 
+def _owners(pruner, group, names: dict) -> list[str]:
+    """The layers whose outputs `group` narrows (ignoring any of them makes Torch-Pruning skip it), else the
+    group's root layer."""
+    owners = [names[d.target.module] for d, _ in group
+              if d.target.module in names and pruner.DG.is_out_channel_pruning_fn(d.handler)]
+    return owners or [names.get(group[0].dep.target.module, "?")]
+
+
 def _unrankable(pruner, names: dict) -> tuple[list[str], str] | None:
     """The first group whose channels Torch-Pruning cannot score (a graph it does not model, such as an attention
     projection split by a converted ONNX graph's Split), as (its layers, why): the caller leaves them whole."""
@@ -188,10 +196,7 @@ def _unrankable(pruner, names: dict) -> tuple[list[str], str] | None:
         try:
             pruner.estimate_importance(group)
         except Exception as exc:
-            owners = [names[d.target.module] for d, _ in group
-                      if d.target.module in names and pruner.DG.is_out_channel_pruning_fn(d.handler)]
-            return owners or [names.get(group[0].dep.target.module, "?")], \
-                f"Torch-Pruning cannot rank its channels ({_line(exc)})"
+            return _owners(pruner, group, names), f"Torch-Pruning cannot rank its channels ({_line(exc)})"
     return None
 
 
@@ -235,22 +240,19 @@ def _attempt(base: nn.Module, example: tuple, spec: StructuredSpec, plan: _Plan,
         if (unrankable := _unrankable(pruner, names)) is not None:
             return None, unrankable
         for group in _groups(pruner):
-            # the layers whose outputs this group narrows; ignoring any of them makes Torch-Pruning skip it
-            owners = [names[d.target.module] for d, _ in group
-                      if d.target.module in names and pruner.DG.is_out_channel_pruning_fn(d.handler)]
-            root = owners[0] if owners else names.get(group[0].dep.target.module, "?")
+            owners = _owners(pruner, group, names)
             touched = [names.get(d.target.module, "?") for d, _ in group if d.target.module in untouched]
             if touched:
-                plan.reasons.setdefault(root, f"coupled to excluded layer {touched[0]}")
+                plan.reasons.setdefault(owners[0], f"coupled to excluded layer {touched[0]}")
                 continue
             try:
                 group.prune()
                 _sync_heads(attention)
                 shape = tuple(_run(model, example).shape)
             except Exception as exc:
-                return None, (owners or [root], f"pruning it breaks the forward pass ({_line(exc)})")
+                return None, (owners, f"pruning it breaks the forward pass ({_line(exc)})")
             if shape != ref_shape:
-                return None, (owners or [root], f"pruning it changes the output shape {ref_shape} -> {shape}")
+                return None, (owners, f"pruning it changes the output shape {ref_shape} -> {shape}")
     for w in caught:
         log.debug("torch-pruning: %s", _line(w.message))
     return model, None

@@ -29,11 +29,12 @@ from workbench.data import Dataset, Splits, adapt_to_shape, check_training_data,
 from workbench.environment import environment
 from workbench.errors import WorkbenchError
 from workbench.measure import measure
-from workbench.models import LoadedModel, load_model, traced_kind, traced_reason
+from workbench.models import LoadedModel, load_model, traced_kind
 from workbench.onnx_graph import kernel_signature
 from workbench.report import Report, VariantResult
 from workbench.specs import RunSpec, StageSpec, stage_dict
-from workbench.stages import STAGE_RUNNERS, Context, Variant, layer_edits, needs_module, to_onnx
+from workbench.stage_needs import needs_conversion
+from workbench.stages import STAGE_RUNNERS, Context, Variant, to_onnx
 
 log = logging.getLogger(__name__)
 BASELINE_AFTER_TRANSFER = "baseline (after transfer)"
@@ -164,12 +165,9 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
 
 
 def _converts(loaded: LoadedModel, spec: RunSpec) -> bool:
-    """Whether the stages need torch modules the model lacks: an ONNX graph that they train or reshape, or a
-    traced torch model whose layers they edit (workbench.onnx_torch converts either)."""
-    if loaded.module is None:
-        return any(needs_module(stage) for stage in spec.stages)
-    kind = traced_kind(loaded.module)
-    return bool(kind) and any(traced_reason(edit, kind) for stage in spec.stages for edit in layer_edits(stage))
+    """Whether the stages need torch modules the model lacks (workbench.stage_needs)."""
+    traced = None if loaded.module is None else traced_kind(loaded.module)
+    return needs_conversion(spec.stages, loaded.module is None, traced)
 
 
 def _run_stage(variant: Variant, i: int, stage: StageSpec, ctx: Context, report_progress: Progress,

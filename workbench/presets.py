@@ -43,6 +43,7 @@ from workbench.specs import (
     TransferSpec,
     quant_spec_for_bits,
 )
+from workbench.stage_needs import layer_edits, needs_conversion
 
 LAYER_BITS_METHODS = ("fake", "weight_only")   # the quantize methods that take per-layer bits
 
@@ -148,8 +149,9 @@ class CompressSettings:
     def uses_qat(self) -> bool:
         return self.qat and self.bits in QAT_BITS
 
-    def stages(self, model: ModelRef, always_prune: bool = False) -> tuple:
-        """The recipe stages: [transfer], the method (+ recovery), [cluster], then quantize or QAT."""
+    def stages(self, model: ModelRef | None = None, always_prune: bool = False) -> tuple:
+        """The recipe stages: [transfer], the method (+ recovery), [cluster], then quantize or QAT. The model
+        picks the fine-tuning learning rates (without one: the defaults, enough to ask what the stages do)."""
         recovery = recovery_finetune(model, self.epochs) if self.epochs else None
         stages: list = [TransferSpec(train_backbone=self.transfer_backbone)] if self.transfers else []
         stages += self._method_stages(recovery, always_prune)
@@ -335,11 +337,9 @@ class CompressSettings:
         return "".join(f" ({p})" for p in per_layer if p)
 
     def converts(self, model_kind: str, traced: str | None = None) -> bool:
-        """Whether a run of this setting converts the model to torch modules first (workbench.onnx_torch):
+        """Whether a run of this setting converts the model to torch modules first (workbench.stage_needs):
         an ONNX graph it trains or reshapes, or a traced torch model (`traced`) whose layers it edits."""
-        if model_kind != "torch":
-            return self.technique in TORCH_ONLY or bool(self._training_steps())
-        return bool(traced) and any(traced_reason(edit, traced) for edit in self._layer_edits())
+        return needs_conversion(self.stages(), model_kind != "torch", traced)
 
     def problems(self, model_kind: str, has_train_data: bool, has_rewind_checkpoint: bool = True,
                  traced: str | None = None, unconvertible: str | None = None, has_layers: bool = True) -> list[str]:
@@ -353,7 +353,7 @@ class CompressSettings:
         if not has_layers and (self.technique != "unstructured" or self.sparsity > 0 or self.clusters):
             out.append("the model has no Conv, Gemm or MatMul layer with its weights: nothing for this method to "
                        "act on (quantization alone may still apply)")
-        refused = [r for edit in self._layer_edits() if traced and unconvertible
+        refused = [r for stage in self.stages() for edit in layer_edits(stage) if traced and unconvertible
                    and (r := traced_reason(edit, traced, unconvertible))]
         out += refused[:1]
         trains = self._training_steps()
@@ -378,15 +378,6 @@ class CompressSettings:
         if len(self.classes) == 1:
             out.append("transfer: pick at least two classes (or none)")
         return out
-
-    def _layer_edits(self) -> list[str]:
-        """What this setting does to nn.Linear/Conv modules themselves (keys of workbench.models.LAYER_EDITS),
-        in recipe order: a traced model has no such modules."""
-        edits = ["transfer"] if self.transfers else []
-        edits += [self.technique] if self.technique in ("structured", "lowrank", "distill") else []
-        edits += ["reconstruct"] if self.technique in ("unstructured", "nm") and self._reconstruct() != "none" else []
-        edits += ["centroids"] if self.clusters and self.cluster_epochs else []
-        return edits + (["qat"] if self.uses_qat else [])
 
     def _training_steps(self) -> list[str]:
         """What this setting trains, in recipe order (each needs a torch model and training data)."""
@@ -429,13 +420,13 @@ def _quant_values(quant: QuantSpec | None, qat: QATSpec | None) -> dict:
             "int8": quant.method if quant.method in INT8_KINDS else "static"}
 
 
-def recovery_finetune(model: ModelRef, epochs: int) -> FinetuneSpec:
-    """Masked recovery fine-tuning with the lr that suits the model (see `RECOVERY_LR`)."""
-    lr = RECOVERY_LR.get(model.sample or model.arch or "", DEFAULT_RECOVERY_LR)
+def recovery_finetune(model: ModelRef | None, epochs: int) -> FinetuneSpec:
+    """Masked recovery fine-tuning with the lr that suits the model (see `RECOVERY_LR`; None: the default)."""
+    lr = RECOVERY_LR.get(model and (model.sample or model.arch) or "", DEFAULT_RECOVERY_LR)
     return FinetuneSpec(epochs=epochs, lr=lr, label_smoothing=RECOVERY_LABEL_SMOOTHING)
 
 
-def centroid_finetune(model: ModelRef, epochs: int) -> FinetuneSpec:
+def centroid_finetune(model: ModelRef | None, epochs: int) -> FinetuneSpec:
     """Fine-tuning of clustered weights' shared values (see `CENTROID_LR_FACTOR`)."""
     recovery = recovery_finetune(model, epochs)
     return dataclasses.replace(recovery, lr=recovery.lr * CENTROID_LR_FACTOR)

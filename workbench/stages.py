@@ -73,33 +73,6 @@ def runner(kind: str) -> Callable[[Runner], Runner]:
     return register
 
 
-TRAINING_KINDS = ("finetune", "structured", "qat", "distill", "transfer")   # train or reshape torch layers
-
-
-def needs_module(stage: Any) -> bool:
-    """Whether `stage` trains or reshapes torch layers, so that an ONNX model must become a torch module
-    first (workbench.onnx_torch); pruning, reconstruction, low-rank factors and clustering without
-    fine-tuning work on the ONNX graph itself."""
-    tuning = getattr(stage, "finetune", None)
-    return (stage.kind in TRAINING_KINDS or (tuning is not None and tuning.epochs > 0)
-            or getattr(stage, "rewind", None) == "weight")
-
-
-LAYER_EDIT_KINDS = ("structured", "distill", "lowrank", "qat", "transfer")
-
-
-def layer_edits(stage: Any) -> list[str]:
-    """The edits of nn.Linear/Conv modules `stage` makes (keys of workbench.models.LAYER_EDITS): a traced
-    torch model, which has none, is converted to modules first where they need them."""
-    edits = [stage.kind] if stage.kind in LAYER_EDIT_KINDS else []
-    if getattr(stage, "reconstruct", "none") != "none":
-        edits.append("reconstruct")
-    tuning = getattr(stage, "finetune", None)
-    if stage.kind == "cluster" and tuning is not None and tuning.epochs > 0:
-        edits.append("centroids")
-    return edits
-
-
 def to_onnx(variant: Variant, ctx: Context) -> onnx.ModelProto:
     if variant.module is None:
         return variant.onnx_model

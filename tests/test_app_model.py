@@ -189,3 +189,31 @@ def test_a_shared_link_brings_the_training_file_back(isolated_home):
     assert any("**Data** `eval.npz` · trains on `train.npz`" in t for t in texts(at))
     bogus = open_app(PAGE, query={"data": evaluation.name, "train": "0" * 64 + ".npz"})   # not uploaded here
     assert bogus.session_state["data_ref"] == {"path": str(evaluation)}
+
+
+def test_measurement_settings_remeasure_the_baseline_and_go_into_launched_runs(isolated_home):
+    from tests.test_app_compress import launched_spec
+
+    at = open_app(PAGE)
+    assert any(c.value.startswith("Latency at batch 1, 32 with 1 ONNX Runtime thread, torch eager too")
+               for c in at.caption)
+    at.multiselect(key="batch").set_value([8, 1]).run()
+    at.toggle(key="eager").set_value(False).run()
+    assert not at.exception and not at.error
+    assert metric(at, "latency @ batch 8").endswith("ms") and not [m for m in at.metric if "32" in m.label]
+    assert any(c.value.startswith("Latency at batch 1, 8 with 1 ONNX Runtime thread, on this machine")
+               for c in at.caption)
+    assert not any(c.value.startswith("torch eager, for reference") for c in at.caption)
+    at.switch_page("views/compress.py").run()     # the same widgets, kept across pages
+    assert at.multiselect(key="batch").value == [8, 1] and at.toggle(key="eager").value is False
+    measure = launched_spec(at, isolated_home).measure
+    assert measure.batch_sizes == (1, 8) and measure.threads == 1 and not measure.torch_eager
+
+
+def test_a_shared_link_carries_the_measurement_settings(isolated_home):
+    from tests.test_app_compress import launched_spec
+
+    at = open_app("views/compress.py", query={"batch": ["1", "64"], "eager": "false"})
+    assert not at.exception
+    measure = launched_spec(at, isolated_home).measure
+    assert measure.batch_sizes == (1, 64) and not measure.torch_eager

@@ -27,6 +27,17 @@ def test_run_writes_model_report_and_log(tmp_path, capsys):
     assert "[NONE" in printed and "stored densely" in printed
 
 
+def test_run_overrides_the_recipes_batch_sizes_and_threads(tmp_path, capsys):
+    recipe = _recipe(tmp_path, [{"quantize": {"method": "dynamic"}}])
+    main(["run", str(recipe), "--out", str(tmp_path / "out"), "--quiet", "--batch-sizes", "8", "1", "8",
+          "--threads", "2"])
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    latency = report["baseline"]["measurement"]["latency"]
+    assert [(s["batch_size"], s["threads"]) for s in latency] == [(1, 2), (8, 2)]
+    written = RunSpec.from_dict(yaml.safe_load((tmp_path / "out" / "recipe.yaml").read_text()))
+    assert written.measure.batch_sizes == (1, 8)
+
+
 def test_inspect_prints_layers(capsys):
     main(["inspect", "digits-cnn"])
     out = capsys.readouterr().out

@@ -9,6 +9,7 @@ Session-state keys other pages may read:
   "last_runs"  list of run ids launched from this session, oldest first
   "last_sweep" sweep id of the last sweep launched from this session
   COMPRESS_DEFAULTS and COMPRESS_VALUES keys: the Compress page widgets (bound to the URL under the same names)
+  MEASURE_KEYS: how runs measure (batch sizes, ONNX Runtime threads, torch eager), on the Model and Compress pages
 URL: ?model=<sample name | uploaded file name>&arch=<arch>&data=<digits | uploaded file name>&label=<column>
      &train=<uploaded training file name>
      plus the bound widgets: technique, sparsity (percent), bits, method, scope, int8, calibration, epochs,
@@ -16,11 +17,12 @@ URL: ?model=<sample name | uploaded file name>&arch=<arch>&data=<digits | upload
      distill_epochs, init, energy (percent), clusters, cluster_epochs, qat, qat_epochs, qat_act8, retrain_head,
      transfer_backbone, classes and exclude (repeated), overrides (JSON {layer: sparsity}, set by the sensitivity
      allocation, not a widget) and layer_bits (JSON {"method": "fake" | "weight_only", "bits": {layer: bits}},
-     set by the bits allocation).
+     set by the bits allocation); batch (repeated), threads and eager (how runs measure).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -29,6 +31,7 @@ from pathlib import Path
 import streamlit as st
 
 from workbench.errors import WorkbenchError
+from workbench.measure_plan import default_batch_sizes
 from workbench.presets import LAYER_BITS_METHODS, CompressSettings
 from workbench.settings import get_settings
 from workbench.specs import DataRef, MeasureSpec, ModelRef
@@ -64,9 +67,19 @@ def uploads_dir() -> Path:
     return home() / "uploads"
 
 
-def measure_spec() -> MeasureSpec:
-    """How launched runs measure: the defaults, or FAST_MEASURE when WORKBENCH_FAST_MEASURE=1."""
-    return FAST_MEASURE if os.environ.get(FAST_MEASURE_ENV) == "1" else MeasureSpec()
+MEASURE_KEYS = ("batch", "threads", "eager")   # the measurement widgets (ui.measure_knobs), bound to the URL
+
+
+def measure_spec(macs_per_sample: int | None = None) -> MeasureSpec:
+    """How the baseline and launched runs measure: the batch sizes, threads and torch-eager timing chosen in
+    the measurement widgets; no batch size chosen: the default for a model of `macs_per_sample`
+    (workbench.measure_plan). WORKBENCH_FAST_MEASURE=1 times fewer calls (FAST_MEASURE)."""
+    fast = os.environ.get(FAST_MEASURE_ENV) == "1"
+    base = FAST_MEASURE if fast else MeasureSpec()
+    chosen = tuple(sorted(st.session_state.get("batch") or ()))
+    automatic = base.batch_sizes if fast else default_batch_sizes(macs_per_sample)
+    return dataclasses.replace(base, batch_sizes=chosen or automatic, threads=int(st.session_state.get("threads", 1)),
+                               torch_eager=bool(st.session_state.get("eager", True)))
 
 
 def _fields(ref: ModelRef | DataRef) -> dict:

@@ -3,7 +3,7 @@ Every knob lives in the URL (?technique=structured&ratio=50&bits=8&...) and surv
 
 import streamlit as st
 
-from ui import cache, knobs, launch, sensitivity_view, state, uploads, view
+from ui import cache, knobs, launch, measure_knobs, sensitivity_view, state, uploads, view
 from workbench.codegen import python_script
 from workbench.errors import WorkbenchError
 from workbench.models import traced_kind
@@ -96,7 +96,8 @@ if converts and not problems:
                f"{'its ONNX export' if traced else 'it'} (checked against ONNX Runtime); the run measures "
                f"{'that export' if traced else 'the uploaded file'} as the baseline and exports each variant from "
                "the conversion.")
-spec = settings.to_spec(ref, data, state.measure_spec(), name=f"{label} · {settings.describe()}")
+measure = measure_knobs.section(cache.summary(ref).total_macs)
+spec = settings.to_spec(ref, data, measure, name=f"{label} · {settings.describe()}")
 single, sweep = st.columns(2, gap="large")
 with single:
     st.markdown(f"**This setting:** {settings.describe()}")
@@ -140,7 +141,7 @@ with sweep:
     count *= int(seeds) * (2 if with_random else 1) * (2 if with_unsolved else 1)
     if st.button(f"Launch sweep ({count} runs)", key="launch_sweep", disabled=not count or bool(problems)):
         with view.guard():
-            base, grid = settings.sweep(ref, [v / 100 for v in chosen], widths, data, state.measure_spec(),
+            base, grid = settings.sweep(ref, [v / 100 for v in chosen], widths, data, measure,
                                         name=f"{label} sweep")
             grid |= {"prune.method": ["magnitude", "random"]} if with_random else {}
             grid |= {"prune.reconstruct": ["none", settings.reconstruct]} if with_unsolved else {}

@@ -6,7 +6,7 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-from ui import cache, state, uploads, view
+from ui import cache, measure_knobs, state, uploads, view
 from workbench import charts
 from workbench.models import TRACED, traced_kind
 from workbench.significance import smallest_detectable, wilson_interval
@@ -131,10 +131,11 @@ with view.guard():
 
 st.subheader("Baseline")
 with view.guard():
+    measure = measure_knobs.section(cache.summary(ref).total_macs)
     with st.spinner("Exporting to ONNX and measuring with ONNX Runtime…"):
-        m = cache.baseline(ref, data, state.measure_spec())
+        m = cache.baseline(ref, data, measure)
     st.markdown(f"{view.badge('measured')} ONNX Runtime (CPU) on {m.eval_samples} test samples, "
-                f"{m.latency[0].threads} thread(s); the same way every run measures its baseline.")
+                f"{m.latency[0].threads} thread(s); the same way every run launched now measures its baseline.")
     cols = st.columns(2 + len(m.latency) + 1)
     if "accuracy" in m.metrics:
         low, high = wilson_interval(m.metrics["accuracy"], m.eval_samples)

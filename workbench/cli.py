@@ -31,10 +31,11 @@ def _run(args: argparse.Namespace) -> None:
     from workbench.specs import load_recipe
 
     spec = load_recipe(args.recipe)
-    if args.threads:
+    overrides = {"threads": args.threads, "batch_sizes": tuple(sorted(set(args.batch_sizes or ())))}
+    if overrides := {key: value for key, value in overrides.items() if value}:
         import dataclasses
 
-        spec = dataclasses.replace(spec, measure=dataclasses.replace(spec.measure, threads=args.threads))
+        spec = dataclasses.replace(spec, measure=dataclasses.replace(spec.measure, **overrides))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out / "log.txt", mode="w")
@@ -531,6 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("recipe")
     run.add_argument("--out", required=True, help="output folder")
     run.add_argument("--threads", type=int, help="override measure.threads")
+    run.add_argument("--batch-sizes", type=int, nargs="+", metavar="N",
+                     help="override measure.batch_sizes (default 1 256; e.g. 1 8 for a large model)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_run)
     inspect = sub.add_parser("inspect", help="print a model's per-layer summary")

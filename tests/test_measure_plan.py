@@ -1,0 +1,18 @@
+"""Default batch sizes follow the model's cost per call, and say why when they leave out batch 256."""
+
+from workbench.measure_plan import CALL_BUDGET_MACS, DEFAULT_BATCH_SIZES, default_batch_sizes, default_reason
+
+
+def test_small_or_unknown_models_are_timed_at_batch_1_and_256():
+    assert default_batch_sizes(2_382_848) == DEFAULT_BATCH_SIZES     # digits-cnn
+    assert default_batch_sizes(None) == DEFAULT_BATCH_SIZES
+    assert default_reason(2_382_848) == "" and default_reason(None) == ""
+
+
+def test_large_models_keep_batch_1_and_the_largest_batch_within_the_budget():
+    resnet18 = 1_814_073_344                                          # 224×224, torchvision layout
+    assert default_batch_sizes(resnet18) == (1, 8)
+    assert "464 GMAC per call" in default_reason(resnet18) and "batch 1 and 8" in default_reason(resnet18)
+    assert default_batch_sizes(CALL_BUDGET_MACS // 64) == (1, 64)
+    assert default_batch_sizes(CALL_BUDGET_MACS // 8 + 1) == (1,)     # one sample's cost nears the budget
+    assert "batch 1" in default_reason(CALL_BUDGET_MACS)

@@ -1,0 +1,44 @@
+"""How runs measure: batch sizes, ONNX Runtime threads and torch-eager timing, chosen in one expander that
+the Model page (its baseline) and the Compress page (the runs it launches) both show; the widgets share
+their keys, are bound to the URL and kept across pages, so both pages measure the same way."""
+
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+from ui import state
+from workbench.measure_plan import default_batch_sizes, default_reason
+from workbench.specs import MeasureSpec
+
+BATCH_CHOICES = [1, 8, 32, 64, 128, 256]
+SHARED = {"bind": "query-params", "persist_state": "session"}
+
+
+def section(macs_per_sample: int | None) -> MeasureSpec:
+    """The measurement widgets in an expander, then one line saying how runs measure; returns the spec."""
+    automatic = state.measure_spec(macs_per_sample) if not st.session_state.get("batch") else None
+    with st.expander("Measurement settings: batch sizes, threads"):
+        st.multiselect("Batch sizes", BATCH_CHOICES, key="batch", **SHARED,
+                       placeholder="automatic" + (f": {', '.join(map(str, automatic.batch_sizes))}" if automatic
+                                                  else ""),
+                       help="Latency is timed at each batch size. Batch 1 is one request at a time (per-call "
+                            "overhead weighs most); large batches show throughput (the arithmetic dominates). "
+                            "Leave empty for the default: 1 and 256, fewer for large models.")
+        cores = os.cpu_count() or 1
+        st.selectbox("ONNX Runtime threads", list(range(1, cores + 1)), key="threads", **SHARED,
+                     help=f"This machine has {cores} logical core(s). One thread gives the steadiest numbers and "
+                          "the per-core cost; more threads show what a multi-core server sees (small layers and "
+                          "int8 kernels often gain less from them).")
+        st.toggle("Also time the model in torch (eager)", value=True, key="eager", **SHARED,
+                  help="For reference beside ONNX Runtime, while a variant is still a torch model; off halves the "
+                       "timing of each run.")
+    spec = state.measure_spec(macs_per_sample)
+    threads = f"{spec.threads} ONNX Runtime thread{'s' if spec.threads > 1 else ''}"
+    eager = ", torch eager too" if spec.torch_eager else ""
+    automatic = not st.session_state.get("batch") and spec.batch_sizes == default_batch_sizes(macs_per_sample)
+    reason = default_reason(macs_per_sample) if automatic else ""
+    st.caption(f"Latency at batch {', '.join(map(str, spec.batch_sizes))} with {threads}{eager}, on this machine."
+               + (f" ({reason[0].upper()}{reason[1:]}.)" if reason else ""))
+    return spec

@@ -53,6 +53,9 @@ def test_onnx_upload_becomes_the_current_model(tiny_onnx):
     assert at.session_state["model_ref"]["path"].endswith(".onnx")
     assert any("tiny.onnx" in t for t in texts(at))  # the sidebar names the user's file, not the hash
     assert list(at.dataframe[0].value["name"]) == ["conv", "fc"]
+    assert not [t for t in at.toggle if t.key == "eager"]          # an ONNX graph is never timed in torch eager
+    assert any(c.value.startswith("Latency at batch 1, 32 with 1 ONNX Runtime thread, on this machine")
+               for c in at.caption)
     assert any("Converts to torch modules for training and removing channels (2 Conv/Linear layers; outputs within"
                in t for t in texts(at))
     at.switch_page("views/compress.py").run()

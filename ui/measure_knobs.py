@@ -16,8 +16,9 @@ BATCH_CHOICES = [1, 8, 32, 64, 128, 256]
 SHARED = {"bind": "query-params", "persist_state": "session"}
 
 
-def section(macs_per_sample: int | None) -> MeasureSpec:
-    """The measurement widgets in an expander, then one line saying how runs measure; returns the spec."""
+def section(macs_per_sample: int | None, torch_model: bool) -> MeasureSpec:
+    """The measurement widgets in an expander, then one line saying how runs measure; returns the spec.
+    `torch_model`: the model is a torch model, which runs also time in torch eager (ONNX graphs: never)."""
     automatic = state.measure_spec(macs_per_sample) if not st.session_state.get("batch") else None
     with st.expander("Measurement settings: batch sizes, threads"):
         st.multiselect("Batch sizes", BATCH_CHOICES, key="batch", **SHARED,
@@ -31,12 +32,13 @@ def section(macs_per_sample: int | None) -> MeasureSpec:
                      help=f"This machine has {cores} logical core(s). One thread gives the steadiest numbers and "
                           "the per-core cost; more threads show what a multi-core server sees (small layers and "
                           "int8 kernels often gain less from them).")
-        st.toggle("Also time the model in torch (eager)", value=True, key="eager", **SHARED,
-                  help="For reference beside ONNX Runtime, while a variant is still a torch model; off halves the "
-                       "timing of each run.")
+        if torch_model:
+            st.toggle("Also time the model in torch (eager)", value=True, key="eager", **SHARED,
+                      help="For reference beside ONNX Runtime, while a variant is still a torch model; off halves "
+                           "the timing of each run.")
     spec = state.measure_spec(macs_per_sample)
     threads = f"{spec.threads} ONNX Runtime thread{'s' if spec.threads > 1 else ''}"
-    eager = ", torch eager too" if spec.torch_eager else ""
+    eager = ", torch eager too" if spec.torch_eager and torch_model else ""
     automatic = not st.session_state.get("batch") and spec.batch_sizes == default_batch_sizes(macs_per_sample)
     reason = default_reason(macs_per_sample) if automatic else ""
     st.caption(f"Latency at batch {', '.join(map(str, spec.batch_sizes))} with {threads}{eager}, on this machine."

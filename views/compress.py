@@ -96,7 +96,7 @@ if converts and not problems:
                f"{'its ONNX export' if traced else 'it'} (checked against ONNX Runtime); the run measures "
                f"{'that export' if traced else 'the uploaded file'} as the baseline and exports each variant from "
                "the conversion.")
-measure = measure_knobs.section(cache.summary(ref).total_macs)
+measure = measure_knobs.section(cache.summary(ref).total_macs, held.loaded.module is not None)
 spec = settings.to_spec(ref, data, measure, name=f"{label} · {settings.describe()}")
 single, sweep = st.columns(2, gap="large")
 with single:

@@ -131,7 +131,7 @@ with view.guard():
 
 st.subheader("Baseline")
 with view.guard():
-    measure = measure_knobs.section(cache.summary(ref).total_macs)
+    measure = measure_knobs.section(cache.summary(ref).total_macs, cache.model(ref).loaded.module is not None)
     with st.spinner("Exporting to ONNX and measuring with ONNX Runtime…"):
         m = cache.baseline(ref, data, measure)
     st.markdown(f"{view.badge('measured')} ONNX Runtime (CPU) on {m.eval_samples} test samples, "

@@ -29,7 +29,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.architectures import BasicBlock, MobileNetV3Block, TinyResNet, TokenEncoder, random_init  # noqa: E402
+from tests.architectures import MobileNetV3Block, ResNet18, TinyResNet, TokenEncoder, random_init  # noqa: E402
 from workbench.errors import WorkbenchError  # noqa: E402
 from workbench.export import export_onnx  # noqa: E402
 from workbench.onnx_torch import convert  # noqa: E402
@@ -38,24 +38,6 @@ from workbench.structured import prune_structured  # noqa: E402
 from workbench.zoo import load_sample  # noqa: E402
 
 CHECK = 32
-
-
-class ResNet18(nn.Module):
-    """torchvision's ResNet-18 layout (BasicBlock x [2, 2, 2, 2], 64-512 channels) on 3x224x224 inputs."""
-
-    def __init__(self, classes: int = 1000) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-                                  nn.MaxPool2d(3, 2, 1))
-        widths, blocks, c_in = (64, 128, 256, 512), [], 64
-        for i, width in enumerate(widths):
-            blocks += [BasicBlock(c_in, width, stride=1 if i == 0 else 2), BasicBlock(width, width)]
-            c_in = width
-        self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(512, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1), 1))
 
 
 class RowLSTM(nn.Module):

@@ -29,6 +29,9 @@ from workbench.summary import summarize_onnx
 MODEL = "digits-cnn"
 MEASURE = {"batch_sizes": [1, 256], "threads": 1, "warmup": 20, "repeats": 300, "min_time_s": 0.5,
            "torch_eager": False}
+SCALE = "ResNet-18 layout, 3×224×224"   # the same setting on a model whose convs are wide: random weights
+SCALE_MEASURE = {**MEASURE, "batch_sizes": [1, 8], "warmup": 5, "repeats": 50}
+SCALE_SAMPLES = 32
 RECOVERY = {"epochs": 30, "lr": 0.01, "label_smoothing": 0.1}  # cosine schedule (the default)
 ACCEPTANCE_RATIO = 0.5
 UPLOAD = "50%, layer scope, ONNX upload"   # the first row's setting on the exported graph, converted to torch
@@ -95,13 +98,89 @@ def row(name: str, report: Report, macs: int, base_macs: int) -> dict:
     return out
 
 
+def run_at_scale() -> list[dict]:
+    """Structured pruning (no recovery: random weights, no labels) of the ResNet-18 layout exported to ONNX,
+    as a user would upload it: latency and MACs only, at batch 1 and 8 (batch 256 is 464 GMAC per call)."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.architectures import ResNet18, random_init
+    from workbench.export import export_onnx
+
+    torch.manual_seed(0)
+    module = random_init(ResNet18(classes=10)).eval()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path, data = Path(tmp) / "resnet18.onnx", Path(tmp) / "eval.npz"
+        onnx.save(export_onnx(module, (torch.zeros(2, 3, 224, 224),)), str(path))
+        np.savez(data, x=np.random.default_rng(0).standard_normal((SCALE_SAMPLES, 3, 224, 224), dtype=np.float32))
+        base_macs = onnx_macs(path)
+        for name, structured in (("50%, layer scope", {"ratio": 0.5}), ("70%, layer scope", {"ratio": 0.7}),
+                                 ("70%, layer scope, round_to 8", {"ratio": 0.7, "round_to": 8})):
+            print(f"{SCALE}: {name}", file=sys.stderr, flush=True)
+            spec = RunSpec.from_dict({"name": name, "model": {"path": str(path)}, "data": {"path": str(data)},
+                                      "measure": SCALE_MEASURE, "stages": [{"structured": structured}]})
+            out = Path(tmp) / "out"
+            report = run_pipeline(spec, out_dir=out)
+            rows.append(scale_row(name, report, onnx_macs(out / "model.onnx"), base_macs))
+    return rows
+
+
+def scale_row(name: str, report: Report, macs: int, base_macs: int) -> dict:
+    base, final = report.baseline.measurement, report.final.measurement
+    pruned = report.variants[0].history[0]
+    out = {"variant": name, "params": f"{pruned['params_before']:,} -> {pruned['params_after']:,}",
+           "GMACs": f"{base_macs / 1e9:.2f} -> {macs / 1e9:.2f}", "MACs ×": base_macs / macs}
+    for s in final.latency:
+        ref = base.latency_at(s.batch_size)
+        out[f"ms @{s.batch_size}"] = f"{ref.median_ms:.2f} -> {s.median_ms:.2f}"
+        out[f"speedup @{s.batch_size}"] = ref.median_ms / s.median_ms
+        out[f"speedup ÷ MACs× @{s.batch_size}"] = out[f"speedup @{s.batch_size}"] / out["MACs ×"]
+    return out
+
+
 def table(rows: list[dict]) -> list[str]:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     return lines + ["| " + " | ".join(cell(k, r[k]) for k in keys) + " |" for r in rows]
 
 
-def render(rows: list[dict], main: Report, base_macs: int, env: dict, seconds: float) -> str:
+def scale_lines(rows: list[dict], digits_ratio: float) -> list[str]:
+    if not rows:
+        return []
+    first = rows[0]
+    return [
+        f"### The same pruning at scale: {SCALE}",
+        "",
+        f"torchvision's ResNet-18 layout with random weights (BatchNorm folded on export), uploaded as ONNX, "
+        f"converted and pruned; no recovery and no accuracy (random weights, {SCALE_SAMPLES} random inputs: "
+        "latency and MACs only). Batch 1 and 8: at batch 256 one call is 464 GMAC. Same threads and timing as "
+        "above; every ratio against the baseline of the same run.",
+        "",
+        *table(rows),
+        "",
+        f"- Here {first['variant']} turns {first['speedup ÷ MACs× @1']:.2f} of the MAC reduction into batch-1 "
+        f"speed (digits-cnn above: {digits_ratio:.2f}): with 64-512 channels on 56×56 to 7×7 maps each call is "
+        "milliseconds of arithmetic, so the per-call floor that caps the tiny sample vanishes.",
+        *round_to_line(rows),
+        "",
+    ]
+
+
+def round_to_line(rows: list[dict]) -> list[str]:
+    by_name = {r["variant"]: r for r in rows}
+    plain, aligned = by_name.get("70%, layer scope"), by_name.get("70%, layer scope, round_to 8")
+    if not (plain and aligned):
+        return []
+    return [f"- At 70% the widths left are multiples of neither 8 nor 16, so part of every vector instruction "
+            f"idles: {plain['speedup @1']:.2f}× faster for {plain['MACs ×']:.1f}× fewer MACs (ratio "
+            f"{plain['speedup ÷ MACs× @1']:.2f}); `round_to: 8` gives {aligned['speedup @1']:.2f}× for "
+            f"{aligned['MACs ×']:.1f}× (ratio {aligned['speedup ÷ MACs× @1']:.2f})."]
+
+
+def render(rows: list[dict], main: Report, base_macs: int, env: dict, seconds: float,
+           scale: list[dict] | None = None) -> str:
     v, first = env["versions"], rows[0]
     pruned = main.variants[0]
     base_acc = main.baseline.measurement.metrics["accuracy"]
@@ -138,6 +217,7 @@ def render(rows: list[dict], main: Report, base_macs: int, env: dict, seconds: f
         f"at batch 1, {first['speedup ÷ MACs× @256']:.2f} at batch 256 (goal ≥ 0.8).",
         "",
         *explain(rows),
+        *scale_lines(scale or [], first["speedup ÷ MACs× @1"]),
     ]
     return "\n".join(lines) + "\n"
 
@@ -196,7 +276,9 @@ def main() -> None:
     if not args.quick:
         print(f"{MODEL}: {UPLOAD}", file=sys.stderr, flush=True)
         rows.append(run_upload(base_macs)[0])
-    text = render(rows, reports[0], base_macs, environment(MEASURE["threads"]), time.perf_counter() - started)
+    scale = [] if args.quick else run_at_scale()
+    text = render(rows, reports[0], base_macs, environment(MEASURE["threads"]), time.perf_counter() - started,
+                  scale)
     print(text)
     if args.out is None:
         write_section("structured", text)

@@ -36,6 +36,24 @@ class TinyResNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.layer2(self.layer1(self.stem(x))), 1), 1))
 
 
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 layout (BasicBlock x [2, 2, 2, 2], 64-512 channels) on 3x224x224 inputs."""
+
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        widths, blocks, c_in = (64, 128, 256, 512), [], 64
+        for i, width in enumerate(widths):
+            blocks += [BasicBlock(c_in, width, stride=1 if i == 0 else 2), BasicBlock(width, width)]
+            c_in = width
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(512, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1), 1))
+
+
 def _conv_bn(c_in: int, c_out: int, k: int, groups: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=k // 2, groups=groups, bias=False),
                          nn.BatchNorm2d(c_out), nn.ReLU6())

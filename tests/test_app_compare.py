@@ -272,6 +272,29 @@ def test_runs_on_different_data_are_flagged_and_keep_separate_baselines(tmp_path
         "digits-mlp baseline on digits", "digits-mlp baseline on digits · classes 0,1"]
 
 
+def test_runs_timed_with_different_threads_are_flagged(tmp_path, monkeypatch):
+    from tests.conftest import FAST_MEASURE
+    from workbench import jobs
+    from workbench.specs import RunSpec
+    from workbench.store import Store
+
+    home = tmp_path / "home"
+    store = Store(home)
+    for threads in (1, 2, 1):
+        jobs.submit(store, RunSpec.from_dict({"model": "digits-mlp", "measure": {**FAST_MEASURE, "threads": threads},
+                                              "stages": [{"prune": {"sparsity": 0.5}}]}))
+    while (run := store.claim("test")) is not None:
+        jobs.execute(store, run.id)
+    monkeypatch.setenv("WORKBENCH_HOME", str(home))
+    at = page(runs="1,2,3")
+    assert not at.exception
+    (warning,) = at.warning
+    assert warning.value.startswith("These runs were timed under 2 different conditions (1 thread on ")
+    assert "; 2 threads on " in warning.value
+    at = page(runs="1,3")
+    assert not at.exception and not at.warning
+
+
 def test_a_change_that_rounds_to_zero_is_grey_not_a_red_rise():
     """A transfer-only run's size and latency equal its baseline's: '+0%' used to show as a red rise."""
     from ui.runs_view import _pct, _points

@@ -45,6 +45,8 @@ def test_stage_fields_follow_the_knobs():
     assert (nm.nm, nm.sparsity, nm.method, nm.schedule) == ("2:4", 0.5, "random", "oneshot") and tune.epochs == 2
     (structured,) = CompressSettings(technique="structured", ratio=0.3, round_to=8).stages(MLP)
     assert (structured.ratio, structured.round_to) == (0.3, 8)
+    assert CompressSettings(technique="structured").method_stage.round_to == 8   # SIMD-friendly widths by default
+    assert CompressSettings(technique="structured", round_to=None).method_stage.round_to is None
     (distill,) = CompressSettings(technique="distill", width=0.25, distill_epochs=12, init="random").stages(MLP)
     assert (distill.width, distill.epochs, distill.init) == (0.25, 12, "random")
     (lowrank,) = CompressSettings(technique="lowrank", energy=0.8, epochs=4).stages(MLP)

@@ -43,14 +43,14 @@ DEFAULT_SAMPLE = "digits-mlp"
 # a bound widget drops the parameter from the URL exactly when the value is the default.
 COMPRESS_DEFAULTS = {"technique": "unstructured", "sparsity": 0, "bits": 32, "method": "magnitude",
                      "scope": "global", "int8": "static", "calibration": "minmax", "epochs": 0, "schedule": "oneshot",
-                     "rewind": "lr", "reconstruct": "none", "init": "teacher", "round8": False, "clusters": 0,
+                     "rewind": "lr", "reconstruct": "none", "init": "teacher", "clusters": 0,
                      "cluster_epochs": 0, "qat": False, "qat_act8": False, "retrain_head": False,
                      "transfer_backbone": False, "classes": [],
                      "exclude": []}
 # ...and those whose default is not their first option: the page passes it as the widget's value (percent
 # for fractions), so they are not put into the session state before the widget exists
 COMPRESS_VALUES = {"per_round": 20, "steps": 10, "ratio": 50, "width": 50, "distill_epochs": 30, "energy": 90,
-                   "qat_epochs": 5}
+                   "qat_epochs": 5, "round8": True}
 # Test/dev knob: WORKBENCH_FAST_MEASURE=1 makes runs launched from the app (and the Model page baseline)
 # measure quickly and roughly. Never use it for numbers you report.
 FAST_MEASURE_ENV = "WORKBENCH_FAST_MEASURE"

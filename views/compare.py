@@ -31,6 +31,10 @@ if len(groups := compare.data_groups(df)) > 1:
     st.warning(f"These runs were scored on {len(groups)} different data ({', '.join(groups)}): accuracies compare "
                "only within the same data, so each has its own baseline and Pareto frontier. Deltas are against "
                "each run's own baseline.")
+if len(timed := compare.timing_groups(df)) > 1:
+    st.warning(f"These runs were timed under {len(timed)} different conditions ({'; '.join(timed)}): absolute "
+               "latencies compare only within the same conditions. Each run's speedups are against its own "
+               "baseline, timed in that run.")
 metric = compare.quality_metric(df)
 batches = compare.batch_sizes(df) or [1]
 batch = st.radio("Latency at batch size", batches, horizontal=True, key="compare_batch")

@@ -243,7 +243,8 @@ def report_row(report: dict[str, Any]) -> dict[str, Any]:
         ref = row.get(f"base_ort_ms@{s['batch_size']}")
         row[f"speedup@{s['batch_size']}"] = ref / s["median_ms"] if ref and s["median_ms"] else np.nan
     row.update(sparsity=m["size"]["sparsity"], bits=m["size"]["bits_per_weight"], variant=final["name"],
-               threads=report.get("environment", {}).get("threads"), storage_bits=m["size"].get("storage_bits"),
+               threads=report.get("environment", {}).get("threads"), cpu=report.get("environment", {}).get("cpu_model"),
+               storage_bits=m["size"].get("storage_bits"),
                params=m["size"].get("params"), channels_removed=channels_removed(report))
     base_params = base["measurement"]["size"].get("params")
     row["params_x"] = base_params / row["params"] if base_params and row["params"] else np.nan
@@ -343,6 +344,17 @@ def data_label(spec: dict[str, Any], file_name: FileName = _base_name) -> str:
 def data_groups(df: pd.DataFrame) -> list[str]:
     """The distinct data the runs were scored on, in order of appearance (one entry: they all compare)."""
     return list(dict.fromkeys(df["data"])) if "data" in df else []
+
+
+def timing_groups(df: pd.DataFrame) -> list[str]:
+    """The distinct conditions the runs were timed under (ONNX Runtime threads, CPU), in order of appearance:
+    absolute latencies compare only within one; each run's speedups are against its own baseline."""
+    if "threads" not in df:
+        return []
+    cpus = df["cpu"] if "cpu" in df else pd.Series([None] * len(df), index=df.index)
+    labels = [f"{int(t)} thread{'s' if t != 1 else ''}" + (f" on {c}" if isinstance(c, str) and c else "")
+              for t, c in zip(df["threads"], cpus, strict=True) if pd.notna(t)]
+    return list(dict.fromkeys(labels))
 
 
 def quality_metric(df: pd.DataFrame) -> str:

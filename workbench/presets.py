@@ -84,7 +84,7 @@ class CompressSettings:
     rewind: str = "lr"             # iterative/gradual: how each round retrains (PruneSpec.rewind)
     reconstruct: str = "none"      # unstructured and N:M: solve the kept weights on calibration inputs
     ratio: float = 0.5             # structured: fraction of channels removed per group
-    round_to: int | None = None    # structured: keep channel counts multiples of this
+    round_to: int | None = 8       # structured: keep channel counts multiples of this (None: the exact ratio)
     width: float = 0.5             # distill: fraction of channels the student keeps
     distill_epochs: int = 30
     init: str = "teacher"          # distill: the student starts from the teacher's channels or at random
@@ -459,7 +459,7 @@ PRESETS: dict[str, Preset] = {
         CompressSettings(technique="structured", ratio=0.5, epochs=30),
         "remove half the channels/neurons of every layer (Torch-Pruning) + 30 epochs of recovery: a smaller "
         "dense model whose file size and multiply-adds really drop; the speedup is measured in the run "
-        "(tiny layers can stay overhead-bound). Torch models only"),
+        "(tiny layers can stay overhead-bound). Torch models, and ONNX graphs through their conversion"),
     "Deep Compression: 90% + k=16 + packed": Preset(
         CompressSettings(sparsity=0.9, epochs=2, schedule="iterative", per_round=0.2, clusters=16,
                          cluster_epochs=10),
@@ -469,7 +469,8 @@ PRESETS: dict[str, Preset] = {
     "Distilled student 0.5×": Preset(
         CompressSettings(technique="distill", width=0.5, distill_epochs=30),
         "a student with half the channels of every layer, trained 30 epochs on the original model's softened "
-        "outputs: a really smaller, dense model; its accuracy is only known after training. Torch models only"),
+        "outputs: a really smaller, dense model; its accuracy is only known after training. Torch models, and ONNX "
+        "graphs through their conversion"),
 }
 
 

@@ -71,7 +71,8 @@ def apply_point(base: RunSpec, point: dict[str, Any]) -> RunSpec:
             spec = dataclasses.replace(spec, stages=tuple(s for s in spec.stages if not isinstance(s, PruneSpec)))
     if "ratio" in point:   # channels go first: unstructured masks are then computed on the slimmer model
         kept = [s for s in spec.stages if not isinstance(s, StructuredSpec)]
-        old = next((s for s in spec.stages if isinstance(s, StructuredSpec)), StructuredSpec())
+        # a new stage keeps SIMD-friendly widths, as the Compress page does by default (BENCHMARKS.md, structured)
+        old = next((s for s in spec.stages if isinstance(s, StructuredSpec)), StructuredSpec(round_to=8))
         stages = ([dataclasses.replace(old, ratio=point["ratio"])] if point["ratio"] else []) + kept
         spec = RunSpec.from_dict(dataclasses.replace(spec, stages=tuple(stages)).to_dict())
     if "bits" in point:

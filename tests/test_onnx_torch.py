@@ -90,6 +90,42 @@ def test_common_blocks_convert_from_either_exporter(make, exporter):
     _runs_like_ort(conversion.module, export_onnx(conversion.module, EXAMPLE), batch=3)
 
 
+class TokenClassifier(nn.Module):
+    """Token ids and an attention mask in, positions from arange over the sequence: what language models'
+    exports look like (Range, Gather on embedding tables, int64 inputs with dynamic batch and length)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok, self.pos, self.out = nn.Embedding(50, 16), nn.Embedding(12, 16), nn.Linear(16, 3)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.tok(ids) + self.pos(torch.arange(ids.shape[1]).unsqueeze(0))
+        weight = mask.unsqueeze(-1).to(x.dtype)
+        return self.out((x * weight).sum(1) / weight.sum(1))
+
+
+def test_token_id_models_with_positions_from_a_range_convert_for_any_batch_and_length():
+    rng = np.random.default_rng(0)
+    ids, mask = rng.integers(0, 50, (6, 10)), (np.arange(10)[None] < rng.integers(3, 11, (6, 1))).astype(np.int64)
+    buffer = io.BytesIO()
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        example = (torch.from_numpy(ids[:2]), torch.from_numpy(mask[:2]))
+        torch.onnx.export(random_init(TokenClassifier()).eval(), example, buffer, dynamo=False, opset_version=17,
+                          input_names=["ids", "mask"], output_names=["logits"],
+                          dynamic_axes={"ids": {0: "b", 1: "s"}, "mask": {0: "b", 1: "s"}, "logits": {0: "b"}})
+    model = onnx.load_from_string(buffer.getvalue())
+    assert "Range" in {n.op_type for n in model.graph.node}
+    conversion = convert(model, [ids, mask])
+    assert conversion.max_error < 1e-5
+    session = make_session(model)
+    for batch, length in ((1, 4), (6, 10)):   # other batch sizes and lengths than the check's
+        feeds = {"ids": ids[:batch, :length], "mask": mask[:batch, :length]}
+        with torch.no_grad():
+            got = conversion.module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+        np.testing.assert_allclose(got, session.run(None, feeds)[0], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["digits-cnn", "digits-vit"])
 def test_a_graph_exported_for_batch_1_only_converts_to_a_module_for_any_batch(name):
     """Many files fix the batch at 1, baking it into their reshapes; the check runs ONNX Runtime one sample

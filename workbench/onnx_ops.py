@@ -468,6 +468,20 @@ def _expand(attrs: dict, x: list) -> torch.Tensor:
     return data.expand(*target)
 
 
+def _scalar(value: Any) -> Any:
+    """A Range bound: a Python int (shape arithmetic) or the number in a one-element constant tensor."""
+    if isinstance(value, torch.Tensor):
+        return value.reshape(-1)[0].item()
+    return value[0] if isinstance(value, tuple | list) else value
+
+
+@op("Range")
+def _range(attrs: dict, x: list) -> torch.Tensor:
+    floating = any(isinstance(v, torch.Tensor) and v.is_floating_point() for v in x)
+    start, limit, delta = (_scalar(v) for v in x)
+    return torch.arange(start, limit, delta, dtype=torch.float32 if floating else torch.int64)
+
+
 @op("Split")
 def _split(attrs: dict, x: list) -> tuple:
     data, axis = x[0], attrs.get("axis", 0)

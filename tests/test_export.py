@@ -30,6 +30,15 @@ def test_transformer_linears_keep_their_torch_names_and_the_graph_computes_the_s
     np.testing.assert_allclose(got, vit(x).detach().numpy(), atol=1e-5)
 
 
+def test_exported_graphs_carry_no_debug_records_that_would_count_as_file_size():
+    vit = load_sample("digits-vit").eval()
+    model = export_onnx(vit, EXAMPLE)
+    assert not any(n.metadata_props or n.doc_string for n in model.graph.node)   # stack traces, FX names
+    x = torch.rand(3, 1, 8, 8)
+    np.testing.assert_allclose(make_session(model).run(None, {"input": x.numpy()})[0], vit(x).detach().numpy(),
+                               atol=1e-5)
+
+
 class Twins(nn.Module):
     """Two Linears on tokens (a 3-D input) holding the same weights: neither name can be told apart."""
 

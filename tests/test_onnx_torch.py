@@ -18,6 +18,7 @@ from workbench.errors import WorkbenchError
 from workbench.evaluate import make_session
 from workbench.export import export_onnx
 from workbench.onnx_torch import convert
+from workbench.pruning import torch_weights
 from workbench.specs import StructuredSpec
 from workbench.structured import prune_structured
 
@@ -118,6 +119,9 @@ def test_token_id_models_with_positions_from_a_range_convert_for_any_batch_and_l
     assert "Range" in {n.op_type for n in model.graph.node}
     conversion = convert(model, [ids, mask])
     assert conversion.max_error < 1e-5
+    tables = {n for n, m in conversion.module.named_modules() if isinstance(m, nn.Embedding)}
+    assert tables == {"tok", "pos"}                  # lookups stay lookups: pruning and clustering leave them
+    assert set(torch_weights(conversion.module)) == {"out.weight"}
     session = make_session(model)
     for batch, length in ((1, 4), (6, 10)):   # other batch sizes and lengths than the check's
         feeds = {"ids": ids[:batch, :length], "mask": mask[:batch, :length]}

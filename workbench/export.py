@@ -62,11 +62,11 @@ def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> o
     with _quiet(), torch.no_grad():
         if not isinstance(module, torch.jit.ScriptModule):
             try:
-                return restore_parameter_names(_export_dynamo(module, example, names), module)
+                return without_debug_info(restore_parameter_names(_export_dynamo(module, example, names), module))
             except Exception as exc:  # fall back to the legacy exporter, which handles more Python
                 log.info("dynamo export failed (%s); trying the TorchScript exporter", str(exc).splitlines()[0])
         try:
-            return restore_parameter_names(_export_legacy(module, example, names), module)
+            return without_debug_info(restore_parameter_names(_export_legacy(module, example, names), module))
         except Exception as exc:
             export_error = _reason(exc)
         try:
@@ -116,6 +116,19 @@ def _export_dynamo(module: torch.nn.Module, example: tuple, names: list[str]) ->
 def _digest(array: np.ndarray) -> tuple:
     array = np.ascontiguousarray(array)
     return array.shape, array.dtype.str, hashlib.blake2b(array.tobytes(), digest_size=16).digest()
+
+
+def without_debug_info(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` without the exporter's per-node debug records (stack traces, FX node names, module paths in
+    metadata_props and doc strings): about 60 KB on a 460 KB transformer, which a file-size ratio against an
+    uploaded file without them would count as the compression's cost. Runs as before; nothing reads them."""
+    nodes = list(model.graph.node)
+    while nodes:
+        node = nodes.pop()
+        del node.metadata_props[:]
+        node.doc_string = ""
+        nodes += [n for a in node.attribute for g in (*([a.g] if a.HasField("g") else []), *a.graphs) for n in g.node]
+    return model
 
 
 def restore_parameter_names(model: onnx.ModelProto, module: torch.nn.Module) -> onnx.ModelProto:

@@ -225,9 +225,12 @@ def _softmax(attrs: dict, x: list) -> torch.Tensor:
     return fn(data.flatten(axis), dim=axis).reshape(data.shape)
 
 
-@op("layer")   # Conv, Gemm / MatMul (+ bias Add), BatchNormalization, LayerNormalization as a module
+@op("layer")   # Conv, Gemm / MatMul (+ bias Add), BatchNormalization, LayerNormalization, Gather as a module
 def _layer(attrs: dict, x: list, layer: nn.Module) -> torch.Tensor:
     data = x[0]
+    if isinstance(layer, nn.Embedding):   # ONNX Gather counts negative indices from the end
+        index = _tensor(data).long()
+        return layer(torch.where(index < 0, index + layer.num_embeddings, index))
     if "kernel_shape" in attrs:   # a convolution with auto_pad SAME: padding from the input's size
         data = F.pad(data, same_pads(attrs, list(data.shape[2:]), list(attrs["kernel_shape"])))
     elif "pad" in attrs:   # asymmetric padding, applied before the layer

@@ -5,7 +5,8 @@ The maintained converters (onnx2torch, onnx2pytorch) both import torchvision for
 torchvision's PyPI wheels load only with the CUDA build of torch; so this module converts the ops that
 classification networks export to itself:
 - Conv -> nn.Conv1d/2d/3d, Gemm and MatMul by a 2-D weight (with the Add of its bias) -> nn.Linear,
-  BatchNormalization -> nn.BatchNorm1d/2d/3d, LayerNormalization with its scale -> nn.LayerNorm: real layers,
+  BatchNormalization -> nn.BatchNorm1d/2d/3d, LayerNormalization with its scale -> nn.LayerNorm, a Gather
+  of rows of a 2-D float table (token and position embeddings) -> nn.Embedding: real layers,
   named after their ONNX weights ("features.0.weight" becomes the module features.0), so layer names in
   recipes, notes and tables stay the graph's;
 - other float initializers of more than one value (positional embeddings, class tokens) become parameters;
@@ -336,6 +337,17 @@ class _Builder:
         path = self.add_layer(norm, node.input[1])
         self._took(node.input[1], node.input[2:3] if bias is not None else [])
         return Step("layer", inputs[:1], list(node.output)[:1], {}, path)
+
+    def _make_Gather(self, node: onnx.NodeProto, attrs: dict, inputs: list) -> Step | None:   # noqa: N802
+        table = self.float_init(node.input[0], node)
+        if table is None or table.ndim != 2 or attrs.get("axis", 0) != 0 or node.input[1] in self.inits:
+            return None   # shape arithmetic, a computed or shared table, or constant indices: a plain Gather
+        embedding = nn.Embedding(*table.shape)
+        with torch.no_grad():
+            embedding.weight.copy_(torch.from_numpy(table.copy()))
+        path = self.add_layer(embedding, node.input[0])
+        self._took(node.input[0], [])
+        return Step("layer", inputs[1:2], list(node.output), {}, path)
 
     def _took(self, weight: str, others: Sequence[str]) -> None:
         if weight in self.used:   # a weight two layers share would be trained as two copies

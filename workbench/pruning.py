@@ -221,8 +221,13 @@ def sparsity_of(masks: dict[str, np.ndarray]) -> float:
 # --- torch ---------------------------------------------------------------------------------------
 
 def torch_weights(module) -> dict:
-    """Prunable parameters: weights of Linear/Conv-like layers (name ends in 'weight', >= 2 dims)."""
-    return {n: p for n, p in module.named_parameters() if n.endswith("weight") and p.dim() >= 2}
+    """Prunable parameters: weights of Linear/Conv-like layers (name ends in 'weight', >= 2 dims), not the
+    tables of nn.Embedding layers (lookups, not multiply-adds: as on ONNX graphs, where Gather data is no layer)."""
+    from torch import nn
+
+    tables = {f"{n}.weight" if n else "weight" for n, m in module.named_modules()
+              if isinstance(m, nn.Embedding | nn.EmbeddingBag)}
+    return {n: p for n, p in module.named_parameters() if n.endswith("weight") and p.dim() >= 2 and n not in tables}
 
 
 def torch_input_axes(module) -> dict[str, int]:

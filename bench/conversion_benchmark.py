@@ -5,7 +5,7 @@ Each model is exported three times, with torch's TorchScript exporter (what most
 from), with it for batch size 1 only (as many files are), and with its torch.export-based exporter (what the
 workbench writes), then converted and checked against ONNX Runtime on 32 random inputs. Models are built
 here with random weights (no downloads): the three samples' architectures, torchvision-style ResNet-18 and
-MobileNetV3 blocks, an nn.TransformerEncoder, an LSTM.
+MobileNetV3 blocks, an nn.TransformerEncoder, an LSTM (which converts to nn.LSTM).
 
     python bench/conversion_benchmark.py      # ~2 min on 2 vCPUs; rewrites its section of BENCHMARKS.md
 """
@@ -142,9 +142,12 @@ def render(rows: list[dict], seconds: float) -> str:
         "convert to modules that take any batch (the reshapes that carry the fixed batch on its own axis copy it "
         "instead); where the batch is folded into another size (sequence-first attention: batch x heads) the "
         "conversion is refused with how to export instead.",
-        "- What does not convert is named, op and node, before a run starts (recurrent ops such as LSTM have no "
-        "conversion); the methods that work on the graph itself (pruning, quantization, reconstruction, low-rank, "
-        "clustering) still apply to it.",
+        "- What does not convert is named, op and node, before a run starts; the methods that work on the graph "
+        "itself (pruning, quantization, reconstruction, low-rank, clustering) still apply to it. Here: "
+        + ("; ".join(f"{r['model']} ({r['exporter']}): {r['converts'].removeprefix('no: ')}" for r in rows
+                     if r["converts"] != "yes") or "every export converted") + ".",
+        "- LSTM and GRU nodes become nn.LSTM / nn.GRU (trainable; Torch-Pruning cannot narrow them, so structured "
+        "pruning says so and leaves them whole).",
         "- Where a reshape's sizes are tied to a layer's width (attention heads split from a fused projection), "
         "structured pruning leaves that layer whole and says so, instead of letting the reshape fold samples "
         "into each other.",

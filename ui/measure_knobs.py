@@ -19,11 +19,10 @@ SHARED = {"bind": "query-params", "persist_state": "session"}
 def section(macs_per_sample: int | None, torch_model: bool) -> MeasureSpec:
     """The measurement widgets in an expander, then one line saying how runs measure; returns the spec.
     `torch_model`: the model is a torch model, which runs also time in torch eager (ONNX graphs: never)."""
-    automatic = state.measure_spec(macs_per_sample) if not st.session_state.get("batch") else None
+    sizes = state.measure_spec(macs_per_sample).batch_sizes   # shown as the placeholder only while none is chosen
     with st.expander("Measurement settings: batch sizes, threads"):
         st.multiselect("Batch sizes", BATCH_CHOICES, key="batch", **SHARED,
-                       placeholder="automatic" + (f": {', '.join(map(str, automatic.batch_sizes))}" if automatic
-                                                  else ""),
+                       placeholder=f"automatic: {', '.join(map(str, sizes))}",
                        help="Latency is timed at each batch size. Batch 1 is one request at a time (per-call "
                             "overhead weighs most); large batches show throughput (the arithmetic dominates). "
                             "Leave empty for the default: 1 and 256, fewer for large models.")
@@ -39,8 +38,8 @@ def section(macs_per_sample: int | None, torch_model: bool) -> MeasureSpec:
     spec = state.measure_spec(macs_per_sample)
     threads = f"{spec.threads} ONNX Runtime thread{'s' if spec.threads > 1 else ''}"
     eager = ", torch eager too" if spec.torch_eager and torch_model else ""
-    automatic = not st.session_state.get("batch") and spec.batch_sizes == default_batch_sizes(macs_per_sample)
-    reason = default_reason(macs_per_sample) if automatic else ""
+    defaulted = not st.session_state.get("batch") and spec.batch_sizes == default_batch_sizes(macs_per_sample)
+    reason = default_reason(macs_per_sample) if defaulted else ""
     st.caption(f"Latency at batch {', '.join(map(str, spec.batch_sizes))} with {threads}{eager}, on this machine."
                + (f" ({reason[0].upper()}{reason[1:]}.)" if reason else ""))
     return spec

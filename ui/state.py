@@ -9,7 +9,7 @@ Session-state keys other pages may read:
   "last_runs"  list of run ids launched from this session, oldest first
   "last_sweep" sweep id of the last sweep launched from this session
   COMPRESS_DEFAULTS and COMPRESS_VALUES keys: the Compress page widgets (bound to the URL under the same names)
-  MEASURE_KEYS: how runs measure (batch sizes, ONNX Runtime threads, torch eager), on the Model and Compress pages
+  "batch", "threads", "eager"  how runs measure (ui.measure_knobs, on the Model and Compress pages) -> measure_spec()
 URL: ?model=<sample name | uploaded file name>&arch=<arch>&data=<digits | uploaded file name>&label=<column>
      &train=<uploaded training file name>
      plus the bound widgets: technique, sparsity (percent), bits, method, scope, int8, calibration, epochs,
@@ -67,10 +67,7 @@ def uploads_dir() -> Path:
     return home() / "uploads"
 
 
-MEASURE_KEYS = ("batch", "threads", "eager")   # the measurement widgets (ui.measure_knobs), bound to the URL
-
-
-def measure_spec(macs_per_sample: int | None = None) -> MeasureSpec:
+def measure_spec(macs_per_sample: int | None) -> MeasureSpec:
     """How the baseline and launched runs measure: the batch sizes, threads and torch-eager timing chosen in
     the measurement widgets; no batch size chosen: the default for a model of `macs_per_sample`
     (workbench.measure_plan). WORKBENCH_FAST_MEASURE=1 times fewer calls (FAST_MEASURE)."""

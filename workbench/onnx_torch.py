@@ -6,7 +6,8 @@ torchvision's PyPI wheels load only with the CUDA build of torch; so this module
 classification networks export to itself:
 - Conv -> nn.Conv1d/2d/3d, Gemm and MatMul by a 2-D weight (with the Add of its bias) -> nn.Linear,
   BatchNormalization -> nn.BatchNorm1d/2d/3d, LayerNormalization with its scale -> nn.LayerNorm, a Gather
-  of rows of a 2-D float table (token and position embeddings) -> nn.Embedding: real layers,
+  of rows of a 2-D float table (token and position embeddings) -> nn.Embedding, LSTM / GRU -> nn.LSTM / nn.GRU
+  (`workbench.onnx_recurrent`): real layers,
   named after their ONNX weights ("features.0.weight" becomes the module features.0), so layer names in
   recipes, notes and tables stay the graph's;
 - other float initializers of more than one value (positional embeddings, class tokens) become parameters;
@@ -40,6 +41,7 @@ from workbench.data import Dataset, Splits
 from workbench.errors import WorkbenchError
 from workbench.models import LoadedModel
 from workbench.onnx_ops import OPS, axis_index
+from workbench.onnx_recurrent import recurrent_layer
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -348,6 +350,25 @@ class _Builder:
         path = self.add_layer(embedding, node.input[0])
         self._took(node.input[0], [])
         return Step("layer", inputs[1:2], list(node.output), {}, path)
+
+    def _make_LSTM(self, node: onnx.NodeProto, attrs: dict, inputs: list) -> Step | None:   # noqa: N802
+        given = list(node.input) + [""] * (8 - len(node.input))
+        w, r = self.float_init(given[1], node), self.float_init(given[2], node)
+        b = self.float_init(given[3], node) if given[3] else None
+        if w is None or r is None or (given[3] and b is None):
+            return self._unsupported(node, "its weights are not float initializers of its own")
+        if given[4] or given[7]:
+            return self._unsupported(node, "per-sample sequence lengths" if given[4] else "peephole weights")
+        try:
+            layer = recurrent_layer(node.op_type, attrs, w, r, b)
+        except WorkbenchError as exc:
+            return self._unsupported(node, str(exc))
+        path = self.add_layer(layer, given[1])
+        self._took(given[1], [n for n in given[2:4] if n])
+        return Step("recurrent", [given[0] or None, given[5] or None, given[6] or None], list(node.output),
+                    {"reverse": attrs.get("direction", b"") == b"reverse"}, path)
+
+    _make_GRU = _make_LSTM   # noqa: N815
 
     def _took(self, weight: str, others: Sequence[str]) -> None:
         if weight in self.used:   # a weight two layers share would be trained as two copies

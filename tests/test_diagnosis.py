@@ -113,6 +113,16 @@ def test_structured_compares_mac_and_latency_ratios(runs):
     assert not [f for f in findings if "zero" in f.headline]   # physically removed, not masked
 
 
+def test_structured_widths_between_multiples_of_8_get_the_round_to_hint(runs):
+    report, model = runs["structured"]   # digits-mlp at 50%: 300 -> 150 and 100 -> 50 neurons
+    hint = by_headline(diagnose(report, model_path=model), "2 pruned width(s) are not multiples of 8: 50, 150")
+    assert hint.kind == "hint" and "round_to: 8" in hint.explanation
+    aligned = copy.deepcopy(report)
+    for layer in aligned["variants"][-1]["history"][0]["pruned_layers"]:
+        layer["after"] = [w - w % 8 if w != b else w for w, b in zip(layer["after"], layer["before"], strict=True)]
+    assert not [f for f in diagnose(aligned, model_path=model) if "multiples of 8" in f.headline]
+
+
 def test_earlier_variant_reads_the_report_only(runs):
     report, model = runs["two_stage"]
     pruned = diagnose(report, index=0, model_path=model)   # model.onnx is the last variant's: not used for index 0

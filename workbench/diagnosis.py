@@ -41,6 +41,7 @@ CONVERSIONS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "C
 OVERHEAD_SHARE = 0.5     # a batch-1 call that is at least this much fixed cost gets a finding
 REALIZED = 0.8           # speedup / MAC reduction below this: the arithmetic saved did not become speed
 NOISY = 0.25             # p90 this far above the median: ratios of that size are noise
+ALIGN = 8                # channel blocks CPU kernels favour (8 floats per AVX2 vector, 16 per AVX-512)
 SPARSE = 0.05            # below this fraction of zeros, sparsity is not worth a finding
 
 
@@ -92,6 +93,7 @@ class Evidence:
     env: dict[str, Any]
     executed: ExecutedGraph | None
     macs: Macs | None
+    history: tuple[dict[str, Any], ...] = ()   # the stage's records (structured: its pruned layers' shapes)
 
     @property
     def speedups(self) -> list[tuple[int, float, dict, dict]]:
@@ -194,7 +196,7 @@ def evidence(report: dict[str, Any], index: int = -1, model_path: Path | None = 
         macs = _macs(report, base, var, variant.get("facts") or {}, onnx.load(str(model_path)))
     return Evidence(variant.get("name", f"variant {index}"), base, var, variant.get("facts") or {},
                     variant.get("stage") or {}, {c["aspect"]: c for c in variant.get("claims", [])}, env,
-                    executed, macs)
+                    executed, macs, tuple(variant.get("history") or ()))
 
 
 # --- wording helpers ---------------------------------------------------------------------------
@@ -372,6 +374,23 @@ def arithmetic(ev: Evidence) -> list[Finding]:
     return [Finding("cause" if low[2] < REALIZED else "ok", head, text.strip())]
 
 
+def widths(ev: Evidence) -> list[Finding]:
+    """Structured pruning that left layer widths between two multiples of ALIGN."""
+    odd = sorted({after for record in ev.history for layer in record.get("pruned_layers", [])
+                  for before, after in zip(layer["before"][:2], layer["after"][:2], strict=False)
+                  if after != before and after % ALIGN})
+    if not odd:
+        return []
+    rounded = _stage_field(ev, "round_to")
+    fix = (f"round_to: {rounded} was asked for, but these layers could not be rounded (coupled to others)" if rounded
+           else f"round_to: {ALIGN} (the Compress page's 'Round channel counts' toggle) keeps the widths aligned at "
+                "about the same size; the structured section of BENCHMARKS.md measures the difference")
+    return [Finding("hint", f"{len(odd)} pruned width(s) are not multiples of {ALIGN}: "
+                    f"{', '.join(map(str, odd[:6]))}{' ...' if len(odd) > 6 else ''}",
+                    "ONNX Runtime's CPU convolutions and matrix products work on blocks of 8-16 channels per vector "
+                    f"instruction, so a width between two multiples leaves part of a block idle. {fix}.")]
+
+
 def per_call_cost(measurement: dict[str, Any]) -> tuple[float, float, int, int] | None:
     """(fixed ms per call, ms per extra sample, smallest batch, largest batch): a straight line through
     the medians at the smallest and largest measured batch; None when that line says nothing."""
@@ -444,7 +463,8 @@ def noise(ev: Evidence) -> list[Finding]:
 
 
 RULES: tuple[Callable[[Evidence], list[Finding]], ...] = (
-    dense_zeros, int8_format, weight_only_format, fp16_format, simulated, arithmetic, overhead, cpu, threads, noise)
+    dense_zeros, int8_format, weight_only_format, fp16_format, simulated, arithmetic, widths, overhead, cpu, threads,
+    noise)
 
 
 def diagnose(report: dict[str, Any], index: int = -1, model_path: Path | None = None) -> list[Finding]:

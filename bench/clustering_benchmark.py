@@ -244,10 +244,13 @@ def verdict(rows: list[dict], best_rows: list[dict], drops: list[float], passed:
     lost = (min(samples), max(samples))
     widest = max(ok, key=lambda r: r["packed ×"], default=None)
     reached = passed == seeds
+    small, least = sum(r["packed ×"] >= GOAL_RATIO for r in best_rows), min(r["packed ×"] for r in best_rows)
+    size = (f"{GOAL_RATIO:.0f}×+ smaller in every seed" if small == seeds else
+            f"{GOAL_RATIO:.0f}×+ smaller in {small} of {seeds} seeds (min {least:.1f}×)")
     lines = [
-        f"**Goal {'reached' if reached else 'not reliably reached'}.** The best recipe is "
-        f"{GOAL_RATIO:.0f}×+ smaller in every seed, but its mean accuracy drop is {statistics.mean(drops):.2f} pt "
-        f"against a {GOAL_DROP} pt budget (≤{GOAL_DROP} pt in {passed} of {seeds} seeds)."
+        f"**Goal {'reached' if reached else 'not reliably reached'}.** The best recipe is {size}, and its mean "
+        f"accuracy drop is {statistics.mean(drops):.2f} pt against a {GOAL_DROP} pt budget (≤{GOAL_DROP} pt in "
+        f"{passed} of {seeds} seeds)."
         + (f" In the single-seed candidate table, the largest reduction within the accuracy budget is "
            f"{widest['packed ×']:.1f}× ({widest['candidate']}); the seed table shows how much one seed can "
            "flatter a recipe." if widest else ""),
@@ -264,7 +267,8 @@ def verdict(rows: list[dict], best_rows: list[dict], drops: list[float], passed:
         "images lands, so "
         "any recipe that retrains spends most of the 0.5 pt budget before compressing anything. Distillation "
         "from the dense model (table above) does not change that, nor did lower learning rates, bigger batches, "
-        "more rounds or shift augmentation in exploration outside this script. "
+        "more rounds, shift augmentation, averaging the weights of each fine-tuning's second half (SWA) or keeping "
+        "the epoch with the lowest calibration-split loss, in exploration outside this script. "
         "Clustering to 8 values with centroid fine-tuning costs about 0-1 sample more. Training numerics "
         "alone (1 vs 2 torch threads) moved one seed by 3 samples, so the 0.5 pt (1-sample) budget sits "
         "inside the run-to-run noise of this 360-sample test set.",

@@ -33,3 +33,12 @@ def default_reason(macs_per_sample: int | None) -> str:
     return (f"batch {largest} of this model is {largest * macs_per_sample / 1e9:,.0f} GMAC per call "
             f"({macs_per_sample / 1e9:.2f} GMAC per sample), seconds per call, timed at least five times per "
             f"variant and engine; so by default runs time batch {' and '.join(map(str, sizes))}")
+
+
+def heavy_calls(macs_per_sample: int | None, batch_sizes: tuple[int, ...]) -> str:
+    """The measured batch sizes whose call exceeds CALL_BUDGET_MACS, in words for a progress line
+    ("batch 256: 464 GMAC per call"), or "" when none does or the MACs are unknown."""
+    if not macs_per_sample:
+        return ""
+    heavy = [b for b in batch_sizes if b * macs_per_sample > CALL_BUDGET_MACS]
+    return ", ".join(f"batch {b}: {b * macs_per_sample / 1e9:,.0f} GMAC per call" for b in heavy)

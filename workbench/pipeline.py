@@ -29,12 +29,14 @@ from workbench.data import Dataset, Splits, adapt_to_shape, check_training_data,
 from workbench.environment import environment
 from workbench.errors import WorkbenchError
 from workbench.measure import measure
+from workbench.measure_plan import heavy_calls
 from workbench.models import LoadedModel, load_model, traced_kind
 from workbench.onnx_graph import kernel_signature
 from workbench.report import Report, VariantResult
 from workbench.specs import RunSpec, StageSpec, stage_dict
 from workbench.stage_needs import needs_conversion
 from workbench.stages import STAGE_RUNNERS, Context, Variant, to_onnx
+from workbench.summary import model_macs
 
 log = logging.getLogger(__name__)
 BASELINE_AFTER_TRANSFER = "baseline (after transfer)"
@@ -126,10 +128,13 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
         base_notes, base_history = (*converted, *variant.notes), tuple(variant.history)
     ctx.teacher = variant.module     # what recovery fine-tuning may distill from: the uncompressed model
 
-    report_progress(0.02 if base_stage is None else 1.85 / (steps + 1), "baseline",
-                    "exporting and measuring the baseline")
+    report_progress(0.02 if base_stage is None else 1.85 / (steps + 1), "baseline", "exporting the baseline")
     # a converted model is measured as the graph it was converted from (an ONNX upload: as uploaded)
     base_model = graph if converted and base_stage is None else to_onnx(variant, ctx)
+    counted = model_macs(base_model)
+    heavy = heavy_calls(counted[0] if counted else None, spec.measure.batch_sizes)
+    timing = f"measuring ({heavy}: seconds per timed call)" if heavy else "measuring"
+    report_progress(0.03 if base_stage is None else 1.9 / (steps + 1), "baseline", timing)
     base_m, base_outputs = measure(base_model, splits.test, spec.measure, module=variant.module if eager else None)
     baseline = VariantResult(base_name, base_stage, base_m, Facts(), (), base_notes, base_history)
     labelled = splits.test.labels is not None   # accuracy (paired with the baseline's answers), else fidelity
@@ -141,7 +146,7 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
             variant.notes.append("transfer is not the first stage, so it is measured as a variant: its accuracy "
                                  "is on the new task, the baseline's is the original head on the same labels")
         label = f"{i}: {stage.kind}"
-        report_progress((i + 0.85) / (steps + 1), label, "measuring")
+        report_progress((i + 0.85) / (steps + 1), label, timing)
         model = to_onnx(variant, ctx)
         m, _ = measure(model, splits.test, spec.measure, module=variant.module if eager else None,
                        reference=None if labelled else base_outputs,

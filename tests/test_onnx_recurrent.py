@@ -15,6 +15,7 @@ from torch import nn
 from tests.architectures import random_init
 from workbench.errors import WorkbenchError
 from workbench.evaluate import make_session
+from workbench.export import export_onnx
 from workbench.onnx_torch import convert
 
 RNG = np.random.default_rng(0)
@@ -44,9 +45,10 @@ def _export(module: nn.Module) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU])
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_exported_lstm_and_gru_become_their_torch_layers_and_train(kind, bidirectional):
-    model = _export(random_init(Rows(kind, bidirectional)))
+@pytest.mark.parametrize("bidirectional,exporter", [(False, "legacy"), (True, "legacy"), (True, "dynamo")])
+def test_exported_lstm_and_gru_become_their_torch_layers_and_train(kind, bidirectional, exporter):
+    module = random_init(Rows(kind, bidirectional))
+    model = _export(module) if exporter == "legacy" else export_onnx(module, (torch.from_numpy(X[:2]),))
     assert kind.__name__ in {n.op_type for n in model.graph.node}
     conversion = convert(model, [X])
     assert conversion.max_error < 1e-5

@@ -54,7 +54,7 @@ def recurrent_layer(kind: str, attrs: dict, w: np.ndarray, r: np.ndarray, b: np.
 
 
 @op("recurrent")
-def run_recurrent(attrs: dict, x: list, layer: nn.Module) -> tuple:
+def run_recurrent(attrs: dict, x: list, layer: nn.Module) -> torch.Tensor | tuple:
     """Y (seq, dirs, batch, H), Y_h (and Y_c) (dirs, batch, H), as ONNX lays them out."""
     data, h0, c0 = (list(x) + [None, None])[:3]
     lstm, reverse = isinstance(layer, nn.LSTM), attrs.get("reverse", False)
@@ -65,4 +65,5 @@ def run_recurrent(attrs: dict, x: list, layer: nn.Module) -> tuple:
     y, hidden = layer(data.flip(0) if reverse else data, state)
     y = (y.flip(0) if reverse else y).reshape(y.shape[0], y.shape[1], 2 if layer.bidirectional else 1,
                                               layer.hidden_size)
-    return (y.transpose(1, 2), *(hidden if lstm else (hidden,)))
+    outputs = (y.transpose(1, 2), *(hidden if lstm else (hidden,)))[:attrs.get("_outputs", 3)]
+    return outputs if len(outputs) > 1 else outputs[0]   # a node that names only Y gets a tensor

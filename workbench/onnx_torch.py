@@ -366,7 +366,7 @@ class _Builder:
         path = self.add_layer(layer, given[1])
         self._took(given[1], [n for n in given[2:4] if n])
         return Step("recurrent", [given[0] or None, given[5] or None, given[6] or None], list(node.output),
-                    {"reverse": attrs.get("direction", b"") == b"reverse"}, path)
+                    {"reverse": attrs.get("direction", b"") == b"reverse", "_outputs": len(node.output)}, path)
 
     _make_GRU = _make_LSTM   # noqa: N815
 

@@ -220,3 +220,20 @@ def test_a_shared_link_carries_the_measurement_settings(isolated_home):
     assert not at.exception
     measure = launched_spec(at, isolated_home).measure
     assert measure.batch_sizes == (1, 64) and not measure.torch_eager
+
+
+def test_npz_arrays_named_after_the_model_inputs_are_accepted(tmp_path):
+    from tests.test_multi_input import _two_input_model
+
+    w = _two_input_model(tmp_path / "two.onnx", name="features")
+    rng = np.random.default_rng(1)
+    features, ids = rng.normal(size=(40, 8)).astype(np.float32), rng.integers(0, 3, size=(40, 1))
+    np.savez(tmp_path / "data.npz", features=features, ids=ids, y=((features + ids) @ w).argmax(1))
+    at = open_app(PAGE)
+    at.radio(key="model_source").set_value("Upload a model file").run()
+    at.file_uploader(key="model_upload").upload("two.onnx", (tmp_path / "two.onnx").read_bytes()).run()
+    at.radio(key="data_source").set_value("Upload .npz / .csv").run()
+    at.file_uploader(key="data_upload").upload("data.npz", (tmp_path / "data.npz").read_bytes()).run()
+    assert not at.exception and not at.error
+    assert at.session_state["data_ref"]["path"].endswith(".npz")
+    assert float(metric(at, "accuracy")) == 1.0      # both inputs fed, by name

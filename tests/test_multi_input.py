@@ -9,17 +9,18 @@ from workbench.pipeline import run_pipeline
 from workbench.specs import RunSpec, load_recipe
 
 
-def _two_input_model(path):
+def _two_input_model(path, name="x"):
+    """scores = (`name` + float(ids)) @ w: a float input called `name` and an int64 input `ids`."""
     rng = np.random.default_rng(0)
     w = rng.normal(size=(8, 3)).astype(np.float32)
     nodes = [
         helper.make_node("Cast", ["ids"], ["ids_f"], to=TensorProto.FLOAT),
-        helper.make_node("Add", ["x", "ids_f"], ["h"]),
+        helper.make_node("Add", [name, "ids_f"], ["h"]),
         helper.make_node("MatMul", ["h", "w"], ["scores"], name="head"),
     ]
     graph = helper.make_graph(
         nodes, "two_inputs",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8]),
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 8]),
          helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 1])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 3])],
         [numpy_helper.from_array(w, "w")],

@@ -143,16 +143,17 @@ def unconvertible(ref: ModelRef, data: DataRef) -> str | None:
 
 
 @st.cache_resource(show_spinner="Reading the data file…", max_entries=8)
-def _user_data(path: str, label_column: str | None) -> Dataset:
+def _user_data(path: str, label_column: str | None, input_names: tuple[str, ...]) -> Dataset:
     from workbench.data import load_user_data
 
-    return load_user_data(path, label_column=label_column)
+    return load_user_data(path, list(input_names), label_column)
 
 
-def user_data(path: Path, label_column: str | None) -> Dataset:
-    """An uploaded data file, read once per content (uploads are named by their hash) and label column: the
-    Model page checks it on every rerun while the uploader holds it. Treat as read-only."""
-    return _user_data(str(path), label_column)
+def user_data(path: Path, label_column: str | None, input_names: tuple[str, ...] = ()) -> Dataset:
+    """An uploaded data file, read once per content (uploads are named by their hash), label column and model
+    inputs (a .npz may hold one array per input, named like them): the Model page checks it on every rerun
+    while the uploader holds it. Treat as read-only."""
+    return _user_data(str(path), label_column, tuple(input_names))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -107,30 +107,34 @@ def accept_model(data: bytes, name: str, folder: Path, arch: str | None = None) 
     return ref
 
 
-def accept_data(data: bytes, name: str, folder: Path, label_column: str | None = None) -> DataRef:
-    """Save uploaded evaluation data, check that it reads, and return its ref."""
+def accept_data(data: bytes, name: str, folder: Path, label_column: str | None = None,
+                input_names: tuple[str, ...] = ()) -> DataRef:
+    """Save uploaded evaluation data, check that it reads (a .npz may name its arrays after the model's
+    `input_names`), and return its ref."""
     from ui import cache
 
     path = None
     try:
         path = save_upload(data, name, folder, DATA_SUFFIXES)
-        cache.user_data(path, label_column or None)
+        cache.user_data(path, label_column or None, input_names)
     except Exception as exc:
         raise one_line(exc, path, name) from None
     return DataRef(path=str(path), label_column=label_column or None)
 
 
-def accept_training_data(data: bytes, name: str, folder: Path, evaluation: DataRef) -> DataRef:
-    """Save an uploaded training file for the evaluation data `evaluation` (read with its label column),
-    check that it has labels and samples shaped like the evaluation data's, and return the combined ref."""
+def accept_training_data(data: bytes, name: str, folder: Path, evaluation: DataRef,
+                         input_names: tuple[str, ...] = ()) -> DataRef:
+    """Save an uploaded training file for the evaluation data `evaluation` (read with its label column and the
+    model's `input_names`), check that it has labels and samples shaped like the evaluation data's, and return
+    the combined ref."""
     from ui import cache
     from workbench.data import check_training_data
 
     path = None
     try:
         path = save_upload(data, name, folder, DATA_SUFFIXES)
-        train = cache.user_data(path, evaluation.label_column)
-        test = cache.user_data(Path(evaluation.path), evaluation.label_column)
+        train = cache.user_data(path, evaluation.label_column, input_names)
+        test = cache.user_data(Path(evaluation.path), evaluation.label_column, input_names)
         check_training_data(dataclasses.replace(train, name=name),
                             dataclasses.replace(test, name=data_label(evaluation)))
     except Exception as exc:

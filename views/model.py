@@ -8,6 +8,7 @@ import streamlit as st
 
 from ui import cache, measure_knobs, state, uploads, view
 from workbench import charts
+from workbench.errors import WorkbenchError
 from workbench.models import TRACED, traced_kind
 from workbench.significance import smallest_detectable, wilson_interval
 from workbench.specs import MODEL_SUFFIXES, DataRef, ModelRef
@@ -58,12 +59,16 @@ with pick_data:
             state.set_data(DataRef())
         st.caption("scikit-learn digits, 8×8: 1257 train / 180 calibration / 360 test, stratified, seed 0.")
     else:
-        upload = st.file_uploader("`.npz` with x (and y), or `.csv` with numeric columns", type=["npz", "csv"],
-                                  key="data_upload")
+        upload = st.file_uploader("`.npz` with x (and y), or one array per model input named like it; `.csv` with "
+                                  "numeric columns", type=["npz", "csv"], key="data_upload")
         label = st.text_input("Label column (CSV)", key="data_label", placeholder="auto: label, y, target or class")
+        try:   # a .npz may name one array per model input
+            inputs = tuple(cache.model(state.current_model()).loaded.input_names() or ())
+        except WorkbenchError:
+            inputs = ()   # the model column says what is wrong with the model
         if upload is not None:
             with view.guard():
-                ref = uploads.accept_data(upload.getvalue(), upload.name, state.uploads_dir(), label)
+                ref = uploads.accept_data(upload.getvalue(), upload.name, state.uploads_dir(), label, inputs)
                 if ref.path != data.path or ref.label_column != data.label_column:
                     state.set_data(dataclasses.replace(ref, train_path=data.train_path if data.path else None))
                 st.caption("Without labels, runs report fidelity to this model instead of accuracy.")
@@ -77,7 +82,7 @@ with pick_data:
             if training is not None:
                 with view.guard():
                     ref = uploads.accept_training_data(training.getvalue(), training.name, state.uploads_dir(),
-                                                       evaluation)
+                                                       evaluation, inputs)
                     if ref != evaluation:
                         state.set_data(ref)
             elif evaluation.train_path and st.button("Stop training on it", key="drop_train",

@@ -51,7 +51,7 @@ def test_exported_lstm_and_gru_become_their_torch_layers_and_train(kind, bidirec
     model = _export(module) if exporter == "legacy" else export_onnx(module, (torch.from_numpy(X[:2]),))
     assert kind.__name__ in {n.op_type for n in model.graph.node}
     conversion = convert(model, [X])
-    assert conversion.max_error < 1e-5
+    assert conversion.max_error < 1e-5 and conversion.fidelity().startswith("1 Conv/Linear layer;")   # + the RNN
     (layer,) = [m for m in conversion.module.modules() if isinstance(m, kind)]
     assert layer.bidirectional == bidirectional
     x = RNG.standard_normal((3, 1, 8, 8), dtype=np.float32)   # another batch size than the check's

@@ -453,7 +453,8 @@ class Conversion:
     max_error: float                       # max |torch - ONNX Runtime| on the check inputs
 
     def fidelity(self) -> str:
-        return f"{self.layers} Conv/Linear layers; outputs within {self.max_error:.1e} of ONNX Runtime"
+        layers = f"{self.layers} Conv/Linear layer{'' if self.layers == 1 else 's'}"
+        return f"{layers}; outputs within {self.max_error:.1e} of ONNX Runtime"
 
     def note(self) -> str:
         return (f"converted to torch modules from the ONNX graph for training and layer edits ({self.fidelity()}); "

@@ -247,20 +247,23 @@ def test_seed_repeats_and_the_random_baseline_get_their_tables(tmp_path, monkeyp
     assert list(pairs["n"]) == [2] and pairs["advantage_mean"].iloc[0] > 0   # magnitude beats chance at 60%
 
 
-def test_runs_on_different_data_are_flagged_and_keep_separate_baselines(tmp_path, monkeypatch):
+def finished_runs(home: Path, recipes: list[dict]) -> None:
+    """Run digits-mlp at 50% once per recipe (fields over the defaults), in order, into the store at `home`."""
     from tests.conftest import FAST_MEASURE
     from workbench import jobs
     from workbench.specs import RunSpec
-    from workbench.store import Store
 
-    home = tmp_path / "home"
     store = Store(home)
-    for data in ("digits", {"builtin": "digits", "classes": [0, 1]}):
-        jobs.submit(store, RunSpec.from_dict({"model": "digits-mlp", "data": data, "measure": FAST_MEASURE,
-                                              "stages": [{"prune": {"sparsity": 0.5}}]}))
+    for fields in recipes:
+        jobs.submit(store, RunSpec.from_dict({"model": "digits-mlp", "measure": FAST_MEASURE,
+                                              "stages": [{"prune": {"sparsity": 0.5}}], **fields}))
     while (run := store.claim("test")) is not None:
         jobs.execute(store, run.id)
-    monkeypatch.setenv("WORKBENCH_HOME", str(home))
+
+
+def test_runs_on_different_data_are_flagged_and_keep_separate_baselines(tmp_path, monkeypatch):
+    finished_runs(tmp_path / "home", [{"data": "digits"}, {"data": {"builtin": "digits", "classes": [0, 1]}}])
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
     at = page(runs="1,2")
     assert not at.exception
     (warning,) = at.warning
@@ -274,18 +277,9 @@ def test_runs_on_different_data_are_flagged_and_keep_separate_baselines(tmp_path
 
 def test_runs_timed_with_different_threads_are_flagged(tmp_path, monkeypatch):
     from tests.conftest import FAST_MEASURE
-    from workbench import jobs
-    from workbench.specs import RunSpec
-    from workbench.store import Store
 
-    home = tmp_path / "home"
-    store = Store(home)
-    for threads in (1, 2, 1):
-        jobs.submit(store, RunSpec.from_dict({"model": "digits-mlp", "measure": {**FAST_MEASURE, "threads": threads},
-                                              "stages": [{"prune": {"sparsity": 0.5}}]}))
-    while (run := store.claim("test")) is not None:
-        jobs.execute(store, run.id)
-    monkeypatch.setenv("WORKBENCH_HOME", str(home))
+    finished_runs(tmp_path / "home", [{"measure": {**FAST_MEASURE, "threads": t}} for t in (1, 2, 1)])
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
     at = page(runs="1,2,3")
     assert not at.exception
     (warning,) = at.warning

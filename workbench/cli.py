@@ -31,8 +31,8 @@ def _run(args: argparse.Namespace) -> None:
     from workbench.specs import load_recipe
 
     spec = load_recipe(args.recipe)
-    overrides = {"threads": args.threads, "batch_sizes": tuple(sorted(set(args.batch_sizes or ())))}
-    if overrides := {key: value for key, value in overrides.items() if value}:
+    given = {"threads": args.threads, "batch_sizes": tuple(sorted(set(args.batch_sizes or ())))}
+    if overrides := {key: value for key, value in given.items() if value}:
         import dataclasses
 
         spec = dataclasses.replace(spec, measure=dataclasses.replace(spec.measure, **overrides))

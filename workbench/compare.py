@@ -242,9 +242,9 @@ def report_row(report: dict[str, Any]) -> dict[str, Any]:
     for s in m["latency"]:
         ref = row.get(f"base_ort_ms@{s['batch_size']}")
         row[f"speedup@{s['batch_size']}"] = ref / s["median_ms"] if ref and s["median_ms"] else np.nan
+    env = report.get("environment", {})
     row.update(sparsity=m["size"]["sparsity"], bits=m["size"]["bits_per_weight"], variant=final["name"],
-               threads=report.get("environment", {}).get("threads"), cpu=report.get("environment", {}).get("cpu_model"),
-               storage_bits=m["size"].get("storage_bits"),
+               threads=env.get("threads"), cpu=env.get("cpu_model"), storage_bits=m["size"].get("storage_bits"),
                params=m["size"].get("params"), channels_removed=channels_removed(report))
     base_params = base["measurement"]["size"].get("params")
     row["params_x"] = base_params / row["params"] if base_params and row["params"] else np.nan

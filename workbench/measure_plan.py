@@ -2,7 +2,7 @@
 
 Batch 1 (one request at a time) and batch 256 (throughput) show the two sides of a speedup, and the
 sample models take both in microseconds to milliseconds. A large model does not: a ResNet-18 at 224×224
-is 1.8 GMAC per sample, so 466 GMAC per call at batch 256 (seconds on one core), and a run times every
+is 1.8 GMAC per sample, so 464 GMAC per call at batch 256 (seconds on one core), and a run times every
 batch size at least five times for the baseline and each variant, in ONNX Runtime and torch eager. So the
 default keeps batch 1 and the largest throughput batch whose call stays within CALL_BUDGET_MACS; the user
 can still ask for any batch size. Knows nothing about timing itself (workbench.benchmark).

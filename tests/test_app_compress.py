@@ -180,6 +180,17 @@ def test_lamp_ranking_reaches_the_recipe_works_with_obs_and_has_no_random_pairin
     assert (prune.method, prune.sparsity, prune.scope) == ("lamp", 0.9, "global")
 
 
+def test_wanda_reads_the_training_inputs_in_the_preview_and_reaches_the_recipe(isolated_home):
+    at = open_app(PAGE, query={"sparsity": "80"})
+    magnitude = float(metric(at, "one-shot accuracy"))
+    at.radio(key="method").set_value("wanda").run()
+    assert not at.exception and metric(at, "sparsity") == "80.0%"
+    assert float(metric(at, "one-shot accuracy")) > magnitude + 0.1     # 0.74 vs 0.46: the blank pixels go first
+    assert not [t for t in texts(at) if "ranks by |w| alone" in t]
+    (prune,) = launched_spec(at, isolated_home).stages
+    assert (prune.method, prune.sparsity) == ("wanda", 0.8)
+
+
 def test_the_preview_warns_about_a_layer_the_global_cut_empties():
     at = open_app(PAGE, query={"model": "digits-cnn", "sparsity": "97"})
     assert not at.exception and "features.3.0" in gain(at, "emptied layer") and ":red-badge[warning]" in \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,18 @@ def test_the_lamp_explainer_shows_each_rankings_share_per_layer():
     sizes = [64 * 300, 300 * 100, 100 * 10]   # digits-mlp: both rankings remove 95% overall, spread differently
     for ranking in table:
         assert sum(table[ranking] * sizes) / sum(sizes) == pytest.approx(0.95, abs=1e-3)
+
+
+def test_the_wanda_explainer_counts_the_weights_each_ranking_keeps_per_pixel():
+    at = page()
+    at.slider(key="learn_wanda_sparsity").set_value(90).run()
+    assert not at.exception
+    (caption,) = [c.value for c in at.caption if "pixels are blank" in c.value]
+    blank, magnitude, wanda = (int(n) for n in re.findall(r"(\d+) pixels are blank.*magnitude keeps (\d+) "
+                                                          r"weights on them, Wanda (\d+)", caption)[0])
+    assert blank >= 3 and magnitude > 0 and wanda == 0     # pixels 0, 32, 39 are blank in every digit
+    titles = [json.loads(c.proto.spec).get("title") for c in at.get("vega_lite_chart")]
+    assert {"pixel RMS", "kept by magnitude", "kept by wanda"} <= set(titles)
 
 
 def test_is_an_accuracy_change_real_follows_its_sliders():

@@ -312,3 +312,19 @@ def test_one_shot_accuracy_is_paired_with_the_uncompressed_models_answers(mlp):
     noisy = dataclasses.replace(light, value=dense.value - 0.003, change="within noise")
     assert _delta(noisy, dense) == "-0.003, within noise" and _delta(heavy, dense).count(",") == 0
     assert make_subject(loaded, None).dense_answers is None   # no test data: nothing to pair
+
+
+def test_wanda_ranks_by_the_subjects_input_statistics_and_says_when_it_has_none():
+    from workbench.activations import input_rms
+
+    loaded = load_model(ModelRef(sample="digits-mlp"))
+    subject = make_subject(loaded, digits_splits().test)
+    settings = CompressSettings(method="wanda", sparsity=0.8)
+    blind = preview_settings(settings, subject)
+    assert ("ranking", "run") in [g[:2] for g in blind.gains]
+    seeing = preview_settings(settings, dataclasses.replace(
+        subject, rms=input_rms(loaded.module, digits_splits().solving)[0]))
+    assert ("ranking", "run") not in [g[:2] for g in seeing.gains]
+    blind_acc, seeing_acc = (next(n.value for n in p.numbers if n.label == "one-shot accuracy")
+                             for p in (blind, seeing))
+    assert seeing_acc > blind_acc + 0.1

@@ -207,6 +207,26 @@ def _factors(model_key: str) -> dict:
     return svd_factors(params, vectors=sum(w.size for w in params.values()) <= ACCURACY_PARAM_LIMIT)
 
 
+def input_rms(ref: ModelRef, data: DataRef) -> dict | None:
+    """Per prunable weight, the RMS of its inputs on the data's solving split (what method wanda reads); None
+    for models over the preview's size limit. Treat as read-only."""
+    model(ref)
+    return _rms(_key(ref), _key(data))
+
+
+@st.cache_resource(show_spinner="Reading each layer's inputs…", max_entries=4)
+def _rms(model_key: str, data_key: str) -> dict | None:
+    """Method wanda's input RMS per weight on the solving split; None above the preview's size limit."""
+    from workbench.activations import input_rms
+    from workbench.preview import ACCURACY_PARAM_LIMIT
+
+    subject = _subject(model_key, data_key)
+    if subject.runnable is None or sum(w.size for w in subject.weights.values()) > ACCURACY_PARAM_LIMIT:
+        return None
+    with _held(model_key).lock:
+        return input_rms(subject.runnable, _splits(model_key, data_key).solving)[0]
+
+
 def preview_for(ref: ModelRef, data: DataRef, settings: CompressSettings) -> Preview:
     """The instant preview of `settings` (one-shot, whatever the schedule): counts, sizes, accuracy; cached,
     since structured and distill settings prune a copy of the model with Torch-Pruning."""
@@ -222,6 +242,8 @@ def _preview(key: str, data_key: str, settings: CompressSettings) -> Preview:
     subject = _subject(key, data_key)
     if settings.technique == "lowrank":
         subject = dataclasses.replace(subject, factors=_factors(key))
+    if settings.method == "wanda" and settings.technique in ("unstructured", "nm"):
+        subject = dataclasses.replace(subject, rms=_rms(key, data_key))
     if settings.technique in ("structured", "distill") and (held.loaded.kind == "onnx" or
                                                            traced_kind(held.loaded.module)):
         converted, test, _ = _conversion(key, data_key)   # count on the layers a run would convert it to

@@ -48,7 +48,7 @@ REWIND_HELP = ("How each round retrains. lr: restart the learning-rate schedule 
 RECONSTRUCT_HELP = ("After pruning, solve the kept weights layer by layer so each layer reproduces the unpruned "
                     "model's outputs on the training inputs: no labels, no training, seconds to a minute. "
                     "refit: least squares on the mask as chosen; obs: Optimal Brain Surgeon also picks which "
-                    "weights of each unit go (same count per unit; magnitude or lamp, unstructured only). Linear/Conv "
+                    "weights of each unit go (same count per unit; not with random, unstructured only). Linear/Conv "
                     "layers of torch and ONNX models; the gain is still simulated (zeros stored densely)")
 
 
@@ -73,7 +73,9 @@ def _unstructured() -> None:
         st.radio("Pruning", PRUNE_METHODS, key="method", horizontal=True, **SHARED,
                  help="magnitude: drop the smallest |weight|; random: a baseline to compare with; lamp: "
                       "magnitude rescaled per layer (Lee et al. 2021), so a global cut spreads over the layers "
-                      "whatever their scale and never empties one")
+                      "whatever their scale and never empties one; wanda: |weight| times the RMS of the input it "
+                      "multiplies on the training inputs (Sun et al. 2024), so weights on inputs that are always "
+                      "zero go first; no labels, read again every round")
         st.radio("Scope", PRUNE_SCOPES, key="scope", horizontal=True, **SHARED,
                  help="global: rank all weights together; layer: prune every layer to the same sparsity")
         schedule = st.radio("Schedule", PRUNE_SCHEDULES, key="schedule", horizontal=True, **SHARED,
@@ -99,7 +101,8 @@ def _nm() -> None:
                "ONNX Runtime's CPU provider has no 2:4 kernel (sparse tensor cores on recent NVIDIA GPUs do).")
     st.radio("Pruning", PRUNE_METHODS, key="method", horizontal=True, **SHARED,
              help="magnitude: keep the 2 largest |weight| of each group of 4; random: a baseline; lamp ranks "
-                  "like magnitude inside a layer, so its 2:4 mask is magnitude's")
+                  "like magnitude inside a layer, so its 2:4 mask is magnitude's; wanda: the 2 largest |weight| "
+                  "times input RMS (the 2:4 setting of Sun et al. 2024)")
     _reconstruct()
 
 

@@ -127,11 +127,12 @@ with sweep:
     seeds = st.number_input("Seeds per setting", 1, 5, 1, key="sweep_seeds", persist_state="session",
                             help="repeat every setting with seeds 0, 1, …: Compare shows mean ± std over them")
     masked = technique in ("unstructured", "nm")
+    ranked = settings.method not in ("magnitude", "random")     # lamp, wanda: the baseline pairs with magnitude
     if masked and settings.reconstruct == "obs":
         st.caption("OBS reconstruction picks the pruned weights itself, so there is no random-pruning baseline.")
-    elif masked and settings.method == "lamp":
+    elif masked and ranked:
         st.caption("The random-pruning baseline is paired with magnitude pruning: pick magnitude to add it.")
-    with_random = masked and settings.reconstruct != "obs" and settings.method != "lamp" and st.checkbox(
+    with_random = masked and settings.reconstruct != "obs" and not ranked and st.checkbox(
         "Add the random-pruning baseline", key="sweep_random", persist_state="session",
         help="each setting again with random instead of magnitude pruning: Compare shows what magnitude buys")
     with_unsolved = masked and settings.reconstruct != "none" and st.checkbox(

@@ -12,7 +12,7 @@ from workbench.lowrank import choose_rank, saves_weights
 from workbench.preview import fake_quantize
 from workbench.pruning import compute_masks, nm_mask
 from workbench.significance import PairedChange, mcnemar_p, smallest_detectable
-from workbench.specs import LowRankSpec, ModelRef, PruneSpec
+from workbench.specs import DataRef, LowRankSpec, ModelRef, PruneSpec
 from workbench.zoo import sample_names
 
 st.title("Learn")
@@ -125,6 +125,28 @@ with st.expander("Global ranking: magnitude vs LAMP"):
                            compute_masks(weights, PruneSpec(sparsity=overall, method=method)).items()}
                   for method in ("magnitude", "lamp")}
         st.dataframe(pd.DataFrame(shares).style.format("{:.1%}"), width="stretch")
+with st.expander("Weights and their inputs: magnitude vs Wanda"):
+    st.markdown("|w| alone ignores what a weight multiplies. In digits-mlp's first layer every weight reads one "
+                "pixel, and a few pixels are blank in every image: their weights never change the output, yet "
+                "training never shrinks them, so magnitude keeps many. **Wanda** (Sun et al. 2024) ranks by |w| "
+                "times the RMS of the weight's input on the training images (no labels): a weight on a blank pixel "
+                "scores zero. Per pixel, how many of the layer's 300 units keep their weight:")
+    with view.guard():
+        mlp, level = ModelRef(sample="digits-mlp"), st.slider("Overall sparsity (%)", 50, 95, 80, 5,
+                                                              key="learn_wanda_sparsity") / 100
+        mlp_weights, _ = cache.weights(mlp)
+        rms = cache.input_rms(mlp, DataRef())
+        kept = {m: compute_masks(mlp_weights, PruneSpec(sparsity=level, method=m), rms=rms)["fc1.weight"].sum(0)
+                for m in ("magnitude", "wanda")}
+        blank = rms["fc1.weight"][0] == 0
+        cols = st.columns(3)
+        cols[0].altair_chart(charts.image_grid(rms["fc1.weight"].reshape(8, 8), "pixel RMS", ".2f", "greys"))
+        for col, method in zip(cols[1:], kept, strict=True):
+            col.altair_chart(charts.image_grid(kept[method].reshape(8, 8), f"kept by {method}"))
+        st.caption(f"{int(blank.sum())} pixels are blank in all {len(cache.splits(mlp, DataRef()).solving):,} "
+                   f"training images: magnitude keeps {int(kept['magnitude'][blank].sum())} weights on them, Wanda "
+                   f"{int(kept['wanda'][blank].sum())}. Wanda helps one-shot pruning of this MLP and hurts the CNN "
+                   "and the ViT, whose layers' inputs differ in scale (BENCHMARKS.md, ranking section).")
 with st.expander("Quantization-aware training (QAT)"):
     st.markdown("Post-training quantization rounds the trained weights once; at 4 bits and below the rounding "
                 "error costs accuracy. QAT rounds the weights in the forward pass during a few epochs of training, "

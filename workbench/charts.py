@@ -172,6 +172,19 @@ def weight_matrix(frame: pd.DataFrame) -> alt.LayerChart:
     return alt.layer(cells, text).properties(height=320, width=320)
 
 
+def image_grid(grid: np.ndarray, title: str, fmt: str = ".0f", scheme: str = "greens") -> alt.LayerChart:
+    """A 2-D array drawn as its image (one cell per pixel, the value written in it): per-pixel statistics of
+    an image model's input."""
+    rows, cols = np.indices(grid.shape)
+    frame = pd.DataFrame({"row": rows.ravel(), "col": cols.ravel(), "value": grid.ravel().astype(float)})
+    base = alt.Chart(frame).encode(x=alt.X("col:O", title=None, axis=None), y=alt.Y("row:O", title=None, axis=None))
+    cells = base.mark_rect(stroke="white").encode(
+        color=alt.Color("value:Q", scale=alt.Scale(scheme=scheme), legend=None),
+        tooltip=["row:O", "col:O", alt.Tooltip("value:Q", format=fmt)])
+    text = base.mark_text(fontSize=9).encode(text=alt.Text("value:Q", format=fmt))
+    return alt.layer(cells, text).properties(height=220, width=220, title=title)
+
+
 def quant_levels(w: np.ndarray, bits: int) -> np.ndarray:
     """The values symmetric per-tensor `bits` quantization can represent (as workbench.preview.fake_quantize)."""
     scale = float(np.abs(w).max()) / (2 ** (bits - 1) - 1) or 1.0

@@ -58,6 +58,12 @@ class Splits:
     calib: Dataset
     test: Dataset
 
+    @property
+    def solving(self) -> Dataset:
+        """The inputs that reconstruction and activation-aware pruning read (labels unused): the training
+        split, else the calibration split."""
+        return self.train if self.train is not None else self.calib
+
 
 def digits_splits() -> Splits:
     """scikit-learn's 8x8 digits, scaled to [0, 1], shaped (N, 1, 8, 8); a fixed stratified split."""

@@ -302,6 +302,7 @@ LAYER_EDITS = {
     "qat": "quantization-aware training",
     "transfer": "transfer (a new head replaces the last Linear)",
     "reconstruct": "reconstruction (solving each layer's kept weights; an ONNX export of the model takes it)",
+    "wanda": "wanda pruning (weighing each layer's weights by its inputs; an ONNX export of the model takes it)",
     "centroids": "centroid fine-tuning (re-parametrizes each layer's weight)",   # fine on a .pt2's parameters
 }
 TRACED = {  # per traced kind: why it has no layer modules, and what still works on it as it is

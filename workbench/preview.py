@@ -78,6 +78,7 @@ class Subject:
     factors: dict[str, Factors] | None = None         # low-rank only: svd_factors(weights)
     onnx_model: Any = None                            # an ONNX graph (no torch module): accuracy through ORT
     dense_answers: np.ndarray | None = None           # which test samples the uncompressed model gets right
+    rms: dict[str, np.ndarray] | None = None          # method wanda only: input_rms(runnable, solving split)
 
     @property
     def runnable(self) -> Any:
@@ -150,17 +151,17 @@ def preview(weights: dict[str, np.ndarray], other_params: int, sparsity: float, 
             baseline_file_bytes: int | None = None, clusters: int = 0,
             in_axes: dict[str, int | None] | None = None, file_bits: int | None = None,
             layer_bits: dict[str, int] | None = None, layer_bits_real: bool = False,
-            dense_answers: np.ndarray | None = None) -> Preview:
+            dense_answers: np.ndarray | None = None, rms: dict[str, np.ndarray] | None = None) -> Preview:
     """Preview pruning `weights` to `sparsity` (or `spec.nm`), sharing `clusters` values per layer (0: no
     clustering) and rounding them to `bits`, stored at `file_bits` per value (default: `bits` where ONNX
     Runtime has a kernel for it, else float32). `layer_bits` ({layer pattern: bits}, as quantize.overrides)
     rounds the matching layers to their own bits instead, stored at those bits when `layer_bits_real`
     (MatMulNBits), else as float32 (fake). With `module` (a torch module or an ONNX graph whose weights
     these are) and `test`, the one-shot accuracy is measured too, and paired with `dense_answers` (which test
-    samples the uncompressed model gets right) when given."""
+    samples the uncompressed model gets right) when given. `rms`: the weights' input RMS, for method wanda."""
     spec = spec or PruneSpec(sparsity=sparsity)
     if sparsity > 0 or spec.nm:
-        masks = compute_masks(weights, spec, sparsity, in_axes=in_axes)
+        masks = compute_masks(weights, spec, sparsity, in_axes=in_axes, rms=rms)
     else:
         masks = {n: np.ones(w.shape, bool) for n, w in weights.items()}
     params = sum(w.size for w in weights.values())
@@ -306,7 +307,7 @@ def preview_settings(settings: CompressSettings, subject: Subject) -> Preview:
                       overrides=dict(s.overrides))
         base = preview(subject.weights, subject.other_params, spec.sparsity, s.bits, spec=spec,
                        module=subject.runnable, test=subject.test, baseline_file_bytes=subject.file_bytes,
-                       dense_answers=subject.dense_answers,
+                       dense_answers=subject.dense_answers, rms=subject.rms,
                        clusters=s.clusters, in_axes=subject.in_axes, file_bits=_qat_file_bits(s),
                        layer_bits=dict(s.layer_bits) if s.layer_bits and not s.uses_qat else None,
                        layer_bits_real=s.layer_bits_method == "weight_only")
@@ -316,6 +317,9 @@ def preview_settings(settings: CompressSettings, subject: Subject) -> Preview:
                 "too"), *base.numbers[1:]))
     numbers = list(base.numbers)
     gains = [g for g in base.gains if g[0] != "bitwidth" or not s.uses_qat]
+    if s.method == "wanda" and t in ("unstructured", "nm") and subject.rms is None:
+        gains.append(("ranking", "run", "wanda weighs each |w| by its input's RMS on the training inputs; this "
+                      "preview does not run a model this large and ranks by |w| alone: the run reads the inputs"))
     if s.clusters and t in ("unstructured", "nm"):
         gains.append(("clustering", "real", f"weights.packed stores each nonzero as an entropy-coded index into "
                       f"{s.clusters} shared values per layer: a real, smaller artifact that the workbench "

@@ -1,11 +1,12 @@
 """Unstructured and N:M pruning: decide which weights to zero, on torch modules or directly on ONNX graphs.
 
-Mask computation works on plain numpy arrays, so the same code prunes a torch model and the
-initializers of an uploaded ONNX model. A method is a scoring function registered in `PRUNERS`
-(higher score = keep); scope, overrides, exclusions, already-pruned weights, N:M groups (along each
-weight's input axis: 1 for torch Linear/Conv, read from the graph for ONNX) and the per-round targets of
-the iterative and gradual schedules are handled here once. Zeros are written into dense tensors: this
-module never claims a speedup (see workbench.claims).
+Mask computation works on plain numpy arrays, so the same code prunes a torch model and the initializers of an
+uploaded ONNX model. A method is a scoring function registered in `PRUNERS` (higher score = keep), given the
+weight, a seeded generator and, where the caller measured it, the RMS of the input each weight multiplies
+(workbench.activations; None elsewhere). Scope, overrides, exclusions, already-pruned weights, N:M groups
+(along each weight's input axis: 1 for torch Linear/Conv, read from the graph for ONNX) and the per-round
+targets of the iterative and gradual schedules are handled here once. Zeros are written into dense tensors:
+this module never claims a speedup (see workbench.claims).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from workbench.errors import WorkbenchError
 from workbench.onnx_graph import COMPUTE_OPS, PASS_THROUGH, initializers, weight_tensors
 from workbench.specs import PruneSpec, nm_pattern
 
-Scorer = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+Scorer = Callable[[np.ndarray, np.random.Generator, np.ndarray | None], np.ndarray]
 PRUNERS: dict[str, Scorer] = {}
 
 
@@ -34,17 +35,17 @@ def pruner(name: str) -> Callable[[Scorer], Scorer]:
 
 
 @pruner("magnitude")
-def magnitude_scores(weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def magnitude_scores(weight: np.ndarray, rng: np.random.Generator, rms: np.ndarray | None = None) -> np.ndarray:
     return np.abs(weight).astype(np.float64)
 
 
 @pruner("random")
-def random_scores(weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def random_scores(weight: np.ndarray, rng: np.random.Generator, rms: np.ndarray | None = None) -> np.ndarray:
     return rng.random(weight.shape)
 
 
 @pruner("lamp")
-def lamp_scores(weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def lamp_scores(weight: np.ndarray, rng: np.random.Generator, rms: np.ndarray | None = None) -> np.ndarray:
     """Layer-adaptive magnitude pruning (LAMP, Lee et al. 2021): w² over the sum of w² of this layer's
     weights at least as large. Within a layer it ranks like magnitude; across layers the scores do not
     depend on each layer's scale (BatchNorm folded into a conv, say), and each layer's largest weight
@@ -56,6 +57,16 @@ def lamp_scores(weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     scores = np.empty_like(squares)
     scores[order] = np.divide(ascending, tail, out=np.zeros_like(ascending), where=tail > 0)
     return scores.reshape(weight.shape)
+
+
+@pruner("wanda")
+def wanda_scores(weight: np.ndarray, rng: np.random.Generator, rms: np.ndarray | None = None) -> np.ndarray:
+    """Pruning by weights and activations (Wanda, Sun et al. 2024): |w| times the RMS of the input it
+    multiplies on calibration samples, the size of its typical contribution to the output. A weight whose
+    input is always zero (a blank pixel, a dead unit) scores zero, however large. Without input
+    statistics for a layer, |w| alone."""
+    scores = np.abs(weight).astype(np.float64)
+    return scores if rms is None else scores * rms
 
 
 def _matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
@@ -105,10 +116,12 @@ def round_targets(spec: PruneSpec) -> list[float]:
 
 def compute_masks(weights: dict[str, np.ndarray], spec: PruneSpec, sparsity: float | None = None,
                   keep: dict[str, np.ndarray] | None = None, seed: int | None = None,
-                  in_axes: dict[str, int | None] | None = None) -> dict[str, np.ndarray]:
+                  in_axes: dict[str, int | None] | None = None,
+                  rms: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Boolean keep-masks reaching `sparsity` (default: spec.sparsity). Weights already masked out
     in `keep` stay pruned, so iterative rounds only remove survivors. With `spec.nm`, N:M groups run
-    along `in_axes[name]` (default 1; None = unknown layout, left dense)."""
+    along `in_axes[name]` (default 1; None = unknown layout, left dense). `rms`: per weight, its inputs'
+    RMS (broadcasting against it), for the methods that read it."""
     if not weights:
         raise WorkbenchError("prune: the model has no Linear/Conv (MatMul/Gemm/Conv) weights to prune")
     check_patterns(list(weights), "prune exclude", spec.exclude)
@@ -117,7 +130,7 @@ def compute_masks(weights: dict[str, np.ndarray], spec: PruneSpec, sparsity: flo
     rng = np.random.default_rng(spec.seed if seed is None else seed)
     scores = {}
     for name, w in weights.items():
-        s = PRUNERS[spec.method](w, rng)
+        s = PRUNERS[spec.method](w, rng, (rms or {}).get(name))
         if keep is not None and name in keep:
             s = np.where(keep[name], s, -np.inf)
         scores[name] = s
@@ -239,13 +252,15 @@ def torch_input_axes(module) -> dict[str, int]:
 
 
 def prune_torch(module, spec: PruneSpec, sparsity: float | None = None,
-                keep: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Zero the pruned weights of `module` in place; returns the keep-masks."""
+                keep: dict[str, np.ndarray] | None = None,
+                rms: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Zero the pruned weights of `module` in place; returns the keep-masks (`rms`: see compute_masks)."""
     import torch
 
     params = torch_weights(module)
     arrays = {n: p.detach().cpu().numpy() for n, p in params.items()}
-    masks = compute_masks(arrays, spec, sparsity, keep, in_axes=torch_input_axes(module) if spec.nm else None)
+    masks = compute_masks(arrays, spec, sparsity, keep, in_axes=torch_input_axes(module) if spec.nm else None,
+                          rms=rms)
     with torch.no_grad():
         for name, mask in masks.items():
             params[name].mul_(torch.from_numpy(mask).to(params[name].dtype))
@@ -301,10 +316,12 @@ def _through_transposes(axis: int | None, perms: list[list[int] | None], rank: i
     return axis
 
 
-def prune_onnx(model: onnx.ModelProto, spec: PruneSpec, sparsity: float | None = None) -> dict[str, np.ndarray]:
-    """Zero pruned weights in the initializers of `model` (in place); returns the keep-masks."""
+def prune_onnx(model: onnx.ModelProto, spec: PruneSpec, sparsity: float | None = None,
+               rms: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Zero pruned weights in the initializers of `model` (in place); returns the keep-masks (`rms`: see
+    compute_masks)."""
     weights = onnx_weights(model)
-    masks = compute_masks(weights, spec, sparsity, in_axes=onnx_input_axes(model) if spec.nm else None)
+    masks = compute_masks(weights, spec, sparsity, in_axes=onnx_input_axes(model) if spec.nm else None, rms=rms)
     inits = initializers(model)
     for name, mask in masks.items():
         pruned = (weights[name] * mask).astype(weights[name].dtype)

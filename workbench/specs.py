@@ -19,7 +19,7 @@ from workbench.errors import WorkbenchError
 
 SPEC_VERSION = 1
 MODEL_SUFFIXES = (".onnx", ".pt2", ".pt", ".ts", ".safetensors")
-PRUNE_METHODS = ("magnitude", "random", "lamp")
+PRUNE_METHODS = ("magnitude", "random", "lamp", "wanda")
 PRUNE_SCOPES = ("global", "layer")
 PRUNE_SCHEDULES = ("oneshot", "iterative", "gradual")
 REWINDS = ("lr", "none", "weight")
@@ -129,7 +129,9 @@ class PruneSpec:
     """Unstructured pruning of Linear/Conv (MatMul/Gemm/Conv) weights.
 
     `method` scores the weights: "magnitude" |w|, "random" (a baseline), "lamp" (Lee et al. 2021: |w|
-    rescaled per layer, so a global ranking does not favour layers by their scale and never empties one).
+    rescaled per layer, so a global ranking does not favour layers by their scale and never empties one),
+    "wanda" (Sun et al. 2024: |w| times the RMS of its input on the training inputs, else the calibration
+    split, read again every round; no labels).
     `scope="global"` ranks all weights together; `"layer"` prunes each layer to the same sparsity.
     `overrides` sets a sparsity per layer (glob patterns on layer names; a module's name covers the layers
     inside it), `exclude` leaves layers dense.
@@ -188,8 +190,8 @@ class PruneSpec:
                    "N:M masks are one-shot and apply to every pruned layer (no schedule, no overrides)")
         _check(self.reconstruct in RECONSTRUCTIONS, "reconstruct",
                f"unknown '{self.reconstruct}' (known: {', '.join(RECONSTRUCTIONS)})")
-        _check(self.reconstruct != "obs" or (self.method in ("magnitude", "lamp") and self.nm is None), "reconstruct",
-               "obs chooses the pruned weights itself: it needs method magnitude or lamp and no nm (use refit)")
+        _check(self.reconstruct != "obs" or (self.method != "random" and self.nm is None), "reconstruct",
+               "obs chooses the pruned weights itself: it needs method magnitude, lamp or wanda and no nm (use refit)")
         _check(self.reconstruct == "none" or self.rewind != "weight" or self.finetune is None, "reconstruct",
                "weight rewinding resets the solved weights every round; use rewind: lr with reconstruct")
 

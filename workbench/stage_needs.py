@@ -31,6 +31,8 @@ def layer_edits(stage: Any) -> list[str]:
     edits = [stage.kind] if stage.kind in LAYER_EDIT_KINDS else []
     if getattr(stage, "reconstruct", "none") != "none":
         edits.append("reconstruct")
+    if stage.kind == "prune" and stage.method == "wanda":
+        edits.append("wanda")
     tuning = getattr(stage, "finetune", None)
     if stage.kind == "cluster" and tuning is not None and tuning.epochs > 0:
         edits.append("centroids")

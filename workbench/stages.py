@@ -19,6 +19,7 @@ import onnx
 from workbench.data import Splits
 from workbench.errors import WorkbenchError
 from workbench.specs import FinetuneSpec, PruneSpec, QuantSpec, RunSpec
+from workbench.stage_needs import layer_edits
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,9 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
     training = spec.finetune is not None and spec.finetune.epochs > 0
     if training and ctx.splits.train is None:
         raise WorkbenchError("prune.finetune: no training data (set data.train_path for user data)")
-    if spec.reconstruct != "none":
-        needs_layer_modules("reconstruct", variant.module)
+    for edit in ("reconstruct", "wanda"):
+        if edit in layer_edits(spec):
+            needs_layer_modules(edit, variant.module)
     module = copy_module(variant.module)
     out = variant.copy_meta(module=module)
     checkpoint, kept = _rewind_state(module, spec, ctx) if spec.rewind == "weight" else (None, ())
@@ -115,7 +117,8 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
     fits, skipped = [], []
     for r, target in enumerate(targets, start=1):
         ctx.check()
-        previous, masks = masks, prune_torch(module, spec, target, masks)
+        rms = _input_rms(module, spec, ctx, out.notes if r == 1 else [])
+        previous, masks = masks, prune_torch(module, spec, target, masks, rms)
         if spec.reconstruct != "none":
             step = f"round {r}/{len(targets)}: solving"
             masks, fits, skipped = _reconstruct(module, variant.module, spec, ctx, masks, previous,
@@ -141,6 +144,19 @@ def run_prune(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
     return out
 
 
+def _input_rms(model: Any, spec: PruneSpec, ctx: Context, notes: list[str]) -> dict[str, np.ndarray] | None:
+    """For method wanda: each weight's input RMS on the solving data, read from `model` as it is now (torch
+    module or ONNX graph); the weights it cannot cover go into `notes`."""
+    if spec.method != "wanda":
+        return None
+    from workbench.activations import input_rms
+
+    rms, skipped = input_rms(model, ctx.splits.solving)
+    if skipped:
+        notes.append(f"wanda: no input statistics for {'; '.join(skipped)}: ranked by |w| alone")
+    return rms
+
+
 def _reconstruct(module: Any, reference: Any, spec: PruneSpec, ctx: Context, masks: dict[str, np.ndarray],
                  previous: dict[str, np.ndarray] | None, progress: Callable[[float, str], None]
                  ) -> tuple[dict[str, np.ndarray], list, list[str]]:
@@ -148,15 +164,10 @@ def _reconstruct(module: Any, reference: Any, spec: PruneSpec, ctx: Context, mas
     (keep-masks, fits, layers left as masked)."""
     from workbench.reconstruct import reconstruct
 
-    masks, fits, skipped = reconstruct(module, reference, masks, _solving_data(ctx).inputs, spec.reconstruct,
+    masks, fits, skipped = reconstruct(module, reference, masks, ctx.splits.solving.inputs, spec.reconstruct,
                                        previous, ctx.cancelled, progress)
     _check_solved(ctx, fits, skipped)
     return masks, fits, skipped
-
-
-def _solving_data(ctx: Context):
-    """The inputs reconstruction fits on: the training split, else the calibration split (labels unused)."""
-    return ctx.splits.train if ctx.splits.train is not None else ctx.splits.calib
 
 
 def _check_solved(ctx: Context, fits: list, skipped: list[str]) -> None:
@@ -248,12 +259,12 @@ def _prune_onnx(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
     model = onnx.ModelProto()
     model.CopyFrom(variant.onnx_model)
     out = variant.copy_meta(onnx_model=model)
-    masks = prune_onnx(model, spec)
+    masks = prune_onnx(model, spec, rms=_input_rms(model, spec, ctx, out.notes))
     out.notes.extend(emptied_notes(masks, spec))
     if spec.reconstruct != "none":
         from workbench.reconstruct_onnx import reconstruct_onnx
 
-        masks, fits, skipped = reconstruct_onnx(model, variant.onnx_model, masks, _solving_data(ctx),
+        masks, fits, skipped = reconstruct_onnx(model, variant.onnx_model, masks, ctx.splits.solving,
                                                 spec.reconstruct, ctx.cancelled,
                                                 lambda f, layer: ctx.progress(f, f"solving {layer}"))
         _check_solved(ctx, fits, skipped)

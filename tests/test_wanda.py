@@ -10,7 +10,7 @@ from workbench.data import Splits, digits_splits
 from workbench.evaluate import score, torch_predict
 from workbench.export import export_onnx
 from workbench.pruning import compute_masks, onnx_weights
-from workbench.specs import RunSpec
+from workbench.specs import PruneSpec, RunSpec
 from workbench.stages import STAGE_RUNNERS, Context, Variant
 
 BLANK = [0, 32, 39]      # pixels that are zero in every digits image
@@ -32,11 +32,16 @@ def test_a_large_weight_on_an_input_that_is_always_zero_goes_first():
     weights = {"w": np.array([[5.0, 1.0, 0.5]])}
     rms = {"w": np.array([[0.0, 1.0, 1.0]])}
     spec = dict(sparsity=1 / 3, method="wanda")
-    from workbench.specs import PruneSpec
-
     assert compute_masks(weights, PruneSpec(**spec), rms=rms)["w"].tolist() == [[False, True, True]]
     # without input statistics a layer is ranked by |w| alone, as magnitude ranks it
     assert compute_masks(weights, PruneSpec(**spec))["w"].tolist() == [[True, True, False]]
+
+
+def test_a_2_4_mask_keeps_the_two_largest_contributions_of_each_group():
+    weights = {"w": np.array([[5.0, 1.0, 0.5, 0.4, 3.0, 2.0, 1.0, 0.1]])}
+    rms = {"w": np.array([[0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])}
+    keep = compute_masks(weights, PruneSpec(sparsity=0.5, nm="2:4", method="wanda"), rms=rms)["w"]
+    assert keep.astype(int).tolist() == [[0, 1, 1, 0, 1, 1, 0, 0]]
 
 
 def test_wanda_prunes_the_blank_pixels_weights_and_beats_magnitude_one_shot():

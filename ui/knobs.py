@@ -75,7 +75,9 @@ def _unstructured() -> None:
                       "magnitude rescaled per layer (Lee et al. 2021), so a global cut spreads over the layers "
                       "whatever their scale and never empties one; wanda: |weight| times the RMS of the input it "
                       "multiplies on the training inputs (Sun et al. 2024), so weights on inputs that are always "
-                      "zero go first; no labels, read again every round")
+                      "zero go first; no labels, read again every round. A global wanda cut also compares the "
+                      "input scales of different layers and can empty one (the preview warns): scope layer "
+                      "cannot")
         st.radio("Scope", PRUNE_SCOPES, key="scope", horizontal=True, **SHARED,
                  help="global: rank all weights together; layer: prune every layer to the same sparsity")
         schedule = st.radio("Schedule", PRUNE_SCHEDULES, key="schedule", horizontal=True, **SHARED,

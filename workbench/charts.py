@@ -181,7 +181,10 @@ def image_grid(grid: np.ndarray, title: str, fmt: str = ".0f", scheme: str = "gr
     cells = base.mark_rect(stroke="white").encode(
         color=alt.Color("value:Q", scale=alt.Scale(scheme=scheme), legend=None),
         tooltip=["row:O", "col:O", alt.Tooltip("value:Q", format=fmt)])
-    text = base.mark_text(fontSize=9).encode(text=alt.Text("value:Q", format=fmt))
+    dark = float(np.nanmax(grid)) * 0.6 if grid.size else 0.0
+    text = base.mark_text(fontSize=9).encode(
+        text=alt.Text("value:Q", format=fmt),
+        color=alt.condition(f"datum.value > {dark}", alt.value("white"), alt.value("black")))
     return alt.layer(cells, text).properties(height=220, width=220, title=title)
 
 

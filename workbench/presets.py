@@ -212,8 +212,8 @@ class CompressSettings:
 
     def _reconstruct_problem(self) -> str | None:
         if self.reconstruct == "obs" and (self.method == "random" or self.technique == "nm"):
-            return ("OBS reconstruction chooses the pruned weights itself: use it with unstructured magnitude "
-                    "or lamp pruning, or pick refit")
+            return ("OBS reconstruction chooses the pruned weights itself: use it with unstructured magnitude, "
+                    "lamp or wanda pruning, or pick refit")
         if self.reconstruct != "none" and self._rewind == "weight":
             return ("weight rewinding resets the solved weights every round: use LR rewinding or fine-tuning with "
                     "reconstruction")

@@ -93,3 +93,23 @@ def test_onnx_weights_read_through_a_transpose_are_named(tiny_onnx):
     rms, skipped = onnx_input_rms(model, onnx_weights(model), Dataset("x", (x,)))
     assert set(rms) == {"conv.weight"} and rms["conv.weight"].shape == (1, 1, 3, 3)
     assert skipped == ["fc.weight (not the direct weight of a MatMul/Gemm/Conv)"]
+
+
+def test_onnx_chunks_shrink_to_keep_the_exposed_inputs_small_and_give_the_same_rms(tiny_onnx, monkeypatch):
+    import onnx
+
+    from workbench import activations
+
+    model = onnx.load(str(tiny_onnx))
+    data = Dataset("x", (np.random.default_rng(4).random((20, 1, 8, 8)).astype(np.float32),))
+    whole, _ = onnx_input_rms(model, onnx_weights(model), data)
+    batches = []
+    from workbench import evaluate
+
+    original = evaluate.feeds          # onnx_input_rms imports it when called: count the samples of each run
+    monkeypatch.setattr(evaluate, "feeds", lambda s, d, a, b: batches.append(b - a) or original(s, d, a, b))
+    monkeypatch.setattr(activations, "EXPOSED_BYTES", 3 * 4 * (64 + 8 * 36))   # 3 samples' conv + fc inputs
+    chunked, _ = onnx_input_rms(model, onnx_weights(model), data)
+    assert batches[0] == 1 and set(batches[1:-1]) == {3} and sum(batches) == 20
+    for name in whole:
+        np.testing.assert_allclose(chunked[name], whole[name], rtol=1e-6)

@@ -28,7 +28,8 @@ from workbench.data import Dataset
 from workbench.errors import WorkbenchError
 
 MAX_SAMPLES = 2048      # calibration samples read
-CHUNK = 256             # samples per forward pass
+CHUNK = 256             # samples per forward pass, at most
+EXPOSED_BYTES = 2**28   # ONNX: the exposed layer inputs of one forward pass stay under this (256 MiB)
 
 
 class _Squares:
@@ -175,12 +176,15 @@ def onnx_input_rms(model: onnx.ModelProto, names: Iterable[str], data: Dataset
     session = make_session(probe)
     squares = {n: _Squares() for n in readers}
     data = data.take(MAX_SAMPLES)
-    for start in range(0, len(data), CHUNK):
-        values = dict(zip(exposed, session.run(exposed, feeds(session, data, start, min(start + CHUNK, len(data)))),
-                          strict=True))
+    start, chunk = 0, 1        # one sample first, to size the chunks by what the exposed inputs take
+    while start < len(data):
+        stop = min(start + chunk, len(data))
+        values = dict(zip(exposed, session.run(exposed, feeds(session, data, start, stop)), strict=True))
         for name, nodes in readers.items():
             for node in nodes:
                 squares[name].add(*_node_squares(node, np.asarray(values[node.input[0]], np.float32), inits[name]))
+        per_sample = sum(np.asarray(v).nbytes for v in values.values()) / (stop - start)
+        start, chunk = stop, int(max(1, min(CHUNK, EXPOSED_BYTES // max(per_sample, 1))))
     out = {}
     for name, nodes in readers.items():
         rms = squares[name].rms()

@@ -1,13 +1,14 @@
-"""Global magnitude vs LAMP (layer-adaptive magnitude, `prune.method: lamp`), one shot.
+"""Global magnitude vs LAMP (`prune.method: lamp`) vs Wanda (`prune.method: wanda`), one shot.
 
-For each sample and sparsity, the same global prune ranked by |w| and by LAMP's per-layer rescaled score
-(Lee et al. 2021): the mask alone, the mask with OBS reconstruction (`reconstruct: obs`, no labels), and
-the mask with 5 epochs of labelled recovery. digits-cnn again as its ONNX export, where BatchNorm is folded
-into the convolution weights: the case where a global |w| ranking meets layers of different scale. Every
-cell is one `run_pipeline` call: accuracy with ONNX Runtime on the 360-sample test split, against the
-baseline measured in the same run; `emptiest` is the largest share of one layer's weights the mask takes.
+For each sample and sparsity, the same global prune ranked by |w|, by LAMP's per-layer rescaled score (Lee et
+al. 2021) and by Wanda's |w| times input RMS (Sun et al. 2024): the mask alone, the mask with OBS
+reconstruction (`reconstruct: obs`, no labels), and the mask with 5 epochs of labelled recovery. digits-cnn
+again as its ONNX export, where BatchNorm is folded into the convolution weights: the case where a global |w|
+ranking meets layers of different scale. Every cell is one `run_pipeline` call: accuracy with ONNX Runtime on
+the 360-sample test split, against the baseline measured in the same run; `emptiest` is the largest share of
+one layer's weights the mask takes.
 
-    python bench/lamp_benchmark.py      # ~8 min on 2 vCPUs; rewrites its section of BENCHMARKS.md
+    python bench/lamp_benchmark.py      # ~12 min on 2 vCPUs; rewrites its section of BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from reconstruct_benchmark import measure as accuracy
 from sections import progress_logging, write_section
 
 from workbench import zoo
+from workbench.activations import onnx_input_rms, torch_input_rms
 from workbench.data import digits_splits
 from workbench.environment import environment
 from workbench.export import export_onnx
@@ -32,39 +34,53 @@ from workbench.specs import FinetuneSpec, ModelRef, PruneSpec
 
 GRID = {"digits-mlp": (0.8, 0.9, 0.95), "digits-cnn": (0.8, 0.9, 0.95), "digits-vit": (0.7, 0.8, 0.9)}
 ONNX_MODEL = "digits-cnn"
-METHODS = ("magnitude", "lamp")
+METHODS = ("magnitude", "lamp", "wanda")
 RECOVERY = FinetuneSpec(epochs=5, lr=0.01, label_smoothing=0.1)
 
 
-def emptiest(weights: dict, prune: PruneSpec) -> tuple[float, str]:
-    masks = compute_masks(weights, prune)
+def emptiest(weights: dict, prune: PruneSpec, rms: dict) -> tuple[float, str]:
+    masks = compute_masks(weights, prune, rms=rms)
     return max((1 - float(m.mean()), n.removesuffix(".weight")) for n, m in masks.items())
 
 
-def row(model: str, ref: ModelRef, weights: dict, sparsity: float, recovery: bool) -> dict:
+def row(model: str, ref: ModelRef, weights: dict, rms: dict, sparsity: float, recovery: bool) -> dict:
     out: dict = {"model": model, "sparsity": sparsity}
     for method in METHODS:
         prune = PruneSpec(sparsity=sparsity, method=method)
         out["baseline"], out[method] = accuracy(ref, (prune,))
         out[f"{method} obs"] = accuracy(ref, (PruneSpec(sparsity=sparsity, method=method, reconstruct="obs"),))[1]
         out[f"{method} rec"] = accuracy(ref, (prune, RECOVERY))[1] if recovery else None
-        out[f"{method} emptiest"] = emptiest(weights, prune)
+        out[f"{method} emptiest"] = emptiest(weights, prune, rms)
         logging.info("%s %.0f%% %s: %.4f, obs %.4f", model, 100 * sparsity, method, out[method], out[f"{method} obs"])
     return out
 
 
+def layer_row(model: str, sparsity: float) -> dict:
+    """Magnitude vs Wanda with every layer pruned to the same sparsity (`scope: layer`), mask alone and + obs."""
+    ref, out = ModelRef(sample=model), {"model": model, "sparsity": sparsity}
+    for method in ("magnitude", "wanda"):
+        out[method] = accuracy(ref, (PruneSpec(sparsity=sparsity, method=method, scope="layer"),))[1]
+        out[f"{method} obs"] = accuracy(ref, (PruneSpec(sparsity=sparsity, method=method, scope="layer",
+                                                        reconstruct="obs"),))[1]
+        logging.info("%s %.0f%% %s, layer scope: %.4f, obs %.4f", model, 100 * sparsity, method, out[method],
+                     out[f"{method} obs"])
+    return out
+
+
 def run(folder: Path) -> list[dict]:
-    rows = []
+    rows, train = [], digits_splits().train     # wanda reads the training inputs, as the prune stage does
     for model, sparsities in GRID.items():
         module = zoo.load_sample(model)
         weights = {n: p.detach().numpy() for n, p in torch_weights(module).items()}
-        rows += [row(model, ModelRef(sample=model), weights, s, True) for s in sparsities]
+        rms, _ = torch_input_rms(module, weights, train.inputs)
+        rows += [row(model, ModelRef(sample=model), weights, rms, s, True) for s in sparsities]
     module = zoo.load_sample(ONNX_MODEL)
     exported = export_onnx(module, (torch.from_numpy(digits_splits().test.inputs[0][:2]),))
     path = folder / f"{ONNX_MODEL}.onnx"
     onnx.save(exported, path)
-    rows += [row(f"{ONNX_MODEL} (ONNX, BatchNorm folded)", ModelRef(path=str(path)), onnx_weights(exported), s, False)
-             for s in GRID[ONNX_MODEL]]
+    rms, _ = onnx_input_rms(exported, onnx_weights(exported), train)
+    rows += [row(f"{ONNX_MODEL} (ONNX, BatchNorm folded)", ModelRef(path=str(path)), onnx_weights(exported), rms, s,
+                 False) for s in GRID[ONNX_MODEL]]
     return rows
 
 
@@ -84,13 +100,15 @@ def findings(rows: list[dict]) -> list[str]:
     """Plain-words reading of the table, computed from it."""
     out = []
     readings = (("", "the mask alone"), (" obs", "with OBS reconstruction"), (" rec", "with 5 epochs of recovery"))
-    for suffix, what in readings:
-        pairs = [(r[f"magnitude{suffix}"], r[f"lamp{suffix}"]) for r in rows if r[f"lamp{suffix}"] is not None]
-        wins = sum(lamp > mag for mag, lamp in pairs)
-        losses = sum(lamp < mag for mag, lamp in pairs)
-        mean = sum(lamp - mag for mag, lamp in pairs) / len(pairs)
-        out.append(f"- {what}: LAMP ahead in {wins}, behind in {losses} of {len(pairs)} settings "
-                   f"(mean {100 * mean:+.2f} pt).")
+    for method, label in (("lamp", "LAMP"), ("wanda", "Wanda")):
+        for suffix, what in readings:
+            pairs = [(r[f"magnitude{suffix}"], r[f"{method}{suffix}"]) for r in rows
+                     if r[f"{method}{suffix}"] is not None]
+            wins = sum(other > mag for mag, other in pairs)
+            losses = sum(other < mag for mag, other in pairs)
+            mean = sum(other - mag for mag, other in pairs) / len(pairs)
+            out.append(f"- {label} vs magnitude, {what}: ahead in {wins}, behind in {losses} of {len(pairs)} settings "
+                       f"(mean {100 * mean:+.2f} pt).")
     folded = [r for r in rows if "ONNX" in r["model"]]
     if folded:
         r = folded[0]
@@ -111,31 +129,72 @@ def findings(rows: list[dict]) -> list[str]:
     else:
         out.append(f"- On the torch models LAMP's mask is {'ahead' if ahead else 'never ahead'} in {ahead} of "
                    f"{len(torch_rows)} settings and behind in {behind}.")
+    return out + wanda_findings(rows)
+
+
+def wanda_findings(rows: list[dict]) -> list[str]:
+    """Where Wanda's mask is ahead of magnitude's, model by model, and what its emptiest layer says."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        gaps = ", ".join(f"{r['sparsity']:.0%} {100 * (r['wanda'] - r['magnitude']):+.1f} pt" for r in mine)
+        worst = max(mine, key=lambda r: r["wanda emptiest"][0])
+        out.append(f"- Wanda's mask vs magnitude's on {model}: {gaps}; its emptiest layer "
+                   f"({worst['wanda emptiest'][1]}, {worst['wanda emptiest'][0]:.1%} at {worst['sparsity']:.0%}).")
+    emptied = [r for r in rows if r["wanda emptiest"][0] >= 1.0]
+    if emptied:
+        where = ", ".join(f"{r['model']} {r['wanda emptiest'][1]} at {r['sparsity']:.0%}" for r in emptied)
+        out.append(f"- A global Wanda cut removes every weight of a layer in {len(emptied)} of {len(rows)} settings "
+                   f"({where}): |w| times input RMS also compares the input scales of different layers, and a layer "
+                   "whose inputs are small against the others' loses everything; reconstruction and recovery cannot "
+                   "bring an empty layer back (the run's emptied-layer warning names it). Within each layer "
+                   "(below) that cannot happen.")
     return out
 
 
-def render(rows: list[dict], env: dict, minutes: float) -> str:
+def layer_lines(rows: list[dict]) -> list[str]:
+    """The layer-scope table and its reading."""
+    lines = ["### Within each layer (`scope: layer`)", "",
+             "Every layer pruned to the same sparsity, so no ranking compares weights of different layers (the "
+             "Wanda paper compares within each output unit, a finer version of the same idea).", "",
+             "| model | sparsity | magnitude | wanda | magnitude + obs | wanda + obs |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['sparsity']:.0%} | " + " | ".join(
+        cell(r[k]) for k in ("magnitude", "wanda", "magnitude obs", "wanda obs")) + " |" for r in rows]
+    lines.append("")
+    for suffix, what in (("", "the mask alone"), (" obs", "with OBS reconstruction")):
+        gaps = [r[f"wanda{suffix}"] - r[f"magnitude{suffix}"] for r in rows]
+        lines.append(f"- Wanda vs magnitude within each layer, {what}: ahead in {sum(g > 0 for g in gaps)}, behind "
+                     f"in {sum(g < 0 for g in gaps)} of {len(gaps)} settings (mean {100 * sum(gaps) / len(gaps):+.2f} "
+                     "pt).")
+    return lines
+
+
+def render(rows: list[dict], env: dict, minutes: float, layer_rows: list[dict]) -> str:
     v = env["versions"]
     head = " | ".join(f"{m}{s}" for s in ("", " + obs", " + 5 ep") for m in METHODS)
     return "\n".join([
-        "## Global ranking: magnitude vs LAMP (one-shot, layers of different scale)",
+        "## Global ranking: magnitude vs LAMP vs Wanda (one-shot, layers of different scale)",
         "",
         f"Generated by `python bench/lamp_benchmark.py` on {datetime.date.today()} in {minutes:.1f} min. "
         f"CPU: {env['cpu_model']} ({env['logical_cores']} logical cores); onnxruntime {v['onnxruntime']}, "
         f"torch {v['torch']}.",
         "",
-        "Global one-shot pruning ranked by |w| (`method: magnitude`) or by LAMP (`method: lamp`: w² over the sum of "
-        "w² of the weights of its layer at least as large, Lee et al. 2021). `+ obs`: the same mask with each "
-        "unit's weights chosen and solved by Optimal Brain Surgeon on the training inputs (no labels). `+ 5 ep`: "
+        "Global one-shot pruning ranked by |w| (`method: magnitude`), by LAMP (`method: lamp`: w² over the sum of "
+        "w² of the weights of its layer at least as large, Lee et al. 2021) or by Wanda (`method: wanda`: |w| times "
+        "the RMS of the input it multiplies on the 1,257 training images, no labels; Sun et al. 2024). `+ obs`: the "
+        "same mask with each unit's weights chosen and solved by Optimal Brain Surgeon on the training inputs (no "
+        "labels). `+ 5 ep`: "
         f"the mask then 5 epochs of recovery with labels (Adam lr {RECOVERY.lr}, label smoothing "
         f"{RECOVERY.label_smoothing}; torch models only). Accuracy with ONNX Runtime on 360 test samples (one sample "
         "= 0.28 pt). `emptiest`: the largest share of one layer's weights the mask takes.",
         "",
-        f"| model | sparsity | baseline | {head} | emptiest, magnitude | emptiest, lamp |",
-        "|---|---|---|" + "---|" * 8,
+        f"| model | sparsity | baseline | {head} | " + " | ".join(f"emptiest, {m}" for m in METHODS) + " |",
+        "|---|---|---|" + "---|" * (4 * len(METHODS)),
         *(table_row(r) for r in rows),
         "",
         *findings(rows),
+        "",
+        *layer_lines(layer_rows),
     ])
 
 
@@ -144,7 +203,8 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         rows = run(Path(folder))
-    write_section("lamp", render(rows, environment(1), (time.perf_counter() - started) / 60))
+    layer_rows = [layer_row(model, s) for model, sparsities in GRID.items() for s in sparsities]
+    write_section("lamp", render(rows, environment(1), (time.perf_counter() - started) / 60, layer_rows))
 
 
 if __name__ == "__main__":

@@ -191,6 +191,14 @@ def test_wanda_reads_the_training_inputs_in_the_preview_and_reaches_the_recipe(i
     assert (prune.method, prune.sparsity) == ("wanda", 0.8)
 
 
+def test_unit_scope_previews_the_same_count_per_row_and_reaches_the_recipe(isolated_home):
+    at = open_app(PAGE, query={"sparsity": "80", "scope": "unit"})
+    # digits-mlp, 80% of every row: fc1 keeps 13 of 64 per unit (x300), fc2 60 of 300 (x100), fc3 20 of 100 (x10)
+    assert not at.exception and metric(at, "nonzero") == f"{13 * 300 + 60 * 100 + 20 * 10:,}"
+    (prune,) = launched_spec(at, isolated_home).stages
+    assert (prune.scope, prune.sparsity) == ("unit", 0.8)
+
+
 def test_the_preview_warns_about_a_layer_the_global_cut_empties():
     at = open_app(PAGE, query={"model": "digits-cnn", "sparsity": "97"})
     assert not at.exception and "features.3.0" in gain(at, "emptied layer") and ":red-badge[warning]" in \

@@ -235,3 +235,51 @@ def test_lamp_keeps_the_layer_global_magnitude_empties(weights):
     lamp, magnitude = compute_masks(small, spec), compute_masks(small, PruneSpec(sparsity=0.8))
     assert magnitude["b.weight"].mean() == 0 and lamp["b.weight"].mean() > 0.05
     assert not pruning.emptied_notes(lamp, spec)
+
+
+# --- scope unit: every output unit keeps the same share -----------------------------------------
+
+@pytest.mark.parametrize("method", PRUNE_METHODS)
+def test_unit_scope_prunes_every_output_unit_to_the_sparsity(method):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.Flatten(), torch.nn.Linear(6 * 4 * 4, 10),
+                                torch.nn.Unflatten(1, (10, 1)), torch.nn.ConvTranspose1d(10, 5, 2))
+    masks = prune_torch(model, PruneSpec(sparsity=0.75, scope="unit", method=method))
+    assert (masks["0.weight"].reshape(6, -1).sum(1) == 27 // 4 + 1).all()        # round(0.75 * 27) = 20 pruned
+    assert (masks["2.weight"].sum(1) == 24).all()                                 # 96 inputs: 72 pruned per row
+    assert (masks["4.weight"].sum(axis=(0, 2)) == 5).all()                        # (in, out, k): units on axis 1
+
+
+def test_unit_scope_keeps_each_units_largest_weights_and_honours_overrides_and_exclusions():
+    weights = {"a.weight": np.array([[1.0, 9.0, 8.0, 2.0], [0.1, 0.2, 0.4, 0.3]]), "b.weight": np.ones((2, 4)),
+               "c.weight": np.arange(8.0).reshape(2, 4)}
+    spec = PruneSpec(sparsity=0.5, scope="unit", overrides={"b": 0.25}, exclude=("c",))
+    masks = compute_masks(weights, spec)
+    assert masks["a.weight"].astype(int).tolist() == [[0, 1, 1, 0], [0, 0, 1, 1]]   # the small row keeps its two
+    assert (masks["b.weight"].sum(1) == 3).all() and masks["c.weight"].all()
+    again = compute_masks(weights, spec, sparsity=0.75, keep=masks)                 # a later round: survivors only
+    assert again["a.weight"].astype(int).tolist() == [[0, 1, 0, 0], [0, 0, 1, 0]]
+
+
+def test_unit_scope_on_onnx_finds_each_ops_output_axis():
+    rng = np.random.default_rng(5)
+    weights = {"w1": rng.normal(size=(16, 8)), "w2": rng.normal(size=(12, 8)), "w3": rng.normal(size=(12, 4))}
+    model = _matmul_onnx(weights)
+    assert pruning.onnx_output_axes(model) == {"w1": 1, "w2": 0, "w3": 1}
+    masks = prune_onnx(model, PruneSpec(sparsity=0.5, scope="unit"))
+    assert (masks["w1"].sum(0) == 8).all()     # MatMul (in, out): each of 8 outputs keeps 8 of 16 inputs
+    assert (masks["w2"].sum(1) == 4).all()     # Gemm transB (out, in)
+    assert (masks["w3"].sum(0) == 6).all()     # Gemm (in, out)
+    transposed = _matmul_onnx({"w1": rng.normal(size=(8, 16)), "w2": weights["w2"], "w3": weights["w3"]},
+                              transpose=True)
+    assert pruning.onnx_output_axes(transposed)["w1"] == 0     # stored (out, in) behind a Transpose
+    assert (prune_onnx(transposed, PruneSpec(sparsity=0.5, scope="unit"))["w1"].sum(1) == 8).all()
+
+
+def test_a_weight_whose_layout_a_reshape_hides_is_pruned_as_one_layer_and_named():
+    weights = {"w": np.arange(12.0).reshape(3, 4)}
+    spec = PruneSpec(sparsity=0.5, scope="unit")
+    mask = compute_masks(weights, spec, out_axes={"w": None})["w"]
+    assert mask.sum() == 6 and mask.ravel().tolist() == [False] * 6 + [True] * 6
+    assert pruning.unit_notes(weights, spec, {"w": None}) == [
+        "scope unit: w: output axis unknown (weight reshaped in the graph), pruned as one layer"]
+    assert pruning.unit_notes(weights, PruneSpec(sparsity=0.5), {"w": None}) == []

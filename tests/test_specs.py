@@ -6,6 +6,7 @@ from workbench.specs import (
     QuantSpec,
     RunSpec,
     SpecError,
+    StructuredSpec,
     dump_recipe,
     load_recipe,
 )
@@ -136,3 +137,9 @@ def test_per_layer_quantization_errors_name_the_field(quantize, message):
         RunSpec.from_dict({"model": "m", "stages": [{"quantize": quantize}]})
     assert str(info.value).startswith(message), str(info.value)
     assert QuantSpec(method="static", overrides={"fc1": 8}, exclude=("fc3",)).overrides == {"fc1": 8}
+
+
+def test_scope_unit_is_for_masks_only():
+    assert PruneSpec(scope="unit").scope == "unit"
+    with pytest.raises(SpecError, match="scope: unknown 'unit' \\(known: global, layer\\)"):
+        StructuredSpec(scope="unit")    # channels are removed per coupled group, never per output unit

@@ -79,7 +79,9 @@ def _unstructured() -> None:
                       "input scales of different layers and can empty one (the preview warns): scope layer "
                       "cannot")
         st.radio("Scope", PRUNE_SCOPES, key="scope", horizontal=True, **SHARED,
-                 help="global: rank all weights together; layer: prune every layer to the same sparsity")
+                 help="global: rank all weights together; layer: prune every layer to the same sparsity; unit: "
+                      "prune every output unit (neuron, channel) to it, the same count in every row of a layer "
+                      "(the comparison Wanda's paper makes)")
         schedule = st.radio("Schedule", PRUNE_SCHEDULES, key="schedule", horizontal=True, **SHARED,
                             help="oneshot: prune once; iterative: remove a share of the surviving weights per "
                                  "round; gradual: the cubic schedule of Zhu & Gupta over a number of rounds. "

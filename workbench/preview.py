@@ -75,6 +75,7 @@ class Subject:
     file_bytes: int | None = None
     macs: dict[str, int] | None = None                # per weight name: multiply-adds per sample
     in_axes: dict[str, int | None] | None = None      # ONNX: the input axis of each weight (N:M groups)
+    out_axes: dict[str, int | None] | None = None     # the output-unit axis of each weight (scope unit)
     factors: dict[str, Factors] | None = None         # low-rank only: svd_factors(weights)
     onnx_model: Any = None                            # an ONNX graph (no torch module): accuracy through ORT
     dense_answers: np.ndarray | None = None           # which test samples the uncompressed model gets right
@@ -112,13 +113,12 @@ def make_subject(loaded, test: Dataset | None = None, summary=None) -> Subject:
     weights, other = model_weights(loaded)
     rows = {row.name: row.macs for row in (summary or summarize(loaded)).layers}
     macs = {n: rows.get(n.removesuffix(".weight")) for n in weights}
-    in_axes = None
-    if loaded.module is None:
-        from workbench.pruning import onnx_input_axes
+    from workbench.pruning import onnx_input_axes, onnx_output_axes, torch_output_axes
 
-        in_axes = onnx_input_axes(loaded.onnx_model)
+    in_axes = None if loaded.module is not None else onnx_input_axes(loaded.onnx_model)
+    out_axes = torch_output_axes(loaded.module) if loaded.module is not None else onnx_output_axes(loaded.onnx_model)
     subject = Subject(weights, other, loaded.module, test, loaded.file_bytes,
-                      macs if all(m is not None for m in macs.values()) else None, in_axes,
+                      macs if all(m is not None for m in macs.values()) else None, in_axes, out_axes=out_axes,
                       onnx_model=loaded.onnx_model if loaded.module is None else None)
     if _runs_accuracy(subject.runnable, test, sum(w.size for w in weights.values())):
         subject = replace(subject, dense_answers=oneshot_answers(subject.runnable, {}, test))
@@ -151,17 +151,19 @@ def preview(weights: dict[str, np.ndarray], other_params: int, sparsity: float, 
             baseline_file_bytes: int | None = None, clusters: int = 0,
             in_axes: dict[str, int | None] | None = None, file_bits: int | None = None,
             layer_bits: dict[str, int] | None = None, layer_bits_real: bool = False,
-            dense_answers: np.ndarray | None = None, rms: dict[str, np.ndarray] | None = None) -> Preview:
+            dense_answers: np.ndarray | None = None, rms: dict[str, np.ndarray] | None = None,
+            out_axes: dict[str, int | None] | None = None) -> Preview:
     """Preview pruning `weights` to `sparsity` (or `spec.nm`), sharing `clusters` values per layer (0: no
     clustering) and rounding them to `bits`, stored at `file_bits` per value (default: `bits` where ONNX
     Runtime has a kernel for it, else float32). `layer_bits` ({layer pattern: bits}, as quantize.overrides)
     rounds the matching layers to their own bits instead, stored at those bits when `layer_bits_real`
     (MatMulNBits), else as float32 (fake). With `module` (a torch module or an ONNX graph whose weights
     these are) and `test`, the one-shot accuracy is measured too, and paired with `dense_answers` (which test
-    samples the uncompressed model gets right) when given. `rms`: the weights' input RMS, for method wanda."""
+    samples the uncompressed model gets right) when given. `rms`: the weights' input RMS, for method wanda;
+    `out_axes`: their output-unit axes, for scope unit."""
     spec = spec or PruneSpec(sparsity=sparsity)
     if sparsity > 0 or spec.nm:
-        masks = compute_masks(weights, spec, sparsity, in_axes=in_axes, rms=rms)
+        masks = compute_masks(weights, spec, sparsity, in_axes=in_axes, rms=rms, out_axes=out_axes)
     else:
         masks = {n: np.ones(w.shape, bool) for n, w in weights.items()}
     params = sum(w.size for w in weights.values())
@@ -307,7 +309,7 @@ def preview_settings(settings: CompressSettings, subject: Subject) -> Preview:
                       overrides=dict(s.overrides))
         base = preview(subject.weights, subject.other_params, spec.sparsity, s.bits, spec=spec,
                        module=subject.runnable, test=subject.test, baseline_file_bytes=subject.file_bytes,
-                       dense_answers=subject.dense_answers, rms=subject.rms,
+                       dense_answers=subject.dense_answers, rms=subject.rms, out_axes=subject.out_axes,
                        clusters=s.clusters, in_axes=subject.in_axes, file_bits=_qat_file_bits(s),
                        layer_bits=dict(s.layer_bits) if s.layer_bits and not s.uses_qat else None,
                        layer_bits_real=s.layer_bits_method == "weight_only")

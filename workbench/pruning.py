@@ -101,7 +101,7 @@ def layer_targets(names: list[str], spec: PruneSpec, sparsity: float) -> dict[st
         elif override is not None:
             targets[name] = min(override, sparsity) if sparsity < spec.sparsity else override
         else:
-            targets[name] = sparsity if spec.scope == "layer" else None
+            targets[name] = None if spec.scope == "global" else sparsity
     return targets
 
 
@@ -117,11 +117,14 @@ def round_targets(spec: PruneSpec) -> list[float]:
 def compute_masks(weights: dict[str, np.ndarray], spec: PruneSpec, sparsity: float | None = None,
                   keep: dict[str, np.ndarray] | None = None, seed: int | None = None,
                   in_axes: dict[str, int | None] | None = None,
-                  rms: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                  rms: dict[str, np.ndarray] | None = None,
+                  out_axes: dict[str, int | None] | None = None) -> dict[str, np.ndarray]:
     """Boolean keep-masks reaching `sparsity` (default: spec.sparsity). Weights already masked out
     in `keep` stay pruned, so iterative rounds only remove survivors. With `spec.nm`, N:M groups run
     along `in_axes[name]` (default 1; None = unknown layout, left dense). `rms`: per weight, its inputs'
-    RMS (broadcasting against it), for the methods that read it."""
+    RMS (broadcasting against it), for the methods that read it. With scope "unit", each output unit (the
+    slices along `out_axes[name]`, default 0; None = unknown layout: the layer as one unit) keeps the same
+    share."""
     if not weights:
         raise WorkbenchError("prune: the model has no Linear/Conv (MatMul/Gemm/Conv) weights to prune")
     check_patterns(list(weights), "prune exclude", spec.exclude)
@@ -137,7 +140,9 @@ def compute_masks(weights: dict[str, np.ndarray], spec: PruneSpec, sparsity: flo
     if spec.nm is not None:
         return _nm_masks(scores, spec, keep or {}, in_axes or {})
     targets = layer_targets(list(weights), spec, sparsity)
-    masks = {n: _top_k_mask(scores[n], t) for n, t in targets.items() if t is not None}
+    axes = out_axes or {}
+    masks = {n: _unit_mask(scores[n], t, axes.get(n, 0)) if spec.scope == "unit" else _top_k_mask(scores[n], t)
+             for n, t in targets.items() if t is not None}
     pooled = [n for n, t in targets.items() if t is None]
     if pooled:
         flat = np.concatenate([scores[n].ravel() for n in pooled])
@@ -160,6 +165,28 @@ def _top_k_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
     if k > 0:
         mask[np.argsort(scores.ravel(), kind="stable")[:k]] = False
     return mask.reshape(scores.shape)
+
+
+def _unit_mask(scores: np.ndarray, sparsity: float, axis: int | None) -> np.ndarray:
+    """The lowest `sparsity` share of every output unit's scores pruned (the slices along `axis`); with an
+    unknown axis, of the whole layer."""
+    if axis is None:
+        return _top_k_mask(scores, sparsity)
+    rows = np.moveaxis(scores, axis, 0).reshape(scores.shape[axis], -1)
+    k = int(round(sparsity * rows.shape[1]))
+    keep = np.ones(rows.shape, dtype=bool)
+    if k > 0:
+        np.put_along_axis(keep, np.argsort(rows, axis=1, kind="stable")[:, :k], False, axis=1)
+    moved = np.moveaxis(scores, axis, 0).shape
+    return np.moveaxis(keep.reshape(moved), 0, axis)
+
+
+def unit_notes(weights: dict[str, np.ndarray], spec: PruneSpec, out_axes: dict[str, int | None]) -> list[str]:
+    """The layers scope "unit" pruned as a whole, their output axis being unknown (named)."""
+    if spec.scope != "unit" or spec.nm is not None:
+        return []
+    return [f"scope unit: {name}: output axis unknown (weight reshaped in the graph), pruned as one layer"
+            for name in weights if out_axes.get(name, 0) is None and not _matches(name, spec.exclude)]
 
 
 def _nm_masks(scores: dict[str, np.ndarray], spec: PruneSpec, keep: dict[str, np.ndarray],
@@ -245,10 +272,19 @@ def torch_weights(module) -> dict:
 
 def torch_input_axes(module) -> dict[str, int]:
     """Weights whose input features are not on axis 1: ConvTranspose stores (in, out, *kernel)."""
+    return dict.fromkeys(_transposed(module), 0)
+
+
+def torch_output_axes(module) -> dict[str, int]:
+    """Weights whose output units are not on axis 0: ConvTranspose's are on axis 1."""
+    return dict.fromkeys(_transposed(module), 1)
+
+
+def _transposed(module) -> list[str]:
     from torch import nn
 
     transposed = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-    return {f"{n}.weight" if n else "weight": 0 for n, m in module.named_modules() if isinstance(m, transposed)}
+    return [f"{n}.weight" if n else "weight" for n, m in module.named_modules() if isinstance(m, transposed)]
 
 
 def prune_torch(module, spec: PruneSpec, sparsity: float | None = None,
@@ -260,7 +296,7 @@ def prune_torch(module, spec: PruneSpec, sparsity: float | None = None,
     params = torch_weights(module)
     arrays = {n: p.detach().cpu().numpy() for n, p in params.items()}
     masks = compute_masks(arrays, spec, sparsity, keep, in_axes=torch_input_axes(module) if spec.nm else None,
-                          rms=rms)
+                          rms=rms, out_axes=torch_output_axes(module))
     with torch.no_grad():
         for name, mask in masks.items():
             params[name].mul_(torch.from_numpy(mask).to(params[name].dtype))
@@ -284,6 +320,20 @@ def onnx_input_axes(model: onnx.ModelProto) -> dict[str, int | None]:
     """Per weight initializer, the axis indexing its op's input features: 1 for Conv (out, in, kh, kw) and
     Gemm with transB, the second-to-last for MatMul (in, out), 0 for Gemm without transB and ConvTranspose;
     followed back through Transpose/Cast/DequantizeLinear; None where a Reshape hides the layout."""
+    return _onnx_axes(model, lambda op, trans_b: {"Gemm": 1 if trans_b else 0, "MatMul": -2,
+                                                  "ConvTranspose": 0}.get(op, 1))
+
+
+def onnx_output_axes(model: onnx.ModelProto) -> dict[str, int | None]:
+    """Per weight initializer, the axis indexing its op's output units: 0 for Conv and Gemm with transB, the
+    last for MatMul, 1 for Gemm without transB and ConvTranspose; followed back as onnx_input_axes does."""
+    return _onnx_axes(model, lambda op, trans_b: {"Gemm": 0 if trans_b else 1, "MatMul": -1,
+                                                  "ConvTranspose": 1}.get(op, 0))
+
+
+def _onnx_axes(model: onnx.ModelProto, axis_of: Callable[[str, int], int]) -> dict[str, int | None]:
+    """Per weight initializer, the axis `axis_of(op type, transB)` of its (first) consumer, in the
+    initializer's own layout."""
     inits = initializers(model)
     producers = {out: node for node in model.graph.node for out in node.output}
     axes: dict[str, int | None] = {}
@@ -291,8 +341,7 @@ def onnx_input_axes(model: onnx.ModelProto) -> dict[str, int | None]:
         if node.op_type not in COMPUTE_OPS or len(node.input) < 2:
             continue
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        axis: int | None = {"Gemm": 1 if attrs.get("transB", 0) else 0, "MatMul": -2, "ConvTranspose": 0}.get(
-            node.op_type, 1)
+        axis: int | None = axis_of(node.op_type, attrs.get("transB", 0))
         name, perms = node.input[1], []
         while name not in inits and name in producers and producers[name].op_type in PASS_THROUGH:
             source = producers[name]
@@ -321,7 +370,8 @@ def prune_onnx(model: onnx.ModelProto, spec: PruneSpec, sparsity: float | None =
     """Zero pruned weights in the initializers of `model` (in place); returns the keep-masks (`rms`: see
     compute_masks)."""
     weights = onnx_weights(model)
-    masks = compute_masks(weights, spec, sparsity, in_axes=onnx_input_axes(model) if spec.nm else None, rms=rms)
+    masks = compute_masks(weights, spec, sparsity, in_axes=onnx_input_axes(model) if spec.nm else None, rms=rms,
+                          out_axes=onnx_output_axes(model) if spec.scope == "unit" else None)
     inits = initializers(model)
     for name, mask in masks.items():
         pruned = (weights[name] * mask).astype(weights[name].dtype)

@@ -20,7 +20,8 @@ from workbench.errors import WorkbenchError
 SPEC_VERSION = 1
 MODEL_SUFFIXES = (".onnx", ".pt2", ".pt", ".ts", ".safetensors")
 PRUNE_METHODS = ("magnitude", "random", "lamp", "wanda")
-PRUNE_SCOPES = ("global", "layer")
+PRUNE_SCOPES = ("global", "layer", "unit")
+STRUCTURED_SCOPES = ("global", "layer")
 PRUNE_SCHEDULES = ("oneshot", "iterative", "gradual")
 REWINDS = ("lr", "none", "weight")
 RECONSTRUCTIONS = ("none", "refit", "obs")
@@ -132,7 +133,9 @@ class PruneSpec:
     rescaled per layer, so a global ranking does not favour layers by their scale and never empties one),
     "wanda" (Sun et al. 2024: |w| times the RMS of its input on the training inputs, else the calibration
     split, read again every round; no labels).
-    `scope="global"` ranks all weights together; `"layer"` prunes each layer to the same sparsity.
+    `scope="global"` ranks all weights together; `"layer"` prunes each layer to the same sparsity; `"unit"`
+    prunes each output unit (a Linear's output feature, a conv's output channel) to it, the comparison group
+    of Wanda's paper and a mask with the same count in every row.
     `overrides` sets a sparsity per layer (glob patterns on layer names; a module's name covers the layers
     inside it), `exclude` leaves layers dense.
     `schedule="iterative"` prunes `per_round` of the remaining weights per round until `sparsity`,
@@ -334,7 +337,8 @@ class StructuredSpec:
         _fraction(self.ratio, "ratio")
         _check(self.importance in STRUCTURED_IMPORTANCE, "importance",
                f"unknown '{self.importance}' (known: {', '.join(STRUCTURED_IMPORTANCE)})")
-        _check(self.scope in PRUNE_SCOPES, "scope", f"unknown '{self.scope}' (known: {', '.join(PRUNE_SCOPES)})")
+        _check(self.scope in STRUCTURED_SCOPES, "scope",
+               f"unknown '{self.scope}' (known: {', '.join(STRUCTURED_SCOPES)})")
         _check(self.round_to is None or self.round_to >= 1, "round_to", "must be >= 1")
 
 

@@ -245,7 +245,16 @@ def _rewind_weights(module: Any, checkpoint: dict[str, Any], masks: dict[str, np
 
 
 def _prune_onnx(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
-    from workbench.pruning import emptied_notes, nm_notes, onnx_input_axes, onnx_weights, prune_onnx, sparsity_of
+    from workbench.pruning import (
+        emptied_notes,
+        nm_notes,
+        onnx_input_axes,
+        onnx_output_axes,
+        onnx_weights,
+        prune_onnx,
+        sparsity_of,
+        unit_notes,
+    )
 
     if spec.finetune is not None and spec.finetune.epochs > 0:
         raise WorkbenchError("prune.finetune: fine-tuning needs a torch model; this variant is ONNX "
@@ -260,7 +269,7 @@ def _prune_onnx(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
     model.CopyFrom(variant.onnx_model)
     out = variant.copy_meta(onnx_model=model)
     masks = prune_onnx(model, spec, rms=_input_rms(model, spec, ctx, out.notes))
-    out.notes.extend(emptied_notes(masks, spec))
+    out.notes.extend(emptied_notes(masks, spec) + unit_notes(weights, spec, onnx_output_axes(model)))
     if spec.reconstruct != "none":
         from workbench.reconstruct_onnx import reconstruct_onnx
 

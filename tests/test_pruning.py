@@ -260,6 +260,12 @@ def test_unit_scope_keeps_each_units_largest_weights_and_honours_overrides_and_e
     assert again["a.weight"].astype(int).tolist() == [[0, 1, 0, 0], [0, 0, 1, 0]]
 
 
+def test_unit_scope_never_empties_a_unit_below_full_sparsity():
+    weights = {"conv.weight": np.random.default_rng(6).normal(size=(4, 1, 3, 3))}   # 9 weights per unit
+    keep = compute_masks(weights, PruneSpec(sparsity=0.95, scope="unit"))["conv.weight"]
+    assert (keep.reshape(4, -1).sum(1) == 1).all()             # round(0.95 * 9) = 9 would leave only the bias
+
+
 def test_unit_scope_on_onnx_finds_each_ops_output_axis():
     rng = np.random.default_rng(5)
     weights = {"w1": rng.normal(size=(16, 8)), "w2": rng.normal(size=(12, 8)), "w3": rng.normal(size=(12, 4))}

@@ -168,12 +168,13 @@ def _top_k_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
 
 
 def _unit_mask(scores: np.ndarray, sparsity: float, axis: int | None) -> np.ndarray:
-    """The lowest `sparsity` share of every output unit's scores pruned (the slices along `axis`); with an
-    unknown axis, of the whole layer."""
+    """The lowest `sparsity` share of every output unit's scores pruned (the slices along `axis`), each unit
+    keeping at least one weight (a conv reading one channel has 9 weights per unit: 95% of them rounds to all
+    9); with an unknown axis, the whole layer as one unit."""
     if axis is None:
         return _top_k_mask(scores, sparsity)
     rows = np.moveaxis(scores, axis, 0).reshape(scores.shape[axis], -1)
-    k = int(round(sparsity * rows.shape[1]))
+    k = min(int(round(sparsity * rows.shape[1])), rows.shape[1] - 1)
     keep = np.ones(rows.shape, dtype=bool)
     if k > 0:
         np.put_along_axis(keep, np.argsort(rows, axis=1, kind="stable")[:, :k], False, axis=1)

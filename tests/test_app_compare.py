@@ -239,7 +239,7 @@ def test_seed_repeats_and_the_random_baseline_get_their_tables(tmp_path, monkeyp
     at = page(runs=",".join(str(r.id) for r in runs))
     assert not at.exception
     headers = [h.value for h in at.subheader]
-    assert "Over seeds: mean ± std" in headers and "Magnitude vs random pruning" in headers
+    assert "Over seeds: mean ± std" in headers and "Ranked vs random pruning" in headers
     frames = {len(d.value): d.value for d in at.dataframe}
     over_seeds = next(f for f in frames.values() if "seeds" in f)
     assert sorted(over_seeds["n"]) == [2, 2] and set(over_seeds["prune_method"]) == {"magnitude", "random"}

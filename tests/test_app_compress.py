@@ -169,15 +169,19 @@ def test_gradual_schedule_with_weight_rewinding(isolated_home):
     assert prune.finetune.epochs == 2
 
 
-def test_lamp_ranking_reaches_the_recipe_works_with_obs_and_has_no_random_pairing(isolated_home):
+def test_lamp_ranking_reaches_the_recipe_works_with_obs_and_pairs_with_random(isolated_home):
     at = open_app(PAGE, query={"sparsity": "90", "method": "lamp", "reconstruct": "obs"})
     assert not at.exception and not at.warning and not at.button(key="launch_run").disabled
     assert "sweep_random" not in [c.key for c in at.checkbox]
     at.radio(key="reconstruct").set_value("none").run()
-    assert any("paired with magnitude pruning" in t for t in texts(at)) and "sweep_random" not in \
-        [c.key for c in at.checkbox]
     (prune,) = launched_spec(at, isolated_home).stages
     assert (prune.method, prune.sparsity, prune.scope) == ("lamp", 0.9, "global")
+    at.multiselect(key="sweep_sparsity").set_value([90]).run()
+    at.multiselect(key="sweep_bits").set_value([32]).run()
+    at.checkbox(key="sweep_random").check().run()
+    at.button(key="launch_sweep").click().run()
+    swept = [RunSpec.from_dict(r.spec).stages[0].method for r in Store(isolated_home).list()]
+    assert sorted(swept) == ["lamp", "lamp", "random"]     # the run above, then lamp against random
 
 
 def test_wanda_reads_the_training_inputs_in_the_preview_and_reaches_the_recipe(isolated_home):

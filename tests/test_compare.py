@@ -354,7 +354,8 @@ def test_random_baseline_pairs_equal_recipes_by_seed():
                      "config": compare.config_key(spec), "seed": seed, **compare.requested_of(spec)})
     df = pd.DataFrame(rows)
     pairs = compare.random_baseline_frame(df, per_seed=True)
-    assert list(zip(pairs["id_magnitude"], pairs["id_random"], strict=True)) == [(1, 2), (3, 4), (5, 6)]
+    assert list(zip(pairs["id_ranked"], pairs["id_random"], strict=True)) == [(1, 2), (3, 4), (5, 6)]
+    assert set(pairs["ranking"]) == {"magnitude"}
     np.testing.assert_allclose(pairs["advantage"], [0.05, 0.09, 0.01])
     summary = compare.random_baseline_frame(df)
     assert list(summary["requested_sparsity"]) == [0.9, 0.5] and list(summary["n"]) == [2, 1]
@@ -363,6 +364,13 @@ def test_random_baseline_pairs_equal_recipes_by_seed():
     assert summary.iloc[0]["advantage_std"] == pytest.approx(np.std([0.05, 0.09], ddof=1))
     assert summary.iloc[0]["accuracy_random_mean"] == pytest.approx(0.89)
     assert compare.random_baseline_frame(df[df["prune_method"] == "magnitude"]).empty
+    wanda = recipe(0, 0.9, "wanda")        # another ranking of the same recipe gets its own row
+    df = pd.concat([df, pd.DataFrame([{"id": 8, "model": "digits-mlp", "method": compare.method_label(wanda),
+                                       "accuracy": 0.99, "config": compare.config_key(wanda), "seed": 0,
+                                       **compare.requested_of(wanda)}])], ignore_index=True)
+    rows = compare.random_baseline_frame(df)
+    assert list(zip(rows["ranking"], rows["n"], strict=True)) == [("magnitude", 2), ("magnitude", 1), ("wanda", 1)]
+    assert rows.iloc[2]["advantage_mean"] == pytest.approx(0.09)      # 0.99 against random's 0.90 (seed 0)
 
 
 def test_every_stage_kind_has_a_label_and_a_short_tag():

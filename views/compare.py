@@ -108,10 +108,11 @@ if not repeats.empty:
     st.caption("Runs whose recipes differ only by their seed, folded together: n runs, sample std. A gap smaller "
                "than the std is not a difference (one test sample of the digits split is 0.28 points).")
 if not pairs.empty:
-    st.subheader("Magnitude vs random pruning")
+    st.subheader("Ranked vs random pruning")
     st.dataframe(pairs.drop(columns="pair", errors="ignore"), hide_index=True, width="stretch")
-    st.caption("The same recipe with random instead of magnitude pruning: `advantage` is what choosing the "
-               "weights by magnitude buys over chance at that sparsity (ShrinkBench's sanity check).")
+    st.caption("The same recipe with random pruning instead of its `ranking` (magnitude, lamp or wanda): "
+               "`advantage` is what choosing the weights buys over chance at that sparsity (ShrinkBench's sanity "
+               "check).")
 
 if len(df) > 1:
     st.subheader("Run against run, sample by sample")

@@ -127,14 +127,12 @@ with sweep:
     seeds = st.number_input("Seeds per setting", 1, 5, 1, key="sweep_seeds", persist_state="session",
                             help="repeat every setting with seeds 0, 1, …: Compare shows mean ± std over them")
     masked = technique in ("unstructured", "nm")
-    ranked = settings.method not in ("magnitude", "random")     # lamp, wanda: the baseline pairs with magnitude
+    ranking = "magnitude" if settings.method == "random" else settings.method   # what random is set against
     if masked and settings.reconstruct == "obs":
         st.caption("OBS reconstruction picks the pruned weights itself, so there is no random-pruning baseline.")
-    elif masked and ranked:
-        st.caption("The random-pruning baseline is paired with magnitude pruning: pick magnitude to add it.")
-    with_random = masked and settings.reconstruct != "obs" and not ranked and st.checkbox(
+    with_random = masked and settings.reconstruct != "obs" and st.checkbox(
         "Add the random-pruning baseline", key="sweep_random", persist_state="session",
-        help="each setting again with random instead of magnitude pruning: Compare shows what magnitude buys")
+        help=f"each setting again with random instead of {ranking} pruning: Compare shows what {ranking} buys")
     with_unsolved = masked and settings.reconstruct != "none" and st.checkbox(
         "Add the unsolved mask", key="sweep_unsolved", persist_state="session",
         help=f"each setting again without reconstruction: Compare shows what {settings.reconstruct} buys")
@@ -144,7 +142,7 @@ with sweep:
         with view.guard():
             base, grid = settings.sweep(ref, [v / 100 for v in chosen], widths, data, measure,
                                         name=f"{label} sweep")
-            grid |= {"prune.method": ["magnitude", "random"]} if with_random else {}
+            grid |= {"prune.method": [ranking, "random"]} if with_random else {}
             grid |= {"prune.reconstruct": ["none", settings.reconstruct]} if with_unsolved else {}
             grid |= {"seed": list(range(int(seeds)))} if seeds > 1 else {}
             sweep_id, runs = launch.launch_sweep(base, grid)

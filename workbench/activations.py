@@ -3,14 +3,14 @@
 
 `input_rms(model, data)` reads every prunable weight of a torch module or ONNX graph (workbench.pruning's
 `torch_weights` / `onnx_weights`); `torch_input_rms(module, names, inputs)` and `onnx_input_rms(model, names,
-data)` the weights named. They return, per weight name, an
-array of the weight's rank that broadcasts against it (one value per input feature; for a convolution per
-input channel and kernel position, over every position the kernel visits, padding included), and the
-weights they could not cover with the reason: those are ranked by magnitude alone. One forward pass over at
-most `MAX_SAMPLES` samples reads every layer at once, so a layer used several times counts all its calls.
+data)` the weights named. They return, per weight name, an array of the weight's rank that broadcasts against
+it (one value per input feature; for a convolution per input channel and kernel position, over every position
+the kernel visits, padding included), and the weights they could not cover with the reason: those are ranked
+by magnitude alone. One forward pass over at most `MAX_SAMPLES` samples reads every layer at once, so a layer
+used several times counts all its calls.
 
 Torch: nn.Linear and nn.Conv1d/2d (any groups) weights; ONNX: 2-D MatMul weights, Gemm B (transA 0) and
-2-D Conv weights, the tensors their nodes read directly (ONNX Runtime exposes their inputs as outputs).
+1-D/2-D Conv weights, the tensors their nodes read directly (ONNX Runtime exposes their inputs as outputs).
 """
 
 from __future__ import annotations

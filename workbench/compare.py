@@ -9,8 +9,8 @@ real/simulated kind of each claim, and the sweep settings (sparsity, bits) parse
 Rigour (ShrinkBench-style): each row also says what the recipe asked for next to what was measured
 (`requested_*` vs achieved `sparsity`, `bits`, `storage_bits`, `channels_removed`, `params_x`), its `seed`,
 and a `config` key (the recipe without seeds or name); `seed_summary` folds runs that differ only by seed
-into mean ± std rows, and `random_baseline_frame` sets magnitude pruning against random pruning of
-otherwise equal recipes.
+into mean ± std rows, and `random_baseline_frame` sets a ranking (magnitude, lamp, wanda) against random
+pruning of otherwise equal recipes.
 `class_frame` splits each run's accuracy change by class; `versus_frame` sets runs against one of them sample
 by sample (the same test samples, from the per-sample answers in report.json). `pareto_front` marks the
 non-dominated rows; `layer_frame` / `history_frame` give per-layer sparsity and per-round accuracy;
@@ -523,28 +523,29 @@ def _without_prune_method(config: str) -> str:
 
 
 def random_baseline_frame(df: pd.DataFrame, per_seed: bool = False) -> pd.DataFrame:
-    """Magnitude vs random pruning of otherwise equal recipes (same seed): the quality metric of each
-    and `advantage` = magnitude - random. One row per pair with `per_seed`, else one row per recipe
-    with n pairs and mean ± std over seeds."""
+    """A ranking (magnitude, lamp, wanda: `ranking`) vs random pruning of otherwise equal recipes (same seed):
+    the quality metric of each and `advantage` = ranked - random. One row per pair with `per_seed`, else one
+    row per recipe with n pairs and mean ± std over seeds."""
     metric = quality_metric(df)
     if df.empty or "prune_method" not in df:
-        return pd.DataFrame(columns=["model", "method", "requested_sparsity", "n", "advantage_mean"])
-    pruned = df[df["prune_method"].isin(["magnitude", "random"])]
+        return pd.DataFrame(columns=["model", "method", "ranking", "requested_sparsity", "n", "advantage_mean"])
+    pruned = df[df["prune_method"].notna()]
     pruned = pruned.assign(pair=pruned["config"].map(_without_prune_method))
     runs = pruned.groupby(["pair", "seed", "prune_method"], sort=False).agg(
         value=(metric, "mean"), id=("id", "min"), model=("model", "first"), method=("method", "first"),
         requested_sparsity=("requested_sparsity", "first")).reset_index()
-    mag = runs[runs["prune_method"] == "magnitude"].drop(columns="prune_method")
+    ranked = runs[runs["prune_method"] != "random"].rename(columns={"prune_method": "ranking"})
     rnd = runs[runs["prune_method"] == "random"][["pair", "seed", "value", "id"]]
-    pairs = mag.merge(rnd, on=["pair", "seed"], suffixes=("_magnitude", "_random"))
-    pairs = pairs.rename(columns={"value_magnitude": f"{metric}_magnitude", "value_random": f"{metric}_random"})
-    pairs["advantage"] = pairs[f"{metric}_magnitude"] - pairs[f"{metric}_random"]
+    pairs = ranked.merge(rnd, on=["pair", "seed"], suffixes=("_ranked", "_random"))
+    pairs = pairs.rename(columns={"value_ranked": f"{metric}_ranked", "value_random": f"{metric}_random"})
+    pairs["advantage"] = pairs[f"{metric}_ranked"] - pairs[f"{metric}_random"]
+    pairs["pair"] = pairs["pair"] + pairs["ranking"]     # each ranking of a recipe is its own row
     if per_seed:
         return pairs.drop(columns="pair")
     groups = pairs.groupby("pair", sort=False)
-    head = groups[["model", "method", "requested_sparsity"]].first()
+    head = groups[["model", "method", "ranking", "requested_sparsity"]].first()
     head["n"], head["seeds"] = groups.size(), groups["seed"].agg(_seeds_text)
-    stats = _mean_std(groups, [f"{metric}_magnitude", f"{metric}_random", "advantage"])
+    stats = _mean_std(groups, [f"{metric}_ranked", f"{metric}_random", "advantage"])
     return head.join(stats).reset_index(drop=True)
 
 

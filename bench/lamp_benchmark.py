@@ -8,7 +8,7 @@ ranking meets layers of different scale. Every cell is one `run_pipeline` call: 
 the 360-sample test split, against the baseline measured in the same run; `emptiest` is the largest share of
 one layer's weights the mask takes.
 
-    python bench/lamp_benchmark.py      # ~12 min on 2 vCPUs; rewrites its section of BENCHMARKS.md
+    python bench/lamp_benchmark.py      # ~14 min on 2 vCPUs; rewrites its section of BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -55,15 +55,19 @@ def row(model: str, ref: ModelRef, weights: dict, rms: dict, sparsity: float, re
     return out
 
 
+LOCAL = tuple(f"{method}/{scope}" for scope in ("layer", "unit") for method in ("magnitude", "wanda"))
+
+
 def layer_row(model: str, sparsity: float) -> dict:
-    """Magnitude vs Wanda with every layer pruned to the same sparsity (`scope: layer`), mask alone and + obs."""
+    """Magnitude vs Wanda with every layer (`scope: layer`) or every output unit (`scope: unit`) pruned to the
+    same sparsity, mask alone and + obs."""
     ref, out = ModelRef(sample=model), {"model": model, "sparsity": sparsity}
-    for method in ("magnitude", "wanda"):
-        out[method] = accuracy(ref, (PruneSpec(sparsity=sparsity, method=method, scope="layer"),))[1]
-        out[f"{method} obs"] = accuracy(ref, (PruneSpec(sparsity=sparsity, method=method, scope="layer",
-                                                        reconstruct="obs"),))[1]
-        logging.info("%s %.0f%% %s, layer scope: %.4f, obs %.4f", model, 100 * sparsity, method, out[method],
-                     out[f"{method} obs"])
+    for key in LOCAL:
+        method, scope = key.split("/")
+        out[key] = accuracy(ref, (PruneSpec(sparsity=sparsity, method=method, scope=scope),))[1]
+        out[f"{key} obs"] = accuracy(ref, (PruneSpec(sparsity=sparsity, method=method, scope=scope,
+                                                     reconstruct="obs"),))[1]
+        logging.info("%s %.0f%% %s: %.4f, obs %.4f", model, 100 * sparsity, key, out[key], out[f"{key} obs"])
     return out
 
 
@@ -154,18 +158,28 @@ def wanda_findings(rows: list[dict]) -> list[str]:
 
 def layer_lines(rows: list[dict]) -> list[str]:
     """The layer-scope table and its reading."""
-    lines = ["### Within each layer (`scope: layer`)", "",
-             "Every layer pruned to the same sparsity, so no ranking compares weights of different layers (the "
-             "Wanda paper compares within each output unit, a finer version of the same idea).", "",
-             "| model | sparsity | magnitude | wanda | magnitude + obs | wanda + obs |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['sparsity']:.0%} | " + " | ".join(
-        cell(r[k]) for k in ("magnitude", "wanda", "magnitude obs", "wanda obs")) + " |" for r in rows]
+    keys = [*LOCAL, *(f"{k} obs" for k in LOCAL)]
+    lines = ["### Within each layer (`scope: layer`) or each output unit (`scope: unit`)", "",
+             "Every layer, or every output unit (a neuron, a channel: the comparison group of the Wanda paper), "
+             "pruned to the same sparsity, so no ranking compares weights of different layers.", "",
+             "| model | sparsity | " + " | ".join(k.replace(" obs", " + obs") for k in keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
+    lines += [f"| {r['model']} | {r['sparsity']:.0%} | " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
     lines.append("")
-    for suffix, what in (("", "the mask alone"), (" obs", "with OBS reconstruction")):
-        gaps = [r[f"wanda{suffix}"] - r[f"magnitude{suffix}"] for r in rows]
-        lines.append(f"- Wanda vs magnitude within each layer, {what}: ahead in {sum(g > 0 for g in gaps)}, behind "
-                     f"in {sum(g < 0 for g in gaps)} of {len(gaps)} settings (mean {100 * sum(gaps) / len(gaps):+.2f} "
-                     "pt).")
+    for scope in ("layer", "unit"):
+        for suffix, what in (("", "the mask alone"), (" obs", "with OBS reconstruction")):
+            gaps = [r[f"wanda/{scope}{suffix}"] - r[f"magnitude/{scope}{suffix}"] for r in rows]
+            lines.append(f"- Wanda vs magnitude, scope {scope}, {what}: ahead in {sum(g > 0 for g in gaps)}, behind "
+                         f"in {sum(g < 0 for g in gaps)} of {len(gaps)} settings (mean "
+                         f"{100 * sum(gaps) / len(gaps):+.2f} pt).")
+    same = all(r["wanda/unit obs"] == r["magnitude/unit obs"] for r in rows)
+    if same:
+        lines.append("- With scope unit both rankings give every unit the same count, and OBS chooses which weights "
+                     "go itself: the two reconstructed masks score the same in every setting.")
+    best = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+    top = max(best, key=best.get)
+    lines.append(f"- Highest mean accuracy over these settings: {top.replace(' obs', ' + obs')} "
+                 f"({best[top]:.4f}); the masks alone average {', '.join(f'{k} {best[k]:.4f}' for k in LOCAL)}.")
     return lines
 
 

@@ -119,10 +119,10 @@ def advantage_table(df: pd.DataFrame, oneshot: pd.DataFrame) -> tuple[list[str],
     both = after.merge(before, on=["model", "requested_sparsity"], suffixes=("", "_oneshot"))
     both = both.sort_values(["model", "requested_sparsity"])
     rows = [[r["model"], f"{r['requested_sparsity']:.0%}", str(r["n"]),
-             pm(r["accuracy_magnitude_mean_oneshot"], r["accuracy_magnitude_std_oneshot"], 100, 1),
+             pm(r["accuracy_ranked_mean_oneshot"], r["accuracy_ranked_std_oneshot"], 100, 1),
              pm(r["accuracy_random_mean_oneshot"], r["accuracy_random_std_oneshot"], 100, 1),
              pm(r["advantage_mean_oneshot"], r["advantage_std_oneshot"], 100, 1),
-             pm(r["accuracy_magnitude_mean"], r["accuracy_magnitude_std"], 100),
+             pm(r["accuracy_ranked_mean"], r["accuracy_ranked_std"], 100),
              pm(r["accuracy_random_mean"], r["accuracy_random_std"], 100),
              pm(r["advantage_mean"], r["advantage_std"], 100)] for _, r in both.iterrows()]
     header = ["model", "sparsity", "pairs", "one-shot magnitude (%)", "one-shot random (%)", "advantage (pt)",

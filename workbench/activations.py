@@ -149,7 +149,7 @@ def onnx_input_rms(model: onnx.ModelProto, names: Iterable[str], data: Dataset
                    ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Input RMS for the initializers `names` of `model`, read by ONNX Runtime over `data`."""
     from workbench.evaluate import feeds, make_session
-    from workbench.onnx_graph import initializers
+    from workbench.onnx_graph import exposing, initializers
 
     names = list(names)
     inits = initializers(model)
@@ -168,12 +168,7 @@ def onnx_input_rms(model: onnx.ModelProto, names: Iterable[str], data: Dataset
     if not readers:
         return {}, skipped
     exposed = list(dict.fromkeys(node.input[0] for nodes in readers.values() for node in nodes))
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    present = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
-                              for n in exposed if n not in present)
-    session = make_session(probe)
+    session = make_session(exposing(model, exposed))
     squares = {n: _Squares() for n in readers}
     data = data.take(MAX_SAMPLES)
     start, chunk = 0, 1        # one sample first, to size the chunks by what the exposed inputs take

@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 
 from workbench.data import Dataset
 from workbench.evaluate import feeds, make_session
-from workbench.onnx_graph import initializers
+from workbench.onnx_graph import exposing, initializers
 from workbench.reconstruct import CHUNK, MAX_INPUTS, MAX_SAMPLES, LayerFit, Statistics, patches, solve, with_bias
 
 
@@ -48,13 +48,13 @@ def reconstruct_onnx(model: onnx.ModelProto, reference: onnx.ModelProto, masks: 
     skipped layers with their reasons, as workbench.reconstruct.reconstruct does."""
     data = data.take(MAX_SAMPLES)
     layers, skipped = _layers(model, masks)
-    ref_session = make_session(_exposing(reference, [layer.node.output[0] for layer in layers]))
+    ref_session = make_session(exposing(reference, [layer.node.output[0] for layer in layers]))
     out, fits = dict(masks), []
     for done, layer in enumerate(layers):
         if cancelled():
             break
         progress(done / len(layers), layer.name)
-        session = make_session(_exposing(model, [layer.node.input[0]]))
+        session = make_session(exposing(model, [layer.node.input[0]]))
         stats = _statistics(layer, session, ref_session, data)
         inits = initializers(model)
         bias = layer.bias is not None
@@ -116,17 +116,6 @@ def _unsupported(layer: _Layer, inits: dict, uses: dict[str, int]) -> str | None
 
 def _fan_in(layer: _Layer) -> int:
     return layer.shape[0] if layer.transposed else int(np.prod(layer.shape[1:]))
-
-
-def _exposing(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of `model` that also outputs the tensors `names` (float)."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    present = {o.name for o in probe.graph.output}
-    for name in dict.fromkeys(names):
-        if name not in present:
-            probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    return probe
 
 
 def _statistics(layer: _Layer, session, ref_session, data: Dataset) -> Statistics:

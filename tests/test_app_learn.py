@@ -74,8 +74,9 @@ def test_method_explainers_show_a_2_4_mask_and_a_rank():
 def test_the_lamp_explainer_shows_each_rankings_share_per_layer():
     at = page()
     at.slider(key="learn_lamp_sparsity").set_value(95).run()
-    table = next(d.value for d in at.dataframe if list(d.value.columns) == ["magnitude", "lamp"])
+    table = next(d.value for d in at.dataframe if list(d.value.columns) == ["magnitude", "lamp", "wanda"])
     assert list(table.index) == ["fc1", "fc2", "fc3"] and not table["magnitude"].equals(table["lamp"])
+    assert table["wanda"]["fc2"] > table["magnitude"]["fc2"]    # the hidden activations are small against pixels
     sizes = [64 * 300, 300 * 100, 100 * 10]   # digits-mlp: both rankings remove 95% overall, spread differently
     for ranking in table:
         assert sum(table[ranking] * sizes) / sum(sizes) == pytest.approx(0.95, abs=1e-3)

@@ -113,17 +113,20 @@ with st.expander("Reconstruction: repairing a mask without training"):
                 "with the others corrected, one at a time. On the sample MLP it brings 90% one-shot pruning "
                 "from near chance to within 1.5 points of the original (BENCHMARKS.md, reconstruction section). "
                 "The zeros are still stored densely: a **simulated** gain, like any unstructured mask.")
-with st.expander("Global ranking: magnitude vs LAMP"):
+with st.expander("Global ranking: magnitude vs LAMP vs Wanda"):
     st.markdown("A **global** cut ranks every weight of every layer together. By |w| alone, a layer whose weights "
                 "are small (BatchNorm folded into a convolution shrinks or grows a whole layer) loses far more than "
                 "its share, up to all of it. **LAMP** (Lee et al. 2021) scores each weight against the larger "
                 "weights of its own layer: the same order inside a layer, but no layer's scale counts as "
-                "importance, and each layer keeps its largest weight. Per layer, the share each ranking prunes:")
+                "importance, and each layer keeps its largest weight. **Wanda** (next section) weighs |w| by its "
+                "input's size, so the scale of each layer's inputs moves the cut too. Per layer, the share each "
+                "ranking prunes:")
     with view.guard():
         overall = st.slider("Overall sparsity (%)", 50, 98, 90, key="learn_lamp_sparsity") / 100
+        rms = cache.input_rms(ModelRef(sample=sample), DataRef())
         shares = {method: {n.removesuffix(".weight"): 1 - keep.mean() for n, keep in
-                           compute_masks(weights, PruneSpec(sparsity=overall, method=method)).items()}
-                  for method in ("magnitude", "lamp")}
+                           compute_masks(weights, PruneSpec(sparsity=overall, method=method), rms=rms).items()}
+                  for method in ("magnitude", "lamp", "wanda")}
         st.dataframe(pd.DataFrame(shares).style.format("{:.1%}"), width="stretch")
 with st.expander("Weights and their inputs: magnitude vs Wanda"):
     st.markdown("|w| alone ignores what a weight multiplies. In digits-mlp's first layer every weight reads one "

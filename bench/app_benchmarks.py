@@ -75,14 +75,16 @@ def method_settings() -> list[tuple[str, dict]]:
             ("student 0.5x", {"technique": "distill", "width": 0.5}),
             ("low-rank 80%", {"technique": "lowrank", "energy": 0.8}),
             ("90% + k=16", {"technique": "unstructured", "sparsity": 0.9, "clusters": 16}),
-            ("90% + QAT 4-bit", {"technique": "unstructured", "sparsity": 0.9, "bits": 4, "qat": True})]
+            ("90% + QAT 4-bit", {"technique": "unstructured", "sparsity": 0.9, "bits": 4, "qat": True}),
+            ("80% wanda", {"technique": "unstructured", "sparsity": 0.8, "method": "wanda"})]
 
 
 def method_preview_latency(model: str, repeats: int = 10, path: Path | None = None) -> list[dict]:
-    """`preview_settings` per method as ui.cache.preview_for calls it (subject, singular values and, for an
-    ONNX upload `path`, its conversion to torch modules cached)."""
+    """`preview_settings` per method as ui.cache.preview_for calls it (subject, singular values, wanda's input
+    RMS and, for an ONNX upload `path`, its conversion to torch modules cached)."""
     import dataclasses
 
+    from workbench.activations import input_rms
     from workbench.models import load_model
     from workbench.onnx_torch import convert_loaded
     from workbench.pipeline import load_splits
@@ -97,6 +99,7 @@ def method_preview_latency(model: str, repeats: int = 10, path: Path | None = No
     params = sum(w.size for w in subject.weights.values())
     factors = svd_factors(subject.weights, vectors=params <= ACCURACY_PARAM_LIMIT)
     factored = dataclasses.replace(subject, factors=factors)
+    seeing = dataclasses.replace(subject, rms=input_rms(subject.runnable, splits.solving)[0])
     layered = subject
     if path is not None:   # structured and distill previews count on the conversion, as the app does
         conversion, typed, _ = convert_loaded(loaded, splits)
@@ -105,7 +108,7 @@ def method_preview_latency(model: str, repeats: int = 10, path: Path | None = No
     for name, knobs in method_settings():
         settings = CompressSettings(**knobs)
         target = factored if settings.technique == "lowrank" else layered if knobs["technique"] in (
-            "structured", "distill") else subject
+            "structured", "distill") else seeing if settings.method == "wanda" else subject
         preview_settings(settings, target)   # warm-up
         times = []
         for _ in range(repeats):
@@ -246,7 +249,8 @@ def markdown(previews: list[dict], methods: list[dict], pages: list[dict]) -> st
     lines += [f"| {p['model']} | {p['weights']:,} | {p['p50']:.1f} | {p['p95']:.1f} | {p['max']:.1f} | "
               f"{'met' if p['p95'] <= 250 else 'MISSED'} |" for p in previews]
     lines += ["", "**Preview per method** (`workbench.preview.preview_settings`, as the Compress page calls it; "
-              "singular values cached per model as in the app; 10 calls after a warm-up):", "",
+              "singular values and wanda's input RMS on the training split cached per model as in the app; 10 calls "
+              "after a warm-up):", "",
               "| model | method | p50 ms | p95 ms | goal |", "|---|---|---:|---:|---|"]
     lines += [f"| {m['model']} | {m['method']} | {m['p50']:.1f} | {m['p95']:.1f} | "
               f"{'met' if m['p95'] <= 250 else 'MISSED'} |" for m in methods]

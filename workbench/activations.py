@@ -90,9 +90,11 @@ def input_rms(model: nn.Module | onnx.ModelProto, data: Dataset) -> tuple[dict[s
 def torch_input_rms(module: nn.Module, names: Iterable[str], inputs: tuple[np.ndarray, ...]
                     ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Input RMS for the weights `names` (parameter names ending in '.weight') of `module`, over `inputs`."""
+    from workbench.pruning import weight_name
+
     names = list(names)
-    layers = {n: m for n, m in module.named_modules() if _weight_of(n) in names}
-    covered = {n: m for n, m in layers.items() if _supported(m) is None}
+    layers = {weight_name(n): (n, m) for n, m in module.named_modules() if weight_name(n) in names}
+    covered = {n: m for n, m in layers.values() if _supported(m) is None}
     squares = {n: _Squares() for n in covered}
 
     def record(layer: nn.Module, args: tuple, name: str) -> None:
@@ -117,8 +119,7 @@ def torch_input_rms(module: nn.Module, names: Iterable[str], inputs: tuple[np.nd
             hook.remove()
     out, skipped = {}, []
     for name in names:
-        layer_name = "" if name == "weight" else name.removesuffix(".weight")
-        layer = layers.get(layer_name)
+        layer_name, layer = layers.get(name, ("", None))
         reason = "not the weight of a layer module" if layer is None else _supported(layer)
         rms = squares[layer_name].rms() if reason is None else None
         if reason is None and rms is None:
@@ -129,10 +130,6 @@ def torch_input_rms(module: nn.Module, names: Iterable[str], inputs: tuple[np.nd
         out[name] = rms[None] if isinstance(layer, nn.Linear) else \
             per_weight(rms, tuple(layer.weight.shape), layer.groups)
     return out, skipped
-
-
-def _weight_of(layer_name: str) -> str:
-    return f"{layer_name}.weight" if layer_name else "weight"
 
 
 def _supported(layer: nn.Module) -> str | None:

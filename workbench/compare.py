@@ -539,14 +539,14 @@ def random_baseline_frame(df: pd.DataFrame, per_seed: bool = False) -> pd.DataFr
     pairs = ranked.merge(rnd, on=["pair", "seed"], suffixes=("_ranked", "_random"))
     pairs = pairs.rename(columns={"value_ranked": f"{metric}_ranked", "value_random": f"{metric}_random"})
     pairs["advantage"] = pairs[f"{metric}_ranked"] - pairs[f"{metric}_random"]
-    pairs["pair"] = pairs["pair"] + pairs["ranking"]     # each ranking of a recipe is its own row
     if per_seed:
         return pairs.drop(columns="pair")
-    groups = pairs.groupby("pair", sort=False)
-    head = groups[["model", "method", "ranking", "requested_sparsity"]].first()
+    groups = pairs.groupby(["pair", "ranking"], sort=False)     # each ranking of a recipe is its own row
+    head = groups[["model", "method", "requested_sparsity"]].first()
     head["n"], head["seeds"] = groups.size(), groups["seed"].agg(_seeds_text)
     stats = _mean_std(groups, [f"{metric}_ranked", f"{metric}_random", "advantage"])
-    return head.join(stats).reset_index(drop=True)
+    out = head.join(stats).reset_index(level="ranking").reset_index(drop=True)
+    return out[["model", "method", "ranking", "requested_sparsity", "n", "seeds", *stats.columns]]
 
 
 def final_answers(report: dict[str, Any] | None) -> np.ndarray | None:

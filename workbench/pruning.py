@@ -266,9 +266,14 @@ def torch_weights(module) -> dict:
     tables of nn.Embedding layers (lookups, not multiply-adds: as on ONNX graphs, where Gather data is no layer)."""
     from torch import nn
 
-    tables = {f"{n}.weight" if n else "weight" for n, m in module.named_modules()
+    tables = {weight_name(n) for n, m in module.named_modules()
               if isinstance(m, nn.Embedding | nn.EmbeddingBag)}
     return {n: p for n, p in module.named_parameters() if n.endswith("weight") and p.dim() >= 2 and n not in tables}
+
+
+def weight_name(layer: str) -> str:
+    """The parameter name of module `layer`'s weight ('' is the model itself)."""
+    return f"{layer}.weight" if layer else "weight"
 
 
 def torch_input_axes(module) -> dict[str, int]:
@@ -285,7 +290,7 @@ def _transposed(module) -> list[str]:
     from torch import nn
 
     transposed = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-    return [f"{n}.weight" if n else "weight" for n, m in module.named_modules() if isinstance(m, transposed)]
+    return [weight_name(n) for n, m in module.named_modules() if isinstance(m, transposed)]
 
 
 def prune_torch(module, spec: PruneSpec, sparsity: float | None = None,

@@ -227,6 +227,21 @@ def test_reconstruction_knob_reaches_the_recipe_and_refuses_what_cannot_work(iso
     assert (prune.reconstruct, prune.method, prune.sparsity) == ("refit", "random", 0.8)
 
 
+def test_calibration_samples_show_for_methods_that_read_inputs_and_reach_the_recipe(isolated_home):
+    at = open_app(PAGE, query={"sparsity": "80"})
+    assert "calib_samples" not in [n.key for n in at.number_input]      # magnitude reads no inputs
+    at.radio(key="method").set_value("wanda").run()
+    at.number_input(key="calib_samples").set_value(64).run()
+    assert not at.exception
+    at.radio(key="method").set_value("magnitude").run()
+    at.radio(key="reconstruct").set_value("refit").run()
+    assert at.number_input(key="calib_samples").value == 64
+    (prune,) = launched_spec(at, isolated_home).stages
+    assert (prune.method, prune.reconstruct, prune.calib_samples) == ("magnitude", "refit", 64)
+    shared = open_app(PAGE, query={"sparsity": "80", "method": "wanda", "calib_samples": "32"})   # a shared link
+    assert shared.number_input(key="calib_samples").value == 32
+
+
 def test_the_preview_can_solve_the_kept_weights_on_request():
     at = open_app(PAGE, query={"sparsity": "90", "reconstruct": "obs"})
     assert not at.exception and "one-shot accuracy, solved" not in [m.label for m in at.metric]

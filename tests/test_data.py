@@ -70,3 +70,16 @@ def test_sample_of_a_sorted_set_is_fair_in_every_prefix():
     assert np.array_equal(few.labels, few.inputs[0][:, 0].astype(int) // 10)   # labels stay with their samples
     assert len(set(few.take(10).labels)) >= 5      # the first rows are not all one class
     assert len(data.sample(500)) == 100 and np.array_equal(data.sample(50).labels, few.labels)   # seeded
+
+
+def test_the_solving_sample_is_a_fixed_draw_of_every_class_even_from_a_sorted_training_file():
+    from workbench.data import Dataset, Splits
+
+    train = Dataset("t", (np.arange(3000, dtype=np.float32).reshape(3000, 1),), np.repeat(np.arange(10), 300))
+    calib = Dataset("c", (np.zeros((5, 1), np.float32),), np.zeros(5, np.int64))
+    splits = Splits(train, calib, calib)
+    drawn = splits.solving_sample(100)
+    assert len(drawn) == 100 and set(drawn.labels) == set(range(10))     # a prefix would be class 0 only
+    assert np.array_equal(drawn.inputs[0], splits.solving_sample(100).inputs[0])   # the run and its preview agree
+    assert len(splits.solving_sample(5000)) == 3000
+    assert np.array_equal(Splits(None, calib, calib).solving_sample(3).inputs[0], calib.inputs[0][:3])

@@ -90,7 +90,8 @@ def test_from_spec_reads_every_method_back():
                                       clusters=32, cluster_epochs=2),
                      CompressSettings(classes=(0, 7), sparsity=0.5, bits=16),
                      CompressSettings(sparsity=0.9, schedule="iterative", epochs=2, reconstruct="obs"),
-                     CompressSettings(technique="nm", reconstruct="refit"),
+                     CompressSettings(technique="nm", reconstruct="refit", calib_samples=64),
+                     CompressSettings(sparsity=0.7, method="wanda", calib_samples=128),
                      CompressSettings(retrain_head=True, sparsity=0.5, epochs=2)):
         assert CompressSettings.from_spec(settings.to_spec(MLP)) == settings
 

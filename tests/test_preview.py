@@ -323,7 +323,7 @@ def test_wanda_ranks_by_the_subjects_input_statistics_and_says_when_it_has_none(
     blind = preview_settings(settings, subject)
     assert ("ranking", "run") in [g[:2] for g in blind.gains]
     seeing = preview_settings(settings, dataclasses.replace(
-        subject, rms=input_rms(loaded.module, digits_splits().solving)[0]))
+        subject, rms=input_rms(loaded.module, digits_splits().solving_sample(settings.calib_samples))[0]))
     assert ("ranking", "run") not in [g[:2] for g in seeing.gains]
     blind_acc, seeing_acc = (next(n.value for n in p.numbers if n.label == "one-shot accuracy")
                              for p in (blind, seeing))

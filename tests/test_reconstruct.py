@@ -176,6 +176,13 @@ def test_combinations_that_cannot_work_are_refused_naming_the_field(fields, mess
         RunSpec.from_dict({"model": "digits-mlp", "stages": [{"prune": fields}]})
 
 
+@pytest.mark.parametrize("count", [0, -5])
+def test_calib_samples_must_be_a_positive_integer(count):
+    with pytest.raises(SpecError, match="calib_samples: must be a positive integer"):
+        RunSpec.from_dict({"model": "digits-mlp",
+                           "stages": [{"prune": {"reconstruct": "refit", "calib_samples": count}}]})
+
+
 def test_obs_solves_a_lamp_mask_keeping_each_units_count():
     source, pruned = _stage({"sparsity": 0.9, "method": "lamp", "reconstruct": "obs"})
     solved = dict(pruned.module.named_parameters())

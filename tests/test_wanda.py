@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from workbench import activations, zoo
-from workbench.data import Splits, digits_splits
+from workbench.data import Dataset, Splits, digits_splits
 from workbench.evaluate import score, torch_predict
 from workbench.export import export_onnx
 from workbench.pruning import compute_masks, onnx_weights
@@ -88,3 +88,36 @@ def test_weights_it_has_no_input_statistics_for_are_ranked_by_magnitude_and_name
     assert out.notes == ["wanda: no input statistics for 3.weight (Head is not a Linear or Conv1d/Conv2d): "
                          "ranked by |w| alone"]
     assert set(out.masks) == {"1.weight", "3.weight"}
+
+
+@pytest.mark.parametrize("kind", ["torch", "onnx"])
+def test_wanda_and_reconstruction_read_calib_samples_of_every_class_from_a_sorted_training_file(monkeypatch, kind):
+    from workbench import reconstruct, reconstruct_onnx
+
+    full = digits_splits()
+    order = np.argsort(full.train.labels, kind="stable")
+    by_class = Splits(Dataset("sorted", (full.train.inputs[0][order],), full.train.labels[order]),
+                      full.calib, full.test)
+    label_of = {row.tobytes(): label for row, label in zip(by_class.train.inputs[0], by_class.train.labels,
+                                                           strict=True)}
+    seen: dict[str, set] = {}
+
+    def spy(name, module, real, data_at):
+        def call(*args, **kwargs):
+            inputs = data_at(args)
+            seen[name] = {len(inputs)} | {label_of[row.tobytes()] for row in inputs}
+            return real(*args, **kwargs)
+        monkeypatch.setattr(module, real.__name__, call)
+
+    spy("wanda", activations, activations.input_rms, lambda a: a[1].inputs[0])
+    if kind == "torch":
+        spy("solve", reconstruct, reconstruct.reconstruct, lambda a: a[3][0])
+        source = Variant(module=zoo.load_sample("digits-mlp"))
+    else:
+        spy("solve", reconstruct_onnx, reconstruct_onnx.reconstruct_onnx, lambda a: a[3].inputs[0])
+        source = Variant(onnx_model=export_onnx(zoo.load_sample("digits-mlp"), (torch.zeros(2, 1, 8, 8),)))
+    spec = RunSpec.from_dict({"model": "digits-mlp", "stages": [
+        {"prune": {"sparsity": 0.8, "method": "wanda", "reconstruct": "refit", "calib_samples": 100}}]})
+    STAGE_RUNNERS["prune"](source, spec.stages[0], Context(spec, by_class, (), lambda *_: None, lambda: False))
+    for name in ("wanda", "solve"):      # 100 inputs (the first 100 of the file would all be zeros)
+        assert 100 in seen[name] and seen[name] - {100} == set(range(10)), name

@@ -24,7 +24,7 @@ from workbench.presets import CompressSettings
 from workbench.preview import Preview, Subject, with_layers
 from workbench.repair_preview import RepairPreview
 from workbench.sensitivity import Sensitivity
-from workbench.specs import DataRef, MeasureSpec, ModelRef, RunSpec
+from workbench.specs import DataRef, MeasureSpec, ModelRef, PruneSpec, RunSpec
 from workbench.store import Store
 from workbench.summary import ModelSummary
 
@@ -207,16 +207,16 @@ def _factors(model_key: str) -> dict:
     return svd_factors(params, vectors=sum(w.size for w in params.values()) <= ACCURACY_PARAM_LIMIT)
 
 
-def input_rms(ref: ModelRef, data: DataRef) -> dict | None:
-    """Per prunable weight, the RMS of its inputs on the data's solving split (what method wanda reads); None
-    for models over the preview's size limit. Treat as read-only."""
+def input_rms(ref: ModelRef, data: DataRef, samples: int = PruneSpec.calib_samples) -> dict | None:
+    """Per prunable weight, the RMS of its inputs on `samples` of the data's solving split, drawn as a run draws
+    them (what method wanda reads); None for models over the preview's size limit. Treat as read-only."""
     model(ref)
-    return _rms(_key(ref), _key(data))
+    return _rms(_key(ref), _key(data), samples)
 
 
 @st.cache_resource(show_spinner="Reading each layer's inputs…", max_entries=4)
-def _rms(model_key: str, data_key: str) -> dict | None:
-    """Method wanda's input RMS per weight on the solving split; None above the preview's size limit."""
+def _rms(model_key: str, data_key: str, samples: int) -> dict | None:
+    """Method wanda's input RMS per weight on the solving sample; None above the preview's size limit."""
     from workbench.activations import input_rms
     from workbench.preview import ACCURACY_PARAM_LIMIT
 
@@ -224,7 +224,7 @@ def _rms(model_key: str, data_key: str) -> dict | None:
     if subject.runnable is None or sum(w.size for w in subject.weights.values()) > ACCURACY_PARAM_LIMIT:
         return None
     with _held(model_key).lock:
-        return input_rms(subject.runnable, _splits(model_key, data_key).solving)[0]
+        return input_rms(subject.runnable, _splits(model_key, data_key).solving_sample(samples))[0]
 
 
 def preview_for(ref: ModelRef, data: DataRef, settings: CompressSettings) -> Preview:
@@ -243,7 +243,7 @@ def _preview(key: str, data_key: str, settings: CompressSettings) -> Preview:
     if settings.technique == "lowrank":
         subject = dataclasses.replace(subject, factors=_factors(key))
     if settings.method == "wanda" and settings.technique in ("unstructured", "nm"):
-        subject = dataclasses.replace(subject, rms=_rms(key, data_key))
+        subject = dataclasses.replace(subject, rms=_rms(key, data_key, settings.calib_samples))
     if settings.technique in ("structured", "distill") and (held.loaded.kind == "onnx" or
                                                            traced_kind(held.loaded.module)):
         converted, test, _ = _conversion(key, data_key)   # count on the layers a run would convert it to

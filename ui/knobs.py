@@ -50,6 +50,9 @@ RECONSTRUCT_HELP = ("After pruning, solve the kept weights layer by layer so eac
                     "refit: least squares on the mask as chosen; obs: Optimal Brain Surgeon also picks which "
                     "weights of each unit go (same count per unit; not with random, unstructured only). Linear/Conv "
                     "layers of torch and ONNX models; the gain is still simulated (zeros stored densely)")
+CALIB_SAMPLES_HELP = ("How many training inputs reconstruction and wanda read (a fixed random draw, so a training "
+                      "file sorted by class still gives every class; all of them when it has fewer). Their time "
+                      "grows with it: lower it for large models (Wanda's and SparseGPT's papers use 128)")
 
 
 def method_knobs() -> str:
@@ -96,8 +99,12 @@ def _unstructured() -> None:
 
 
 def _reconstruct() -> None:
-    st.radio("Reconstruct the kept weights", RECONSTRUCTIONS, key="reconstruct", horizontal=True,
-             help=RECONSTRUCT_HELP, **SHARED)
+    """The reconstruction radio and, when the method reads inputs (reconstruction or wanda), how many."""
+    solve = st.radio("Reconstruct the kept weights", RECONSTRUCTIONS, key="reconstruct", horizontal=True,
+                     help=RECONSTRUCT_HELP, **SHARED)
+    if solve != "none" or st.session_state.get("method") == "wanda":
+        st.number_input("Calibration samples", 1, None, DEFAULT["calib_samples"], 128, key="calib_samples",
+                        help=CALIB_SAMPLES_HELP, **SHARED)
 
 
 def _nm() -> None:

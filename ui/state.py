@@ -13,7 +13,7 @@ Session-state keys other pages may read:
 URL: ?model=<sample name | uploaded file name>&arch=<arch>&data=<digits | uploaded file name>&label=<column>
      &train=<uploaded training file name>
      plus the bound widgets: technique, sparsity (percent), bits, method, scope, int8, calibration, epochs,
-     schedule, per_round (percent), steps, rewind, reconstruct, ratio (percent), round8, width (percent),
+     schedule, per_round (percent), steps, rewind, reconstruct, calib_samples, ratio (percent), round8, width (percent),
      distill_epochs, init, energy (percent), clusters, cluster_epochs, qat, qat_epochs, qat_act8, retrain_head,
      transfer_backbone, classes and exclude (repeated), overrides (JSON {layer: sparsity}, set by the sensitivity
      allocation, not a widget) and layer_bits (JSON {"method": "fake" | "weight_only", "bits": {layer: bits}},
@@ -50,7 +50,7 @@ COMPRESS_DEFAULTS = {"technique": "unstructured", "sparsity": 0, "bits": 32, "me
 # ...and those whose default is not their first option: the page passes it as the widget's value (percent
 # for fractions), so they are not put into the session state before the widget exists
 COMPRESS_VALUES = {"per_round": 20, "steps": 10, "ratio": 50, "width": 50, "distill_epochs": 30, "energy": 90,
-                   "qat_epochs": 5, "round8": True}
+                   "qat_epochs": 5, "round8": True, "calib_samples": 2048}
 # Test/dev knob: WORKBENCH_FAST_MEASURE=1 makes runs launched from the app (and the Model page baseline)
 # measure quickly and roughly. Never use it for numbers you report.
 FAST_MEASURE_ENV = "WORKBENCH_FAST_MEASURE"
@@ -165,7 +165,7 @@ def compress_settings() -> CompressSettings:
         technique=v["technique"], sparsity=v["sparsity"] / 100, bits=v["bits"], method=v["method"], scope=v["scope"],
         int8=v["int8"], calibration=v["calibration"], epochs=v["epochs"], schedule=v["schedule"],
         per_round=v["per_round"] / 100, steps=v["steps"], rewind=v["rewind"],
-        reconstruct=v["reconstruct"], ratio=v["ratio"] / 100,
+        reconstruct=v["reconstruct"], calib_samples=v["calib_samples"], ratio=v["ratio"] / 100,
         round_to=8 if v["round8"] else None, width=v["width"] / 100, distill_epochs=v["distill_epochs"],
         init=v["init"], energy=v["energy"] / 100, clusters=v["clusters"], cluster_epochs=v["cluster_epochs"],
         qat=v["qat"], qat_epochs=v["qat_epochs"], qat_act8=v["qat_act8"], classes=tuple(v["classes"]),
@@ -181,7 +181,7 @@ def apply_settings(settings: CompressSettings) -> None:
         technique=s.technique, sparsity=round(s.sparsity * 100), bits=s.bits, method=s.method, scope=s.scope,
         int8=s.int8, calibration=s.calibration, epochs=s.epochs, schedule=s.schedule,
         per_round=round(s.per_round * 100), steps=s.steps, rewind=s.rewind,
-        reconstruct=s.reconstruct, ratio=round(s.ratio * 100),
+        reconstruct=s.reconstruct, calib_samples=s.calib_samples, ratio=round(s.ratio * 100),
         round8=s.round_to == 8, width=round(s.width * 100), distill_epochs=s.distill_epochs, init=s.init,
         energy=round(s.energy * 100), clusters=s.clusters, cluster_epochs=s.cluster_epochs, qat=s.qat,
         qat_epochs=s.qat_epochs, qat_act8=s.qat_act8, retrain_head=s.retrain_head,

@@ -6,8 +6,8 @@
 data)` the weights named. They return, per weight name, an array of the weight's rank that broadcasts against
 it (one value per input feature; for a convolution per input channel and kernel position, over every position
 the kernel visits, padding included), and the weights they could not cover with the reason: those are ranked
-by magnitude alone. One forward pass over at most `MAX_SAMPLES` samples reads every layer at once, so a layer
-used several times counts all its calls.
+by magnitude alone. One forward pass over the samples given (the caller bounds them: `PruneSpec.calib_samples`)
+reads every layer at once, so a layer used several times counts all its calls.
 
 Torch: nn.Linear and nn.Conv1d/2d (any groups) weights; ONNX: 2-D MatMul weights, Gemm B (transA 0) and
 1-D/2-D Conv weights, the tensors their nodes read directly (ONNX Runtime exposes their inputs as outputs).
@@ -27,7 +27,6 @@ from torch.nn import functional
 from workbench.data import Dataset
 from workbench.errors import WorkbenchError
 
-MAX_SAMPLES = 2048      # calibration samples read
 CHUNK = 256             # samples per forward pass, at most
 EXPOSED_BYTES = 2**28   # ONNX: the exposed layer inputs of one forward pass stay under this (256 MiB)
 
@@ -110,9 +109,9 @@ def torch_input_rms(module: nn.Module, names: Iterable[str], inputs: tuple[np.nd
     module.eval()
     try:
         with torch.no_grad():
-            for start in range(0, min(len(inputs[0]), MAX_SAMPLES), CHUNK):
-                stop = min(start + CHUNK, MAX_SAMPLES)
-                module(*(torch.from_numpy(np.ascontiguousarray(a[start:stop], dtype=np.float32)) for a in inputs))
+            for start in range(0, len(inputs[0]), CHUNK):
+                module(*(torch.from_numpy(np.ascontiguousarray(a[start:start + CHUNK], dtype=np.float32))
+                         for a in inputs))
     finally:
         module.train(was_training)
         for hook in hooks:
@@ -167,7 +166,6 @@ def onnx_input_rms(model: onnx.ModelProto, names: Iterable[str], data: Dataset
     exposed = list(dict.fromkeys(node.input[0] for nodes in readers.values() for node in nodes))
     session = make_session(exposing(model, exposed))
     squares = {n: _Squares() for n in readers}
-    data = data.take(MAX_SAMPLES)
     start, chunk = 0, 1        # one sample first, to size the chunks by what the exposed inputs take
     while start < len(data):
         stop = min(start + chunk, len(data))

@@ -64,6 +64,11 @@ class Splits:
         split, else the calibration split."""
         return self.train if self.train is not None else self.calib
 
+    def solving_sample(self, n: int) -> Dataset:
+        """At most `n` solving inputs, a fixed random draw (the same for a run and its preview): a prefix of a
+        training file sorted by class would hold only its first classes."""
+        return self.solving.sample(n)
+
 
 def digits_splits() -> Splits:
     """scikit-learn's 8x8 digits, scaled to [0, 1], shaped (N, 1, 8, 8); a fixed stratified split."""

@@ -83,6 +83,7 @@ class CompressSettings:
     steps: int = 10                # gradual: rounds of the cubic schedule
     rewind: str = "lr"             # iterative/gradual: how each round retrains (PruneSpec.rewind)
     reconstruct: str = "none"      # unstructured and N:M: solve the kept weights on calibration inputs
+    calib_samples: int = 2048      # inputs that reconstruction and method wanda read (PruneSpec.calib_samples)
     ratio: float = 0.5             # structured: fraction of channels removed per group
     round_to: int | None = 8       # structured: keep channel counts multiples of this (None: the exact ratio)
     width: float = 0.5             # distill: fraction of channels the student keeps
@@ -121,7 +122,7 @@ class CompressSettings:
                 raise SpecError(f"{name}: must be an integer in {low}..{top}, got {value!r}")
         # the spec classes validate their own fields (fractions, steps, widths, energies)
         PruneSpec(sparsity=self.sparsity, per_round=self.per_round, steps=self.steps, rewind=self.rewind,
-                  overrides=dict(self.overrides), exclude=self.exclude)
+                  overrides=dict(self.overrides), exclude=self.exclude, calib_samples=self.calib_samples)
         StructuredSpec(ratio=self.ratio, round_to=self.round_to)
         DistillSpec(width=self.width, epochs=self.distill_epochs, init=self.init)
         LowRankSpec(energy=self.energy)
@@ -191,12 +192,13 @@ class CompressSettings:
             main = StructuredSpec(ratio=self.ratio, round_to=self.round_to, exclude=self.exclude)
         elif t == "nm":
             main = PruneSpec(method=self.method, sparsity=0.5, nm=NM, exclude=self.exclude,
-                             reconstruct=self._reconstruct())
+                             reconstruct=self._reconstruct(), calib_samples=self.calib_samples)
         elif self.sparsity > 0 or always_prune:
             main = PruneSpec(method=self.method, scope=self.scope, sparsity=self.sparsity, schedule=self.schedule,
                              per_round=self.per_round, steps=self.steps, rewind=self._rewind,
                              finetune=recovery if self.iterative else None, exclude=self.exclude,
-                             overrides=dict(self.overrides), reconstruct=self._reconstruct())
+                             overrides=dict(self.overrides), reconstruct=self._reconstruct(),
+                             calib_samples=self.calib_samples)
         else:
             return []
         return [main, recovery] if recovery and not self.iterative else [main]
@@ -272,7 +274,7 @@ class CompressSettings:
                 values.update(sparsity=p.sparsity, scope=p.scope, schedule=p.schedule, per_round=p.per_round,
                               steps=p.steps, rewind=p.rewind, overrides=tuple(p.overrides.items()))
                 tune = p.finetune if p.schedule != "oneshot" else tune
-            values["reconstruct"] = p.reconstruct
+            values.update(reconstruct=p.reconstruct, calib_samples=p.calib_samples)
         if tune:
             values["epochs"] = min(tune.epochs, MAX_RECOVERY_EPOCHS)
         values.update(_cluster_values(first["cluster"]))

@@ -31,7 +31,6 @@ from workbench.errors import WorkbenchError
 
 DAMPING = 0.01
 MAX_INPUTS = 2048           # inputs per output unit (in_features, or in_channels x kernel); H is that squared
-MAX_SAMPLES = 2048          # calibration samples used
 CHUNK = 256                 # samples per forward pass
 OBS_BLOCK = 2**24           # float64 elements of the per-unit inverse Hessians held at once (128 MiB)
 OBS_MAX_COST = 6e10         # OBS multiply-adds per layer (about 30 s on 2 vCPUs); a costlier layer is refit instead
@@ -63,7 +62,7 @@ def reconstruct(pruned: nn.Module, reference: nn.Module, masks: dict[str, np.nda
     the layers left as masked with the reason. `progress(fraction, layer)` follows each solved layer."""
     if mode not in ("refit", "obs"):
         raise WorkbenchError(f"prune.reconstruct: unknown '{mode}' (known: refit, obs)")
-    x = tuple(torch.from_numpy(np.asarray(a[:MAX_SAMPLES], dtype=np.float32)) for a in inputs)
+    x = tuple(torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in inputs)
     layers, skipped = _layers(pruned, masks, x)
     out, fits = dict(masks), []
     states = [(m, m.training) for m in (pruned, reference)]

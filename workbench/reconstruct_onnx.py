@@ -22,7 +22,7 @@ from onnx import helper, numpy_helper
 from workbench.data import Dataset
 from workbench.evaluate import feeds, make_session
 from workbench.onnx_graph import exposing, initializers
-from workbench.reconstruct import CHUNK, MAX_INPUTS, MAX_SAMPLES, LayerFit, Statistics, patches, solve, with_bias
+from workbench.reconstruct import CHUNK, MAX_INPUTS, LayerFit, Statistics, patches, solve, with_bias
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,6 @@ def reconstruct_onnx(model: onnx.ModelProto, reference: onnx.ModelProto, masks: 
     """Solve the kept weights of `model` (in place; its masked initializers) against `reference` (the
     graph before pruning, same tensor names). Returns the keep-masks after solving, the fits and the
     skipped layers with their reasons, as workbench.reconstruct.reconstruct does."""
-    data = data.take(MAX_SAMPLES)
     layers, skipped = _layers(model, masks)
     ref_session = make_session(exposing(reference, [layer.node.output[0] for layer in layers]))
     out, fits = dict(masks), []

@@ -153,6 +153,9 @@ class PruneSpec:
     Surgeon choose which (OBC, Frantar & Alistarh 2022), so it needs method magnitude (or lamp, which only
     moves the counts between layers) and no N:M. Torch
     Linear/Conv layers and ONNX MatMul/Gemm/Conv initializers (workbench.reconstruct, reconstruct_onnx).
+    `calib_samples` bounds the inputs that reconstruction and method wanda read: a fixed random draw from the
+    training split (else the calibration split), so a file sorted by class still gives every class; fewer
+    samples solve and rank faster on large models (Wanda's and SparseGPT's papers use 128).
     """
 
     kind: ClassVar[str] = "prune"
@@ -170,6 +173,7 @@ class PruneSpec:
     rewind_weights: str | None = None
     nm: str | None = None
     reconstruct: str = "none"
+    calib_samples: int = 2048
 
     def __post_init__(self) -> None:
         _check(self.method in PRUNE_METHODS, "method", f"unknown '{self.method}' (known: {', '.join(PRUNE_METHODS)})")
@@ -197,6 +201,8 @@ class PruneSpec:
                "obs chooses the pruned weights itself: it needs method magnitude, lamp or wanda and no nm (use refit)")
         _check(self.reconstruct == "none" or self.rewind != "weight" or self.finetune is None, "reconstruct",
                "weight rewinding resets the solved weights every round; use rewind: lr with reconstruct")
+        _check(isinstance(self.calib_samples, int) and self.calib_samples >= 1, "calib_samples",
+               f"must be a positive integer, got {self.calib_samples!r}")
 
     @property
     def rounds(self) -> int:

@@ -151,7 +151,7 @@ def _input_rms(model: Any, spec: PruneSpec, ctx: Context, notes: list[str]) -> d
         return None
     from workbench.activations import input_rms
 
-    rms, skipped = input_rms(model, ctx.splits.solving)
+    rms, skipped = input_rms(model, ctx.splits.solving_sample(spec.calib_samples))
     if skipped:
         notes.append(f"wanda: no input statistics for {'; '.join(skipped)}: ranked by |w| alone")
     return rms
@@ -164,8 +164,9 @@ def _reconstruct(module: Any, reference: Any, spec: PruneSpec, ctx: Context, mas
     (keep-masks, fits, layers left as masked)."""
     from workbench.reconstruct import reconstruct
 
-    masks, fits, skipped = reconstruct(module, reference, masks, ctx.splits.solving.inputs, spec.reconstruct,
-                                       previous, ctx.cancelled, progress)
+    inputs = ctx.splits.solving_sample(spec.calib_samples).inputs
+    masks, fits, skipped = reconstruct(module, reference, masks, inputs, spec.reconstruct, previous, ctx.cancelled,
+                                       progress)
     _check_solved(ctx, fits, skipped)
     return masks, fits, skipped
 
@@ -273,8 +274,8 @@ def _prune_onnx(variant: Variant, spec: PruneSpec, ctx: Context) -> Variant:
     if spec.reconstruct != "none":
         from workbench.reconstruct_onnx import reconstruct_onnx
 
-        masks, fits, skipped = reconstruct_onnx(model, variant.onnx_model, masks, ctx.splits.solving,
-                                                spec.reconstruct, ctx.cancelled,
+        data = ctx.splits.solving_sample(spec.calib_samples)
+        masks, fits, skipped = reconstruct_onnx(model, variant.onnx_model, masks, data, spec.reconstruct, ctx.cancelled,
                                                 lambda f, layer: ctx.progress(f, f"solving {layer}"))
         _check_solved(ctx, fits, skipped)
         out.notes.extend(_reconstruct_notes(spec, fits, skipped))

@@ -177,6 +177,9 @@ def test_runs_scored_on_different_data_get_their_own_baseline_and_frontier():
     assert compare.data_label(spec) == "digits · classes 2,4,6"
     user = {"data": {"path": "/home/u/uploads/ab12.csv"}}
     assert compare.data_label(user) == "ab12.csv" and compare.data_label(user, lambda p: "eval.csv") == "eval.csv"
+    drawn = {**spec, "data": {"builtin": "digits", "max_samples": 100}}
+    assert compare.data_label(drawn) == "digits · a draw of ≤100 samples"   # not the full set's frontier
+    assert compare.data_label({**spec, "measure": {"max_eval_samples": 5000}}).endswith("≤5,000 samples")
     df = pd.DataFrame({"label": ["#1", "#2", "#3"], "model": ["digits-mlp"] * 3,
                        "data": ["digits", "digits", "digits · classes 2,4,6"], "gzip_kb": [50.0, 30.0, 20.0],
                        "accuracy": [0.98, 0.97, 1.0], "base_accuracy": [0.99, 0.99, 1.0],

@@ -266,6 +266,28 @@ def test_user_training_file_calibrates_and_a_misfit_one_is_refused_up_front(tmp_
             load_splits(bad, load_model(bad.model))
 
 
+def test_an_evaluation_file_sorted_by_class_calibrates_and_subsamples_over_every_class(tmp_path):
+    """Without a training file, calibration (which takes a prefix) reads a shuffled copy of the evaluation file,
+    and `max_samples` scores a fixed random draw: the first rows of a sorted file are all one class."""
+    from workbench.data import digits_splits
+    from workbench.models import load_model
+    from workbench.pipeline import load_splits
+
+    s = digits_splits()
+    order = np.argsort(s.test.labels, kind="stable")
+    np.savez(tmp_path / "sorted.npz", x=s.test.inputs[0][order].reshape(-1, 64), y=s.test.labels[order])
+    spec = _spec("digits-mlp", [], data={"path": str(tmp_path / "sorted.npz")})
+    splits = load_splits(spec, load_model(spec.model))
+    assert sorted(set(splits.calib.take(128).labels)) == list(range(10))
+    assert np.array_equal(splits.test.labels, s.test.labels[order])        # what is scored keeps its order
+    drawn = _spec("digits-mlp", [], data={"path": str(tmp_path / "sorted.npz"), "max_samples": 50})
+    first = load_splits(drawn, load_model(drawn.model)).test
+    assert len(first) == 50 and sorted(set(first.labels)) == list(range(10))
+    assert np.array_equal(first.labels, load_splits(drawn, load_model(drawn.model)).test.labels)   # fixed draw
+    everything = _spec("digits-mlp", [], data={"path": str(tmp_path / "sorted.npz"), "max_samples": 5000})
+    assert np.array_equal(load_splits(everything, load_model(everything.model)).test.labels, s.test.labels[order])
+
+
 def test_static_int8_says_when_it_calibrated_on_the_data_it_is_scored_on(tmp_path):
     from workbench.data import digits_splits
 

@@ -331,14 +331,16 @@ def _model_label(spec: dict[str, Any], file_name: FileName = _base_name) -> str:
 
 
 def data_label(spec: dict[str, Any], file_name: FileName = _base_name) -> str:
-    """What the run was scored on: 'digits', an evaluation file's name, plus ' · classes 2,4,6' for a subset.
-    Accuracies of runs scored on different data do not compare."""
+    """What the run was scored on: 'digits', an evaluation file's name, plus ' · classes 2,4,6' for a subset
+    and ' · a draw of ≤100 samples' for `max_samples`. Accuracies of runs scored on different data do not compare."""
     data = spec.get("data") or {}
     if isinstance(data, str):
         data = {"builtin": data}
     name = data.get("builtin") or file_name(data.get("path") or "?")
     classes = data.get("classes")
-    return name + (f" · classes {','.join(map(str, classes))}" if classes else "")
+    limit = data.get("max_samples") or (spec.get("measure") or {}).get("max_eval_samples")
+    return (name + (f" · classes {','.join(map(str, classes))}" if classes else "")
+            + (f" · a draw of ≤{limit:,} samples" if limit else ""))
 
 
 def data_groups(df: pd.DataFrame) -> list[str]:

@@ -54,15 +54,16 @@ def load_splits(spec: RunSpec, model: LoadedModel) -> Splits:
         train = load_user_data(ref.train_path, names, ref.label_column) if ref.train_path else None
         if train is not None:
             check_training_data(train, test)
-        # calibration comes from the training data when there is some (shuffled: calibration takes a prefix),
-        # never from the data that is scored
-        splits = Splits(train=train, calib=test if train is None else train.sample(len(train)), test=test)
+        # calibration comes from the training data when there is some, else from the evaluation file; shuffled
+        # either way, since calibration takes a prefix and a file sorted by class starts with one class only
+        source = test if train is None else train
+        splits = Splits(train=train, calib=source.sample(len(source)), test=test)
     if ref.classes is not None:
         splits = Splits(*(None if d is None else select_classes(d, ref.classes)
                           for d in (splits.train, splits.calib, splits.test)))
     limit = ref.max_samples or spec.measure.max_eval_samples
-    if limit:
-        splits = dataclasses.replace(splits, test=splits.test.take(limit))
+    if limit and limit < len(splits.test):   # a fixed random draw, fair to every class of a sorted file
+        splits = dataclasses.replace(splits, test=splits.test.sample(limit))
     if model.input_shape is not None:
         parts = (splits.train, splits.calib, splits.test)
         splits = Splits(*(None if d is None else _shaped(d, model.input_shape) for d in parts))

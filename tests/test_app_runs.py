@@ -139,3 +139,58 @@ def test_inside_the_app_a_finished_run_links_to_compare(store):
     assert not at.exception
     links = {link.proto.label: link.proto for link in at.get("page_link")}
     assert links["Compare this run"].query_string == "runs=1"
+
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def queue_recipe(at: AppTest, name: str, content: bytes) -> AppTest:
+    at.file_uploader(key="recipe_upload").upload(name, content).run()
+    assert not at.exception
+    return at
+
+
+def test_a_recipe_file_is_shown_with_its_defaults_and_queued_as_written():
+    from tests.app_fixtures import open_app
+
+    at = queue_recipe(open_app("views/runs.py"), "seed.yaml", (RECIPES / "seed-iterative.yaml").read_bytes())
+    shown = at.code[0].value
+    assert "schedule: iterative" in shown and "calib_samples: 2048" in shown     # every default filled in
+    at.button(key="queue_recipe").click().run()
+    (run,) = Store(get_settings().home).list()
+    assert run.name == "seed-iterative-20pct" and run.spec["model"]["sample"] == "digits-mlp"
+    assert [list(s) for s in run.spec["stages"]] == [["prune"], ["quantize"]]
+
+
+def test_a_recipe_file_runs_on_the_current_model_keeping_its_class_subset():
+    from tests.app_fixtures import open_app
+
+    at = open_app("views/runs.py", query={"model": "digits-cnn"})
+    recipe = b"model: digits-mlp\ndata: {builtin: digits, classes: [3, 5]}\nstages:\n  - prune: {sparsity: 0.7}\n"
+    queue_recipe(at, "mine.yaml", recipe).toggle(key="recipe_retarget").set_value(True).run()
+    at.button(key="queue_recipe").click().run()
+    (run,) = Store(get_settings().home).list()
+    assert run.spec["model"]["sample"] == "digits-cnn" and run.spec["data"]["classes"] == [3, 5]
+    assert run.spec["stages"][0]["prune"]["sparsity"] == 0.7
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bad.yaml", b"model: [unclosed", "bad.yaml: not valid YAML"),
+    ("typo.yaml", b"model: digits-mlp\nstages:\n  - prune: {sparsity: 1.5}\n", "stages[0].prune.sparsity"),
+    ("binary.yaml", bytes(range(256)), "binary.yaml: not a text file"),
+])
+def test_a_bad_recipe_file_is_one_error_line_and_nothing_is_queued(name, content, message):
+    from tests.app_fixtures import open_app
+
+    at = queue_recipe(open_app("views/runs.py"), name, content)
+    assert len(at.error) == 1 and message in at.error[0].value
+    assert not [b for b in at.button if b.key == "queue_recipe"] and not Store(get_settings().home).list()
+
+
+def test_a_recipe_naming_a_file_that_is_not_here_cannot_be_queued_until_retargeted():
+    from tests.app_fixtures import open_app
+
+    at = queue_recipe(open_app("views/runs.py"), "away.yaml", b"model: /nowhere/model.onnx\nstages: []\n")
+    assert "model.path: /nowhere/model.onnx" in at.error[0].value and at.button(key="queue_recipe").disabled
+    at.toggle(key="recipe_retarget").set_value(True).run()
+    assert not at.error and not at.button(key="queue_recipe").disabled

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui import launch
+from ui import launch, recipe_upload
 from ui import runs_view as rv
 from workbench.jobs import sweep_summary
 
@@ -82,4 +82,5 @@ def live() -> None:
 
 
 worker_line()
+recipe_upload.section()
 live()

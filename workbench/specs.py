@@ -598,17 +598,35 @@ def _plain(spec: Any) -> dict[str, Any]:
 
 def load_recipe(path: str | Path) -> RunSpec:
     """Read and validate a YAML (or JSON) recipe; relative model/data paths resolve next to it."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise WorkbenchError(f"{path}: recipe not found")
+    return resolve_paths(parse_recipe(path.read_text(), path.name), path.parent)
+
+
+def parse_recipe(text: str, name: str = "recipe") -> RunSpec:
+    """Validate a recipe's YAML (or JSON) text; `name` labels YAML errors. Paths stay as written."""
+    import yaml
+
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise WorkbenchError(f"{path.name}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    spec = RunSpec.from_dict(raw)
-    return resolve_paths(spec, path.parent)
+        raise WorkbenchError(f"{name}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return RunSpec.from_dict(raw)
+
+
+def retarget(spec: RunSpec, model: ModelRef, data: DataRef) -> RunSpec:
+    """`spec` on another model and data: its stages, measurement, class subset and sample limit kept."""
+    data = dataclasses.replace(data, classes=spec.data.classes, max_samples=spec.data.max_samples)
+    return dataclasses.replace(spec, model=model, data=data)
+
+
+def missing_files(spec: RunSpec) -> list[str]:
+    """The files a recipe names that are not there ("model.path: /x.onnx"): a run would fail on each."""
+    named = {"model.path": spec.model.path, "data.path": spec.data.path, "data.train_path": spec.data.train_path}
+    named.update({f"stages[{i}].prune.rewind_weights": s.rewind_weights for i, s in enumerate(spec.stages)
+                  if isinstance(s, PruneSpec)})
+    return [f"{field}: {path}" for field, path in named.items() if path and not Path(path).is_file()]
 
 
 def resolve_paths(spec: RunSpec, base: Path) -> RunSpec:

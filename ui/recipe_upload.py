@@ -30,12 +30,13 @@ def section() -> None:
             st.error("Not found on this machine: " + "; ".join(missing) + ". Give absolute paths in the recipe, "
                      "or run it on the current model and data.")
         st.caption(f"Model **{uploads.model_label(spec.model)}** · data **{uploads.data_label(spec.data)}** · "
-                   f"{len(spec.stages)} stage(s). With every default filled in:")
-        st.code(dump_recipe(spec), language="yaml")
+                   f"{len(spec.stages)} stage(s): {', '.join(stage.kind for stage in spec.stages) or 'baseline only'}")
         if st.button("Queue it", key="queue_recipe", type="primary", disabled=bool(missing)):
             with view.guard():
                 run = launch.launch_run(spec)
                 st.success(f"Run #{run.id} queued: it runs in the background.")
+        st.caption("The recipe with every default filled in:")
+        st.code(dump_recipe(spec), language="yaml", height=320)
 
 
 def _spec(raw: bytes, name: str, here: bool) -> RunSpec:

@@ -66,7 +66,8 @@ def live() -> None:
     st.caption(summary or "no runs yet")
     rv.flash()
     if not runs:
-        st.info("No runs yet. Pick a model, set the sliders on **Compress** and press **Launch run**.")
+        st.info("No runs yet. Pick a model, set the sliders on **Compress** and press **Launch run**, or queue a "
+                "recipe file above.")
         return
     st.dataframe(rv.runs_table(runs), column_config=rv.TABLE_CONFIG, hide_index=True, width="stretch",
                  height=min(400, 38 + 35 * len(runs)))

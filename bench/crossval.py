@@ -54,16 +54,13 @@ def _trainer():
 def folds(model: str) -> Iterator[list[Fold]]:
     """Train one dense `model` per fold (seconds each for the digits MLP) into a temporary directory."""
     import torch
-    from sklearn.datasets import load_digits
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
-    from workbench.data import DIGITS_SPLIT, Dataset
+    from workbench.data import DIGITS_SPLIT, Dataset, digits_arrays
     from workbench.zoo import build
 
     train = _trainer()
-    digits = load_digits()
-    x = (digits.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
-    y = digits.target.astype(np.int64)
+    x, y = digits_arrays()
     seed = DIGITS_SPLIT["seed"]
     deterministic = torch.are_deterministic_algorithms_enabled()
     with tempfile.TemporaryDirectory() as tmp:

@@ -34,8 +34,8 @@ def stages(prune: dict, seed: int) -> tuple:
 
 def keep(report, out) -> dict:
     final = report.final.measurement
-    return {"accuracy": final.metrics["accuracy"], "base": report.baseline.measurement.metrics["accuracy"],
-            "answers": unpack_answers(final.answers, final.eval_samples), "samples": final.eval_samples}
+    return {"accuracy": final.metrics["accuracy"], "samples": final.eval_samples,
+            "answers": unpack_answers(final.answers, final.eval_samples)}
 
 
 def sweep() -> tuple[list[crossval.Fold], dict]:

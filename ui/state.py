@@ -50,7 +50,7 @@ COMPRESS_DEFAULTS = {"technique": "unstructured", "sparsity": 0, "bits": 32, "me
 # ...and those whose default is not their first option: the page passes it as the widget's value (percent
 # for fractions), so they are not put into the session state before the widget exists
 COMPRESS_VALUES = {"per_round": 20, "steps": 10, "ratio": 50, "width": 50, "distill_epochs": 30, "energy": 90,
-                   "qat_epochs": 5, "round8": True, "calib_samples": 2048}
+                   "qat_epochs": 5, "round8": True, "calib_samples": CompressSettings.calib_samples}
 # Test/dev knob: WORKBENCH_FAST_MEASURE=1 makes runs launched from the app (and the Model page baseline)
 # measure quickly and roughly. Never use it for numbers you report.
 FAST_MEASURE_ENV = "WORKBENCH_FAST_MEASURE"

@@ -70,14 +70,19 @@ class Splits:
         return self.solving.sample(n)
 
 
-def digits_splits() -> Splits:
-    """scikit-learn's 8x8 digits, scaled to [0, 1], shaped (N, 1, 8, 8); a fixed stratified split."""
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """All of scikit-learn's 8x8 digits: images scaled to [0, 1], shaped (N, 1, 8, 8), and int64 labels."""
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     bunch = load_digits()
-    x = (bunch.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
-    y = bunch.target.astype(np.int64)
+    return (bunch.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8), bunch.target.astype(np.int64)
+
+
+def digits_splits() -> Splits:
+    """`digits_arrays()` in a fixed stratified split."""
+    from sklearn.model_selection import train_test_split
+
+    x, y = digits_arrays()
     seed = DIGITS_SPLIT["seed"]
     x_rest, x_test, y_rest, y_test = train_test_split(
         x, y, test_size=DIGITS_SPLIT["test"], random_state=seed, stratify=y

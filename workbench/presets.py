@@ -83,7 +83,7 @@ class CompressSettings:
     steps: int = 10                # gradual: rounds of the cubic schedule
     rewind: str = "lr"             # iterative/gradual: how each round retrains (PruneSpec.rewind)
     reconstruct: str = "none"      # unstructured and N:M: solve the kept weights on calibration inputs
-    calib_samples: int = 2048      # inputs that reconstruction and method wanda read (PruneSpec.calib_samples)
+    calib_samples: int = PruneSpec.calib_samples   # inputs that reconstruction and method wanda read
     ratio: float = 0.5             # structured: fraction of channels removed per group
     round_to: int | None = 8       # structured: keep channel counts multiples of this (None: the exact ratio)
     width: float = 0.5             # distill: fraction of channels the student keeps

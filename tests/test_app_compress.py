@@ -78,6 +78,10 @@ def test_presets_set_the_knobs():
     assert at.radio(key="reconstruct").value == "obs" and at.slider(key="sparsity").value == 90
     assert at.select_slider(key="clusters").value == 0 and at.slider(key="epochs").value == 0
     assert "'reconstruct': 'obs'" in at.code[0].value
+    next(b for b in at.button if b.label == "Smallest packed: channels first + 65% + k=8").click().run()
+    assert at.slider(key="thin").value == 50 and at.slider(key="sparsity").value == 65
+    assert at.radio(key="schedule").value == "iterative" and at.select_slider(key="clusters").value == 8
+    assert metric(at, "parameters") == "17,600" and "'structured': {" in at.code[0].value
 
 
 def test_structured_knobs_give_a_structured_stage_and_a_counted_preview(isolated_home):
@@ -96,6 +100,21 @@ def test_structured_knobs_give_a_structured_stage_and_a_counted_preview(isolated
     (stage,) = launched_spec(at, isolated_home).stages
     assert stage.kind == "structured" and stage.ratio == 0.7 and stage.round_to == 8
     assert stage.exclude == ("features.1.0",)
+
+
+def test_channels_first_knob_previews_the_thinner_model_and_reaches_the_recipe(isolated_home):
+    at = open_app(PAGE)
+    at.slider(key="sparsity").set_value(65).run()
+    at.slider(key="thin").set_value(50).run()
+    assert not at.exception
+    assert metric(at, "parameters") == "17,600" and metric(at, "nonzero") == "6,160"   # 64-150-50-10, 35% kept
+    assert "real" in gain(at, "channels first") and "50,200 -> 17,600 weights" in gain(at, "channels first")
+    assert open_app(PAGE, query={"thin": "50"}).slider(key="thin").value == 50   # bound to the link
+    structured, prune = launched_spec(at, isolated_home).stages
+    assert (structured.kind, structured.ratio, prune.kind, prune.sparsity) == ("structured", 0.5, "prune", 0.65)
+    at.slider(key="sparsity").set_value(0).run()
+    assert any("Channels first applies with a sparsity above 0" in t for t in texts(at))
+    assert metric(at, "parameters") == "50,200"
 
 
 def _pt2_upload(home, module, name: str) -> str:
@@ -283,8 +302,12 @@ def test_clustering_qat_and_transfer(isolated_home):
     assert any("set the bitwidth to 32" in w.value for w in at.warning) and at.button(key="launch_run").disabled
     at.select_slider(key="bits").set_value(32).run()
     assert metric(at, "index bits") == "4 bits" and "weights.packed" in gain(at, "clustering")
+    storage = metric(at, "minimum storage")
+    at.select_slider(key="bias_clusters").set_value(32).run()
+    assert "(biases: 32 per tensor)" in gain(at, "clustering") and metric(at, "minimum storage") != storage
     prune, cluster = launched_spec(at, isolated_home).stages
     assert cluster.kind == "cluster" and cluster.clusters == 16 and cluster.finetune.epochs == 5
+    assert cluster.bias_clusters == 32
     at.select_slider(key="clusters").set_value(0).run()
     at.select_slider(key="bits").set_value(4).run()
     at.toggle(key="qat").set_value(True).run()

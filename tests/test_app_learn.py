@@ -94,6 +94,19 @@ def test_the_wanda_explainer_counts_the_weights_each_ranking_keeps_per_pixel():
     assert {"pixel RMS", "kept by magnitude", "kept by wanda"} <= set(titles)
 
 
+def test_the_channels_first_explainer_packs_more_weights_in_the_same_bytes():
+    at = page()
+    full = int(metric(at, "kept in 4,488 bytes, full model at 90%").replace(",", ""))
+    thin = next(m for m in at.metric if m.label == "kept, 50% of the channels removed first")
+    assert full == 5020 and int(thin.value.replace(",", "")) > full   # digits-mlp packed for real, one shot
+    assert "17,600 weights left, at 6" in thin.proto.help             # 64-150-50-10, about 60% sparsity
+    bits = next(m for m in at.metric if m.label == "position bits per kept weight")
+    assert bits.proto.delta.startswith("-")                            # a denser mask: cheaper positions
+    at.slider(key="learn_thin").set_value(80).run()
+    assert not at.exception and "all of them, dense" in next(
+        m for m in at.metric if m.label == "kept, 80% of the channels removed first").proto.help
+
+
 def test_is_an_accuracy_change_real_follows_its_sliders():
     at = page()
     assert metric(at, "verdict") == "within noise" and metric(at, "p-value") == "0.625"   # 3 wrong, 1 right

@@ -65,6 +65,33 @@ def test_stage_fields_follow_the_knobs():
         "data.train_path in a recipe, or use the built-in data)"]
 
 
+def test_channels_first_removes_channels_recovers_then_prunes_the_rest():
+    iterative = CompressSettings(thin=0.5, sparsity=0.65, epochs=20, schedule="iterative", reconstruct="obs",
+                                 clusters=8, exclude=("fc3",))
+    structured, recovery, prune, cluster = iterative.stages(MLP)
+    assert (structured.kind, structured.ratio, structured.round_to, structured.exclude) == ("structured", 0.5,
+                                                                                            None, ("fc3",))
+    assert recovery.epochs == 20 and prune.finetune == recovery and prune.reconstruct == "obs"
+    assert (prune.sparsity, prune.schedule, cluster.clusters) == (0.65, "iterative", 8)
+    assert kinds(CompressSettings(thin=0.3, sparsity=0.8, epochs=5)) == ["structured", "finetune", "prune",
+                                                                          "finetune"]
+    assert kinds(CompressSettings(thin=0.3, sparsity=0.8)) == ["structured", "prune"]   # no training asked for
+    assert kinds(CompressSettings(thin=0.3)) == []                        # nothing pruned: no channels either
+    assert kinds(CompressSettings(technique="nm", thin=0.3)) == ["prune"]   # unstructured pruning's knob only
+    assert iterative.describe().startswith("50% channels removed, then 65% magnitude/global iterative")
+    assert iterative.stages(MLP)[-1].bias_clusters is None   # biases float16 unless asked
+    shared = CompressSettings(sparsity=0.9, clusters=8, bias_clusters=32)
+    assert shared.stages(MLP)[-1].bias_clusters == 32 and "k=8 clustering (biases k=32)" in shared.describe()
+    for settings in (iterative, CompressSettings(thin=0.3, sparsity=0.8, epochs=5), shared):
+        assert CompressSettings.from_spec(settings.to_spec(MLP)) == settings
+    assert CompressSettings.from_spec(RunSpec(model=MLP, stages=(StructuredSpec(ratio=0.4),))).technique == \
+        "structured"
+    onnx = iterative.problems("onnx", has_train_data=True, unconvertible="op Loop has no conversion")
+    assert onnx[0].startswith("structured pruning needs torch modules")
+    with pytest.raises(SpecError, match=r"^thin: must be in \[0, 1\), got 1.0"):
+        CompressSettings(thin=1.0)
+
+
 def test_bad_knobs_name_the_field():
     for bad, field in (({"technique": "prune"}, "technique"), ({"ratio": 1.0}, "ratio"), ({"width": 0.0}, "width"),
                        ({"energy": 1.5}, "energy"), ({"distill_epochs": 0}, "distill_epochs"),

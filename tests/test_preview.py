@@ -119,6 +119,36 @@ def test_structured_preview_follows_the_layers_left_whole(cnn):
     assert spared.get("one-shot accuracy").value > plain.get("one-shot accuracy").value
 
 
+def test_channels_first_previews_the_mask_on_the_thinner_copy(cnn):
+    """thin: the run removes channels first, then prunes what is left; the preview masks that thinner copy."""
+    from workbench.pruning import torch_weights
+    from workbench.specs import StructuredSpec
+    from workbench.structured import prune_structured
+
+    loaded, subject = cnn
+    p = preview_settings(CompressSettings(thin=0.5, sparsity=0.6, clusters=8), subject)
+    pruned, _ = prune_structured(loaded.module, (torch.zeros(1, 1, 8, 8),), StructuredSpec(ratio=0.5))
+    left = sum(w.numel() for w in torch_weights(pruned).values())
+    assert left < sum(w.size for w in subject.weights.values()) / 3
+    assert p.get("parameters").value == left and p.get("nonzero").value == pytest.approx(0.4 * left, abs=1)
+    assert p.get("MACs").value < sum(subject.macs.values()) / 3
+    # the raw-size estimate is of the thinner dense file: its weights plus the baseline's graph overhead
+    assert p.get("raw size").value < subject.file_bytes / 3
+    assert p.get("one-shot accuracy").kind == "measured"
+    gains = {g[0]: g[1:] for g in p.gains}
+    assert gains["channels first"][0] == "real" and f"-> {left:,} weights" in gains["channels first"][1]
+    assert gains["sparsity"][0] == "simulated" and gains["clustering"][0] == "real"
+    # biases sharing 16 values: the thinner model's other parameters as 4-bit indices + 16 float16 per layer
+    shared = preview_settings(CompressSettings(thin=0.5, sparsity=0.6, clusters=8, bias_clusters=16), subject)
+    other = sum(x.numel() for x in pruned.parameters()) - left
+    saved = (32 * other - (4 * other + 16 * 16 * len(subject.weights))) / 8
+    assert p.get("minimum storage").value - shared.get("minimum storage").value == pytest.approx(saved)
+    assert "4-bit indices into 16 values" in shared.get("minimum storage").note
+    whole = preview_settings(CompressSettings(thin=0.5, sparsity=0.6), dataclasses.replace(subject, module=None))
+    assert whole.get("parameters").value == sum(w.size for w in subject.weights.values())
+    assert dict((g[0], g[1]) for g in whole.gains)["channels first"] == "run"   # no layer modules: said, not counted
+
+
 def test_structured_preview_without_a_torch_model_is_an_estimate(cnn):
     _, subject = cnn
     p = preview_settings(CompressSettings(technique="structured", ratio=0.5), dataclasses.replace(subject, module=None))

@@ -27,6 +27,7 @@ from workbench.sensitivity import Sensitivity
 from workbench.specs import DataRef, MeasureSpec, ModelRef, PruneSpec, RunSpec
 from workbench.store import Store
 from workbench.summary import ModelSummary
+from workbench.thinning import SameBytes
 
 if TYPE_CHECKING:
     from workbench.onnx_torch import Conversion
@@ -112,6 +113,23 @@ def _splits(model_key: str, data_key: str) -> Splits:
 
 def splits(ref: ModelRef, data: DataRef) -> Splits:
     return _splits(_key(ref), _key(data))
+
+
+@st.cache_data(show_spinner="Packing the weights…", max_entries=16)
+def _same_bytes(model_key: str, ratio: float) -> SameBytes:
+    from workbench.pipeline import example_inputs
+    from workbench.thinning import same_bytes
+
+    held = _held(model_key)
+    example = example_inputs(_splits(model_key, _key(DataRef())).test)
+    with held.lock:
+        return same_bytes(held.loaded.module, example, ratio)
+
+
+def same_bytes(ref: ModelRef, ratio: float) -> SameBytes:
+    """A torch model's weights at 90% in weights.packed against a copy with `ratio` of its channels removed, in
+    the same packed bytes (workbench.thinning); cached."""
+    return _same_bytes(_key(ref), ratio)
 
 
 @st.cache_resource(show_spinner="Converting the model to torch modules…", max_entries=4)
@@ -244,8 +262,8 @@ def _preview(key: str, data_key: str, settings: CompressSettings) -> Preview:
         subject = dataclasses.replace(subject, factors=_factors(key))
     if settings.method == "wanda" and settings.technique in ("unstructured", "nm"):
         subject = dataclasses.replace(subject, rms=_rms(key, data_key, settings.calib_samples))
-    if settings.technique in ("structured", "distill") and (held.loaded.kind == "onnx" or
-                                                           traced_kind(held.loaded.module)):
+    reshapes = settings.technique in ("structured", "distill") or settings.thinning_stages()
+    if reshapes and (held.loaded.kind == "onnx" or traced_kind(held.loaded.module)):
         converted, test, _ = _conversion(key, data_key)   # count on the layers a run would convert it to
         subject = with_layers(subject, converted.module, test) if converted is not None else subject
     with held.lock:

@@ -50,6 +50,12 @@ RECONSTRUCT_HELP = ("After pruning, solve the kept weights layer by layer so eac
                     "refit: least squares on the mask as chosen; obs: Optimal Brain Surgeon also picks which "
                     "weights of each unit go (same count per unit; not with random, unstructured only). Linear/Conv "
                     "layers of torch and ONNX models; the gain is still simulated (zeros stored densely)")
+THIN_HELP = ("Remove this share of the channels / neurons of every layer first (structured, Torch-Pruning: a "
+             "*real* smaller, faster model), recover, then prune the remaining weights to the sparsity above. A "
+             "thinner, less sparse model can keep more weights in the same packed bytes: on digits-mlp, half the "
+             "neurons first then 65% (recipes/mlp-thin-sparse-packed.yaml) packs smaller at no larger drop than 90% "
+             "of the full model (BENCHMARKS.md, clustering section). Torch models, and ONNX graphs through their "
+             "conversion")
 CALIB_SAMPLES_HELP = ("How many training inputs reconstruction and wanda read (a fixed random draw, so a training "
                       "file sorted by class still gives every class; all of them when it has fewer). Their time "
                       "grows with it: lower it for large models (Wanda's and SparseGPT's papers use 128)")
@@ -72,7 +78,12 @@ def _unstructured() -> None:
     st.slider("Sparsity: % of weights set to zero", 0, 99, key="sparsity", **SHARED,
               help="simulated gain: zeros are stored densely, so the file and latency stay the same; gzip and a "
                    "sparse format (minimum storage, an estimate) shrink")
-    with st.expander("Pruning options", expanded=st.session_state.get("schedule", "oneshot") != "oneshot"):
+    opened = st.session_state.get("schedule", "oneshot") != "oneshot" or bool(st.session_state.get("thin"))
+    with st.expander("Pruning options", expanded=opened):
+        thin = st.slider("Remove channels first (% per layer)", 0, 90, step=5, key="thin", help=THIN_HELP, **SHARED)
+        if thin and not st.session_state.get("sparsity"):
+            st.caption("Channels first applies with a sparsity above 0; for channels alone, pick the structured "
+                       "method.")
         st.radio("Pruning", PRUNE_METHODS, key="method", horizontal=True, **SHARED,
                  help="magnitude: drop the smallest |weight|; random: a baseline to compare with; lamp: "
                       "magnitude rescaled per layer (Lee et al. 2021), so a global cut spreads over the layers "
@@ -177,6 +188,11 @@ def cluster_knobs() -> None:
         if clusters:
             st.slider("Fine-tune the shared values (epochs)", 0, MAX_RECOVERY_EPOCHS, key="cluster_epochs", **SHARED,
                       help="train the k values per layer with each weight's index fixed; torch models")
+            st.select_slider("Shared values per bias", CLUSTER_CHOICES, key="bias_clusters", **SHARED,
+                             format_func=lambda k: f"{k}" if k else "off (float16)",
+                             help="biases and norm parameters share k values per tensor too, instead of being "
+                                  "stored as float16: a few hundred bytes, which count once the weights are 40x "
+                                  "smaller (BENCHMARKS.md, clustering section: bias k=32)")
 
 
 def transfer_knobs(ref: ModelRef, data: DataRef) -> None:

@@ -11,13 +11,13 @@ Session-state keys other pages may read:
   COMPRESS_DEFAULTS and COMPRESS_VALUES keys: the Compress page widgets (bound to the URL under the same names)
   "batch", "threads", "eager"  how runs measure (ui.measure_knobs, on the Model and Compress pages) -> measure_spec()
 URL: ?model=<sample name | uploaded file name>&arch=<arch>&data=<digits | uploaded file name>&label=<column>
-     &train=<uploaded training file name>
-     plus the bound widgets: technique, sparsity (percent), bits, method, scope, int8, calibration, epochs,
-     schedule, per_round (percent), steps, rewind, reconstruct, calib_samples, ratio (percent), round8, width (percent),
-     distill_epochs, init, energy (percent), clusters, cluster_epochs, qat, qat_epochs, qat_act8, retrain_head,
-     transfer_backbone, classes and exclude (repeated), overrides (JSON {layer: sparsity}, set by the sensitivity
-     allocation, not a widget) and layer_bits (JSON {"method": "fake" | "weight_only", "bits": {layer: bits}},
-     set by the bits allocation); batch (repeated), threads and eager (how runs measure).
+     &train=<uploaded training file name> plus the bound widgets: technique, sparsity (percent), bits, method,
+     scope, int8, calibration, epochs, schedule, per_round (percent), steps, rewind, reconstruct, calib_samples,
+     thin (percent), ratio (percent), round8, width (percent), distill_epochs, init, energy (percent), clusters,
+     cluster_epochs, bias_clusters, qat, qat_epochs, qat_act8, retrain_head, transfer_backbone, classes and
+     exclude (repeated), overrides (JSON {layer: sparsity}, set by the sensitivity allocation, not a widget) and
+     layer_bits (JSON {"method": "fake" | "weight_only", "bits": {layer: bits}}, set by the bits allocation);
+     batch (repeated), threads and eager (how runs measure).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ DEFAULT_SAMPLE = "digits-mlp"
 # a bound widget drops the parameter from the URL exactly when the value is the default.
 COMPRESS_DEFAULTS = {"technique": "unstructured", "sparsity": 0, "bits": 32, "method": "magnitude",
                      "scope": "global", "int8": "static", "calibration": "minmax", "epochs": 0, "schedule": "oneshot",
-                     "rewind": "lr", "reconstruct": "none", "init": "teacher", "clusters": 0,
-                     "cluster_epochs": 0, "qat": False, "qat_act8": False, "retrain_head": False,
+                     "rewind": "lr", "reconstruct": "none", "thin": 0, "init": "teacher", "clusters": 0,
+                     "cluster_epochs": 0, "bias_clusters": 0, "qat": False, "qat_act8": False, "retrain_head": False,
                      "transfer_backbone": False, "classes": [],
                      "exclude": []}
 # ...and those whose default is not their first option: the page passes it as the widget's value (percent
@@ -165,9 +165,10 @@ def compress_settings() -> CompressSettings:
         technique=v["technique"], sparsity=v["sparsity"] / 100, bits=v["bits"], method=v["method"], scope=v["scope"],
         int8=v["int8"], calibration=v["calibration"], epochs=v["epochs"], schedule=v["schedule"],
         per_round=v["per_round"] / 100, steps=v["steps"], rewind=v["rewind"],
-        reconstruct=v["reconstruct"], calib_samples=v["calib_samples"], ratio=v["ratio"] / 100,
+        reconstruct=v["reconstruct"], calib_samples=v["calib_samples"], thin=v["thin"] / 100, ratio=v["ratio"] / 100,
         round_to=8 if v["round8"] else None, width=v["width"] / 100, distill_epochs=v["distill_epochs"],
         init=v["init"], energy=v["energy"] / 100, clusters=v["clusters"], cluster_epochs=v["cluster_epochs"],
+        bias_clusters=v["bias_clusters"],
         qat=v["qat"], qat_epochs=v["qat_epochs"], qat_act8=v["qat_act8"], classes=tuple(v["classes"]),
         retrain_head=v["retrain_head"], transfer_backbone=v["transfer_backbone"],
         exclude=tuple(v["exclude"]), overrides=tuple(overrides().items()), layer_bits=tuple(bits.items()),
@@ -181,9 +182,10 @@ def apply_settings(settings: CompressSettings) -> None:
         technique=s.technique, sparsity=round(s.sparsity * 100), bits=s.bits, method=s.method, scope=s.scope,
         int8=s.int8, calibration=s.calibration, epochs=s.epochs, schedule=s.schedule,
         per_round=round(s.per_round * 100), steps=s.steps, rewind=s.rewind,
-        reconstruct=s.reconstruct, calib_samples=s.calib_samples, ratio=round(s.ratio * 100),
+        reconstruct=s.reconstruct, calib_samples=s.calib_samples, thin=round(s.thin * 100), ratio=round(s.ratio * 100),
         round8=s.round_to == 8, width=round(s.width * 100), distill_epochs=s.distill_epochs, init=s.init,
-        energy=round(s.energy * 100), clusters=s.clusters, cluster_epochs=s.cluster_epochs, qat=s.qat,
+        energy=round(s.energy * 100), clusters=s.clusters, cluster_epochs=s.cluster_epochs,
+        bias_clusters=s.bias_clusters, qat=s.qat,
         qat_epochs=s.qat_epochs, qat_act8=s.qat_act8, retrain_head=s.retrain_head,
         transfer_backbone=s.transfer_backbone, classes=list(s.classes),
         exclude=list(s.exclude))

@@ -151,6 +151,29 @@ with st.expander("Weights and their inputs: magnitude vs Wanda"):
                    f"{int(kept['wanda'][blank].sum())}. In a global cut Wanda's mask is well ahead of magnitude's "
                    "on this MLP at 80-90%, well behind on the CNN, and empties whole layers of the ViT, whose layers' "
                    "inputs differ in scale (BENCHMARKS.md, ranking section).")
+with st.expander("Channels first: the same bytes hold more weights"):
+    st.markdown("In weights.packed every kept weight pays for its cluster index *and* for where it sits: the "
+                "entropy-coded positions. At 90% sparsity most of a layer is zeros, and each kept weight's position "
+                "costs several bits. Removing channels first (structured, a really smaller model) leaves fewer "
+                "weights, so the same bytes fit them at a lower sparsity, where positions are cheap. Below: real "
+                "weights of the sample, pruned by magnitude in one shot, 8 shared values per layer, packed here.")
+    with view.guard():
+        thin = st.slider("Channels removed first (%)", 10, 80, 50, 10, key="learn_thin") / 100
+        same = cache.same_bytes(ModelRef(sample=sample), thin)
+        full, thinner = same.full, same.thin
+        fits = "all of them, dense" if thinner.sparsity == 0 else f"at {thinner.sparsity:.0%} sparsity"
+        left, mid, right = st.columns(3)
+        left.metric(f"kept in {full.bytes:,} bytes, full model at 90%", f"{full.kept:,}")
+        mid.metric(f"kept, {thin:.0%} of the channels removed first", f"{thinner.kept:,}",
+                   f"{thinner.kept / full.kept - 1:+.0%}", help=f"{thinner.weights:,} weights left, {fits}, "
+                   f"{thinner.bytes:,} bytes")
+        right.metric("position bits per kept weight", f"{8 * thinner.position_bytes / thinner.kept:.1f}",
+                     f"{8 * thinner.position_bytes / thinner.kept - 8 * full.position_bytes / full.kept:+.1f} vs "
+                     "the full model", delta_color="inverse")
+        st.caption("Bytes measured by packing the weights (workbench.packing); nothing is trained, so this shows "
+                   "what each weight costs, not which model is more accurate. Removing too many channels takes away "
+                   "capacity that no number of kept weights gives back: BENCHMARKS.md (clustering section) trains "
+                   "both and measures the accuracy. On the Compress page: Pruning options, Remove channels first.")
 with st.expander("Quantization-aware training (QAT)"):
     st.markdown("Post-training quantization rounds the trained weights once; at 4 bits and below the rounding "
                 "error costs accuracy. QAT rounds the weights in the forward pass during a few epochs of training, "

@@ -152,7 +152,7 @@ def preview(weights: dict[str, np.ndarray], other_params: int, sparsity: float, 
             in_axes: dict[str, int | None] | None = None, file_bits: int | None = None,
             layer_bits: dict[str, int] | None = None, layer_bits_real: bool = False,
             dense_answers: np.ndarray | None = None, rms: dict[str, np.ndarray] | None = None,
-            out_axes: dict[str, int | None] | None = None) -> Preview:
+            out_axes: dict[str, int | None] | None = None, bias_clusters: int = 0) -> Preview:
     """Preview pruning `weights` to `sparsity` (or `spec.nm`), sharing `clusters` values per layer (0: no
     clustering) and rounding them to `bits`, stored at `file_bits` per value (default: `bits` where ONNX
     Runtime has a kernel for it, else float32). `layer_bits` ({layer pattern: bits}, as quantize.overrides)
@@ -160,7 +160,8 @@ def preview(weights: dict[str, np.ndarray], other_params: int, sparsity: float, 
     (MatMulNBits), else as float32 (fake). With `module` (a torch module or an ONNX graph whose weights
     these are) and `test`, the one-shot accuracy is measured too, and paired with `dense_answers` (which test
     samples the uncompressed model gets right) when given. `rms`: the weights' input RMS, for method wanda;
-    `out_axes`: their output-unit axes, for scope unit."""
+    `out_axes`: their output-unit axes, for scope unit; `bias_clusters`: the other parameters share that many
+    values per tensor (counted as one tensor per layer) in the minimum storage."""
     spec = spec or PruneSpec(sparsity=sparsity)
     if sparsity > 0 or spec.nm:
         masks = compute_masks(weights, spec, sparsity, in_axes=in_axes, rms=rms, out_axes=out_axes)
@@ -188,10 +189,13 @@ def preview(weights: dict[str, np.ndarray], other_params: int, sparsity: float, 
         bits_number,
         *([_index_bits_number(clusters)] if clusters else []),
         *_sizes(values, other_params, stored, baseline_file_bytes),
-        Number("minimum storage", (min_bits + 16 * clusters * len(weights)) / 8 + other_params * 4, "bytes",
+        Number("minimum storage", (min_bits + 16 * clusters * len(weights) + _other_bits(other_params, len(weights),
+                                                                                     bias_clusters)) / 8, "bytes",
                "estimate", "nonzeros x bits + index, in a purpose-built sparse format"
                + (f"; {index_bits(clusters)}-bit cluster indices + {clusters} float16 values per layer"
-                  if clusters else "")),
+                  if clusters else "")
+               + (f"; biases as {index_bits(bias_clusters)}-bit indices into {bias_clusters} values"
+                  if bias_clusters else "")),
         *_accuracy_number(module, values, test, params, min(bits_of.values()), "no fine-tuning", dense_answers),
     ]
     layers = tuple({"layer": n.removesuffix(".weight"), "params": int(w.size), "sparsity": float(1 - masks[n].mean())}
@@ -199,6 +203,14 @@ def preview(weights: dict[str, np.ndarray], other_params: int, sparsity: float, 
     method = (_nm_gain(spec.nm),) if spec.nm else (SPARSITY_GAIN,) if sparsity > 0 else ()
     emptied = tuple(("emptied layer", "warning", note) for note in emptied_notes(masks, spec))
     return Preview(tuple(numbers), layers, method + emptied + bits_gains)
+
+
+def _other_bits(other_params: int, layers: int, bias_clusters: int) -> int:
+    """Bits of the parameters that are not layer weights: float32, or indices into `bias_clusters` float16
+    values per tensor (one bias tensor per layer)."""
+    if not bias_clusters:
+        return 32 * other_params
+    return other_params * index_bits(bias_clusters) + 16 * bias_clusters * layers
 
 
 def _layer_bits_gains(bits_of: dict[str, int], real: bool) -> tuple[tuple[str, str, str], ...]:
@@ -304,19 +316,24 @@ def preview_settings(settings: CompressSettings, subject: Subject) -> Preview:
     elif t == "lowrank":
         base = _lowrank(s, subject)
     else:
+        thinned = _thinned(s, subject) if s.thinning_stages() and s.sparsity > 0 else None
+        on = thinned or subject
         spec = PruneSpec(method=s.method, sparsity=0.5, nm="2:4", exclude=s.exclude) if t == "nm" else \
             PruneSpec(method=s.method, scope=s.scope, sparsity=s.sparsity, exclude=s.exclude,
                       overrides=dict(s.overrides))
-        base = preview(subject.weights, subject.other_params, spec.sparsity, s.bits, spec=spec,
-                       module=subject.runnable, test=subject.test, baseline_file_bytes=subject.file_bytes,
-                       dense_answers=subject.dense_answers, rms=subject.rms, out_axes=subject.out_axes,
-                       clusters=s.clusters, in_axes=subject.in_axes, file_bits=_qat_file_bits(s),
+        base = preview(on.weights, on.other_params, spec.sparsity, s.bits, spec=spec,
+                       module=on.runnable, test=on.test, baseline_file_bytes=on.file_bytes,
+                       dense_answers=on.dense_answers, rms=on.rms, out_axes=on.out_axes,
+                       clusters=s.clusters, bias_clusters=s.bias_clusters if s.clusters else 0,
+                       in_axes=on.in_axes, file_bits=_qat_file_bits(s),
                        layer_bits=dict(s.layer_bits) if s.layer_bits and not s.uses_qat else None,
                        layer_bits_real=s.layer_bits_method == "weight_only")
-        if subject.macs:
+        if on.macs:
             base = replace(base, numbers=(base.numbers[0], _macs_number(
-                subject.macs, "computed", "multiply-adds per sample of the dense kernels: zeros are multiplied "
+                on.macs, "computed", "multiply-adds per sample of the dense kernels: zeros are multiplied "
                 "too"), *base.numbers[1:]))
+        if s.thinning_stages() and s.sparsity > 0:
+            base = replace(base, gains=(_thinning_gain(s, subject, thinned), *base.gains))
     numbers = list(base.numbers)
     gains = [g for g in base.gains if g[0] != "bitwidth" or not s.uses_qat]
     if s.method == "wanda" and t in ("unstructured", "nm") and subject.rms is None:
@@ -324,8 +341,10 @@ def preview_settings(settings: CompressSettings, subject: Subject) -> Preview:
                       "preview does not run a model this large and ranks by |w| alone: the run reads the inputs"))
     if s.clusters and t in ("unstructured", "nm"):
         gains.append(("clustering", "real", f"weights.packed stores each nonzero as an entropy-coded index into "
-                      f"{s.clusters} shared values per layer: a real, smaller artifact that the workbench "
-                      "decodes; the ONNX file stays float32 and runs at float speed"))
+                      f"{s.clusters} shared values per layer"
+                      + (f" (biases: {s.bias_clusters} per tensor)" if s.bias_clusters else "")
+                      + ": a real, smaller artifact that the workbench decodes; the ONNX file stays float32 and runs "
+                      "at float speed"))
     elif s.clusters:
         numbers.append(_index_bits_number(s.clusters))
         gains.append(("clustering", "run", "the shared values are found in the run, after the method has changed "
@@ -395,11 +414,11 @@ def with_layers(subject: Subject, module: Any, test: Dataset) -> Subject:
     return replace(subject, module=module, test=test) if set(subject.weights) <= names else subject
 
 
-def _reshaped(s: CompressSettings, subject: Subject):
-    """The torch model as the run's method stage first shapes it, on a copy: structured channel removal with
-    the setting's ratio, round_to and layers left whole, or the distilled student's architecture (the same
-    Torch-Pruning calls as the run). (module, report), or None without layer modules (an ONNX graph, a traced
-    model: the run converts those, the preview estimates) or test inputs."""
+def _reshaped(stage, subject: Subject):
+    """The torch model as the run's `stage` (structured or distill) shapes it, on a copy: structured channel
+    removal with the stage's ratio, round_to and layers left whole, or the distilled student's architecture
+    (the same Torch-Pruning calls as the run). (module, report), or None without layer modules (an ONNX graph,
+    a traced model: the run converts those, the preview estimates) or test inputs."""
     from workbench.models import traced_kind
 
     if subject.module is None or subject.test is None or traced_kind(subject.module):
@@ -407,8 +426,7 @@ def _reshaped(s: CompressSettings, subject: Subject):
     from workbench.pipeline import example_inputs
 
     example = example_inputs(subject.test)
-    stage = s.method_stage
-    if s.technique == "structured":
+    if stage.kind == "structured":
         from workbench.structured import prune_structured
 
         return prune_structured(subject.module, example, stage)
@@ -422,7 +440,7 @@ def _narrower(s: CompressSettings, subject: Subject) -> Preview:
     counted on the reshaped copy (and a structured model's one-shot accuracy is measured); otherwise
     estimated from the keep share."""
     keep = s.width if s.technique == "distill" else 1 - s.ratio
-    reshaped = _reshaped(s, subject)
+    reshaped = _reshaped(s.method_stage, subject)
     if reshaped is not None:
         module, report = reshaped
         kept = dict(module.named_parameters())
@@ -473,6 +491,41 @@ def _narrower(s: CompressSettings, subject: Subject) -> Preview:
         gains.append(("layers left whole", "none", "; ".join(skipped[:LISTED]) +
                       (f"; and {len(skipped) - LISTED} more" if len(skipped) > LISTED else "")))
     return Preview(tuple(numbers), layers, (*gains, *bits_gains), "params", kind)
+
+
+def _thinned(s: CompressSettings, subject: Subject) -> Subject | None:
+    """`subject` after the setting's channels-first stage (`thin`), run on a copy as the run does: the weights
+    it leaves, to be masked; None without layer modules (the preview then masks the whole model and says so)."""
+    reshaped = _reshaped(s.thinning_stages()[0], subject)
+    if reshaped is None:
+        return None
+    from workbench.pruning import torch_output_axes, torch_weights
+
+    module = reshaped[0]
+    weights = {n: p.detach().cpu().numpy().copy() for n, p in torch_weights(module).items() if n in subject.weights}
+    other = sum(p.numel() for p in module.parameters()) - sum(w.size for w in weights.values())
+    # a Linear/Conv layer's multiply-adds per sample are its weight count times its output positions
+    macs = {n: m * weights[n].size // subject.weights[n].size for n, m in subject.macs.items()} if subject.macs \
+        else None
+    removed = sum(w.size for w in subject.weights.values()) + subject.other_params - other - sum(
+        w.size for w in weights.values())
+    file_bytes = subject.file_bytes - 4 * removed if subject.file_bytes else None   # the same graph overhead
+    return replace(subject, weights=weights, other_params=other, module=module, macs=macs, in_axes=None,
+                   out_axes=torch_output_axes(module), rms=None, file_bytes=file_bytes)
+
+
+def _thinning_gain(s: CompressSettings, subject: Subject, thinned: Subject | None) -> tuple[str, str, str]:
+    if thinned is None:
+        return ("channels first", "run", f"the run first removes {s.thin:.0%} of the channels per group "
+                "(converting the model to layer modules); this preview cannot, so its counts are for pruning the "
+                "whole model")
+    before, after = (sum(w.size for w in x.weights.values()) for x in (subject, thinned))
+    wanda = "; wanda's input RMS of the thinner model is read in the run, this preview ranks it by |w|" \
+        if s.method == "wanda" else ""
+    return ("channels first", "real", f"{s.thin:.0%} of the channels per group removed first (Torch-Pruning, "
+            f"on a copy): {before:,} -> {after:,} weights in smaller dense layers, a really smaller file and "
+            f"fewer multiply-adds; the sparsity and accuracy here are of that thinner model, before recovery "
+            f"fine-tuning{wanda}")
 
 
 def _overhead(subject: Subject) -> float:

@@ -76,7 +76,9 @@ def method_settings() -> list[tuple[str, dict]]:
             ("low-rank 80%", {"technique": "lowrank", "energy": 0.8}),
             ("90% + k=16", {"technique": "unstructured", "sparsity": 0.9, "clusters": 16}),
             ("90% + QAT 4-bit", {"technique": "unstructured", "sparsity": 0.9, "bits": 4, "qat": True}),
-            ("80% wanda", {"technique": "unstructured", "sparsity": 0.8, "method": "wanda"})]
+            ("80% wanda", {"technique": "unstructured", "sparsity": 0.8, "method": "wanda"}),
+            ("channels 50% first + 65% + k=8", {"technique": "unstructured", "thin": 0.5, "sparsity": 0.65,
+                                                "clusters": 8})]
 
 
 def method_preview_latency(model: str, repeats: int = 10, path: Path | None = None) -> list[dict]:
@@ -107,8 +109,9 @@ def method_preview_latency(model: str, repeats: int = 10, path: Path | None = No
     rows = []
     for name, knobs in method_settings():
         settings = CompressSettings(**knobs)
-        target = factored if settings.technique == "lowrank" else layered if knobs["technique"] in (
-            "structured", "distill") else seeing if settings.method == "wanda" else subject
+        reshapes = knobs["technique"] in ("structured", "distill") or settings.thinning_stages()
+        target = factored if settings.technique == "lowrank" else layered if reshapes else \
+            seeing if settings.method == "wanda" else subject
         preview_settings(settings, target)   # warm-up
         times = []
         for _ in range(repeats):

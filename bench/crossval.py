@@ -119,9 +119,10 @@ class CrossValidation:
 
 def choose(validation: dict[str, list[dict]], min_ratio: float) -> str:
     """The variant with the lowest pooled validation drop among those whose every run packs at least
-    `min_ratio` times smaller (ties and no such variant: the first)."""
+    `min_ratio` times smaller; a tie goes to the smaller packed size (no such variant: among all)."""
     fits = [arm for arm, runs in validation.items() if all((r["ratio"] or 0) >= min_ratio for r in runs)]
-    return min(fits or list(validation), key=lambda arm: pooled(validation[arm])[3])
+    return min(fits or list(validation),
+               key=lambda arm: (pooled(validation[arm])[3], -sum(r["ratio"] or 0 for r in validation[arm])))
 
 
 def cross_validate(model: str, variants: dict[str, Callable[[int], tuple]], controls: dict[str, Callable[[int], tuple]],

@@ -144,9 +144,12 @@ def test_recipes_load():
     assert prune["cnn-gradual"].schedule == "gradual"
     assert prune["mlp-2-4"].nm == "2:4" and specs["mlp-2-4"].model.sample == "digits-mlp"
     assert prune["mlp-obs-no-training"].reconstruct == "obs" and prune["mlp-obs-no-training"].finetune is None
-    packed = specs["mlp-40x-packed"].stages     # the clustering benchmark's recipe chosen by cross-validation
+    packed = specs["mlp-40x-packed"].stages     # the clustering benchmark's best full-width recipe
     assert (packed[0].schedule, packed[0].reconstruct, packed[0].rounds) == ("iterative", "obs", 11)
     assert (packed[1].clusters, packed[1].bias_clusters, packed[1].finetune.epochs) == (8, 32, 30)
+    thin = specs["mlp-thin-sparse-packed"].stages    # ... and the one it chose by cross-validation
+    assert [s.kind for s in thin] == ["structured", "finetune", "prune", "cluster"]
+    assert (thin[0].ratio, thin[2].sparsity, thin[2].rounds, thin[2].reconstruct) == (0.5, 0.65, 5, "obs")
 
 
 def test_weight_rewinding_after_a_transfer_keeps_the_new_head(tmp_path):

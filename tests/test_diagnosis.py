@@ -22,6 +22,7 @@ RUNS = {
     "fp16": ("mlp", [{"quantize": {"method": "fp16", "weight_bits": 16}}]),
     "weight_only": ("mlp", [{"quantize": {"method": "weight_only", "weight_bits": 4}}]),
     "structured": ("digits-mlp", [{"structured": {"ratio": 0.5}}]),
+    "thin_then_pruned": ("digits-mlp", [{"structured": {"ratio": 0.5}}, {"prune": {"sparsity": 0.7}}]),
     "two_stage": ("mlp", [{"prune": {"sparsity": 0.5}}, {"quantize": {"method": "fake", "weight_bits": 4}}]),
 }
 
@@ -111,6 +112,15 @@ def test_structured_compares_mac_and_latency_ratios(runs):
     realized = ratio / (base_macs / variant)
     assert f"{realized:.0%} at batch 1" in macs.explanation
     assert not [f for f in findings if "zero" in f.headline]   # physically removed, not masked
+
+
+def test_channels_removed_then_pruned_names_both_the_smaller_layers_and_the_dense_zeros(runs):
+    report, model = runs["thin_then_pruned"]
+    findings = diagnose(report, model_path=model)
+    dense = by_headline(findings, "70% of weights are zero but stored densely in the layers left by structured")
+    assert dense.kind == "cause" and "any speed here comes from the channels removed" in dense.explanation
+    assert f"{64 * 150 + 150 * 50 + 50 * 10:,} weights" in dense.explanation   # of the 64-150-50-10 model
+    assert by_headline(findings, "MACs fell").kind == "cause"
 
 
 def test_structured_widths_between_multiples_of_8_get_the_round_to_hint(runs):

@@ -518,3 +518,16 @@ def test_search_under_an_accuracy_bar_queues_candidates(isolated_home):
     sweep = Store(isolated_home).get_sweep(runs[0].sweep_id)
     assert len(runs) == 3 and sweep.kind == "search" and sweep.settings["max_drop"] == 0.5
     assert at.session_state["last_sweep"] == sweep.id   # Compare opens with it
+
+
+def test_a_search_with_clustering_keeps_32_bit_weights_and_ranks_by_weights_packed(isolated_home):
+    at = open_app(PAGE, query={"clusters": "8"}, session={"search_open": True})
+    assert any("(32-bit weights: clustered)" in c for c in texts(at))
+    at.radio(key="search_objective").set_value("packed").run()
+    at.number_input(key="search_trials").set_value(2).run()
+    at.button(key="launch_search").click().run()
+    assert not at.exception
+    runs = Store(isolated_home).list()
+    sweep = Store(isolated_home).get_sweep(runs[0].sweep_id)
+    assert sweep.settings["objective"] == "packed" and "bits" not in sweep.settings["space"]
+    assert all(s.kind != "quantize" for r in runs for s in RunSpec.from_dict(r.spec).stages)

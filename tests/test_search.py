@@ -163,3 +163,25 @@ def test_recommend_never_answers_nothing():
 
 def test_default_space_is_sparsity_by_bits():
     assert set(SPACE) == {"sparsity", "bits"} and 0.0 in SPACE["sparsity"] and 32 in SPACE["bits"]
+
+
+def test_the_packed_objective_recommends_the_smallest_weights_packed(tmp_path, tiny):
+    clustered = RunSpec.from_dict({**tiny.to_dict(), "stages": [{"cluster": {"clusters": 4}}]})
+    with pytest.raises(WorkbenchError, match="objective packed: the recipe has no cluster stage"):
+        search(Store(tmp_path), tiny, 100.0, trials=2, space={"sparsity": (0.0, 0.5)}, objective="packed")
+    with pytest.raises(WorkbenchError, match="space.bits: the recipe clusters its weights"):
+        search(Store(tmp_path), clustered, 100.0, trials=2, space={"sparsity": (0.5,), "bits": (32, 8)})
+    store = Store(tmp_path)
+    sweep_id, runs = search(store, clustered, 100.0, trials=2, space={"sparsity": (0.0, 0.5, 0.9)},
+                            objective="packed")   # sparsity 0 leaves the recipe as it is: not a candidate
+    for run in runs:
+        store.claim("w")
+        assert execute(store, run.id) == "succeeded"
+    summary = search_summary(store, sweep_id)
+    frame = summary.frame
+    assert frame["packed_kb"].gt(0).all() and frame["packed_x"].gt(1).all()
+    smallest = frame.sort_values("packed_kb").iloc[0]
+    assert smallest["sparsity"] == 0.9 and summary.recommended == smallest["id"]
+    assert "the smallest packed of the 2 candidate(s)" in summary.message and "weights.packed" in summary.message
+    by_size = search_summary(store, sweep_id, objective="size")   # the same candidates by gzip of the file
+    assert by_size.frame["packed_kb"].equals(frame["packed_kb"]) and "the smallest of" in by_size.message

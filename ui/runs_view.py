@@ -51,19 +51,8 @@ def reports(store: Store, runs: list[Run]) -> dict[int, dict]:
 
 
 def compare_frame(store: Store, runs: list[Run]) -> pd.DataFrame:
-    """compare.runs_frame, plus the packed size of runs that wrote weights.packed (clustering)."""
-    by_id = reports(store, runs)
-    return with_packed(compare.runs_frame(store, runs, by_id, file_name=uploads.display_name), by_id)
-
-
-def with_packed(df: pd.DataFrame, reports_by_id: dict[int, dict]) -> pd.DataFrame:
-    """`packed_kb` and `packed_x` (baseline file / packed bytes) from each report's final variant facts."""
-    packed = {i: ((r.get("variants") or [{}])[-1].get("facts") or {}).get("packed_bytes")
-              for i, r in reports_by_id.items()}
-    if df.empty or not any(packed.values()):
-        return df
-    size = df["id"].map(packed).astype(float)
-    return df.assign(packed_kb=size / 1024, packed_x=df["base_file_bytes"] / size)
+    """compare.runs_frame from the cached reports, files named as they were uploaded."""
+    return compare.runs_frame(store, runs, reports(store, runs), file_name=uploads.display_name)
 
 
 # --- the runs table ----------------------------------------------------------------------------
@@ -335,6 +324,7 @@ def table(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
                  key=lambda c: (c.split("@")[0], int(c.split("@")[1])))
     head, tail = TABLE_COLUMNS[:TABLE_COLUMNS.index("sparsity")], TABLE_COLUMNS[TABLE_COLUMNS.index("sparsity"):]
     cols = [c for c in head if c in df.columns] + lat + [c for c in tail if c in df.columns]
+    cols = [c for c in cols if not (c.startswith("packed_") and df[c].isna().all())]   # nothing clustered
     fmt = {c: st.column_config.NumberColumn(c, format="%.2fx") for c in cols if c.endswith("_x") or "speedup" in c}
     fmt |= {c: st.column_config.NumberColumn(c, format="%.1f") for c in cols if c.endswith("_kb")}
     fmt |= {c: st.column_config.NumberColumn(c, format="%.4f") for c in cols if "_ms@" in c}

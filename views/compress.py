@@ -154,7 +154,9 @@ if search.open:
         channels = held.loaded.kind == "torch" and st.toggle(
             "Also remove channels (structured 25% and 50%)", key="search_channels",
             help="adds structured pruning as a third axis: a real speedup, at an accuracy cost")
-        space = {"sparsity": SPACE["sparsity"], "bits": SPACE["bits"], **({"ratio": SEARCH_RATIOS} if channels else {})}
+        # clustering keeps 32-bit weights: a quantize stage after it would drop weights.packed
+        bits = {} if settings.clusters else {"bits": SPACE["bits"]}
+        space = {"sparsity": SPACE["sparsity"], **bits, **({"ratio": SEARCH_RATIOS} if channels else {})}
         planned = len(candidates(spec, space))
         samples = len(cache.splits(ref, data).test)
         max_drop = drop.number_input("Max accuracy drop (points)", 0.0, 100.0, 1.0, 0.25, key="search_drop",
@@ -166,9 +168,11 @@ if search.open:
         budget = minutes.number_input("Minutes (0: no limit)", 0, 600, 30, key="search_minutes",
                                       help="candidates still queued after this are cancelled; started ones finish")
         goal = objective.radio("Objective", list(OBJECTIVES), key="search_objective",
-                               help="size: the smallest gzip file meeting the bar; latency: the fastest")
-        st.caption(f"Candidates: sparsity {', '.join(f'{v:.0%}' for v in SPACE['sparsity'])} × bits "
-                   f"{', '.join(map(str, SPACE['bits']))}" + (" × channels removed 0/25/50%" if channels else "")
+                               help="size: the smallest gzip file meeting the bar; latency: the fastest; packed: "
+                                    "the smallest weights.packed (turn on weight clustering)")
+        st.caption(f"Candidates: sparsity {', '.join(f'{v:.0%}' for v in SPACE['sparsity'])}"
+                   + (f" × bits {', '.join(map(str, SPACE['bits']))}" if bits else " (32-bit weights: clustered)")
+                   + (" × channels removed 0/25/50%" if channels else "")
                    + " applied to this setting's recipe, coarse to fine (the first few already span the grid). "
                    "Every candidate is a measured run; Compare shows them against the bar with the Pareto set.")
         if st.button("Launch search", key="launch_search", disabled=bool(problems)):

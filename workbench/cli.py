@@ -608,6 +608,8 @@ def _add_queue_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_search_commands(sub: argparse._SubParsersAction, home: argparse.ArgumentParser) -> None:
+    from workbench.search import OBJECTIVES  # numpy and the store, no torch
+
     search = sub.add_parser("search", parents=[home], help="queue candidates under an accuracy bar as one sweep")
     search.add_argument("recipe", help="recipe (.yaml), model file or sample name")
     search.add_argument("--max-drop", type=float, required=True, help="tolerated accuracy drop (percentage points)")
@@ -616,15 +618,16 @@ def _add_search_commands(sub: argparse._SubParsersAction, home: argparse.Argumen
     search.add_argument("--sparsity", help="prune sparsities to try (0 = no pruning), e.g. 0,0.5,0.9")
     search.add_argument("--bits", help="bitwidths to try (32 = no quantization), e.g. 32,8,4")
     search.add_argument("--ratio", help="structured ratios to try (0 = none), e.g. 0,0.25,0.5; torch models only")
-    search.add_argument("--objective", choices=("size", "latency"), default="size",
-                        help="what the recommendation minimises among candidates meeting the bar")
+    search.add_argument("--objective", choices=tuple(OBJECTIVES), default="size",
+                        help="what the recommendation minimises among candidates meeting the bar: gzip of the "
+                             "file, latency, or weights.packed (a recipe with a cluster stage)")
     search.add_argument("--start-worker", action="store_true", help="start a background worker if none runs")
     search.add_argument("--wait", action="store_true", help="start a worker, wait for every candidate, summarise")
     search.set_defaults(func=_search)
     summary = sub.add_parser("search-summary", parents=[home], help="every candidate of a search against its bar")
     summary.add_argument("id", help="search (sweep) id")
     summary.add_argument("--max-drop", type=float, help="another bar than the search's own")
-    summary.add_argument("--objective", choices=("size", "latency"))
+    summary.add_argument("--objective", choices=tuple(OBJECTIVES))
     summary.add_argument("--json", action="store_true")
     summary.set_defaults(func=_search_summary)
 

@@ -237,7 +237,9 @@ def report_row(report: dict[str, Any]) -> dict[str, Any]:
     for metric in m["metrics"]:
         if f"base_{metric}" in row:
             row[f"d_{metric}"] = row[metric] - row[f"base_{metric}"]
-    for key in ("file", "gzip", "min_storage"):
+    # weights.packed (clustering): the weights in a purpose-built format; NaN for a run that wrote none
+    row["packed_bytes"] = (final.get("facts") or {}).get("packed_bytes") or np.nan
+    for key in ("file", "gzip", "min_storage", "packed"):
         row[f"{key}_x"] = row["base_file_bytes"] / row[f"{key}_bytes"] if row[f"{key}_bytes"] else np.nan
     for s in m["latency"]:
         ref = row.get(f"base_ort_ms@{s['batch_size']}")
@@ -319,7 +321,7 @@ def runs_frame(store: Store, runs: list[Run], reports: dict[int, dict] | None = 
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    for key in ("file", "gzip", "min_storage"):
+    for key in ("file", "gzip", "min_storage", "packed"):
         if f"{key}_bytes" in df:
             df[f"{key}_kb"] = df[f"{key}_bytes"] / 1024
     return df

@@ -15,7 +15,9 @@ Contract:
   measured baseline (accuracy; or 1 - top-1 agreement without labels), size (gzip of the exported
   file, measured) and ORT latency at the smallest batch; `meets_bar`, `pareto` (compare.pareto_front
   on the objective vs the metric, succeeded runs only), and a recommendation: the smallest (or
-  fastest) candidate meeting the bar, else the closest ones with a plain sentence.
+  fastest) candidate meeting the bar, else the closest ones with a plain sentence. Objective `packed` ranks by
+  the size of weights.packed (a recipe with a cluster stage; its space keeps 32-bit weights, since a quantize
+  stage after clustering would drop the packed weights).
 
 Non-goals: adaptive search (Bayesian, successive halving); every candidate is planned up front.
 """
@@ -41,7 +43,8 @@ if TYPE_CHECKING:
 
 SPACE: dict[str, tuple] = {"sparsity": (0.0, 0.5, 0.7, 0.8, 0.9, 0.95), "bits": (32, 8, 4)}
 AXES = ("sparsity", "bits", "ratio")
-OBJECTIVES = {"size": "gzip_kb", "latency": "latency_ms"}
+OBJECTIVES = {"size": "gzip_kb", "latency": "latency_ms", "packed": "packed_kb"}
+WORDS = {"size": "smallest", "latency": "fastest", "packed": "smallest packed"}
 CLOSEST = 3
 
 
@@ -105,6 +108,16 @@ def candidates(base: RunSpec, space: dict[str, Any] | None = None) -> list[RunSp
     return [apply_point(base, p) for p in coarse_to_fine(points, space)]
 
 
+def _check_packing(base: RunSpec, space: dict[str, Any], objective: str) -> None:
+    clusters = any(s.kind == "cluster" for s in base.stages)
+    if objective == "packed" and not clusters:
+        raise WorkbenchError("objective packed: the recipe has no cluster stage, so no candidate writes "
+                             "weights.packed; add one (Compress: Weight clustering) or search by size")
+    if clusters and any(b != 32 for b in space.get("bits", ())):
+        raise WorkbenchError("space.bits: the recipe clusters its weights, and a quantize stage after clustering "
+                             "would drop weights.packed; search bits 32 only (or drop the cluster stage)")
+
+
 def _check_bar(max_drop: float, objective: str) -> None:
     if not isinstance(max_drop, int | float) or max_drop < 0:
         raise WorkbenchError(f"max_drop: must be >= 0 percentage points, got {max_drop}")
@@ -122,6 +135,7 @@ def search(store: Store, base: RunSpec, max_drop: float, trials: int | None = No
         raise WorkbenchError(f"trials: must be >= 1, got {trials}")
     if minutes is not None and minutes <= 0:
         raise WorkbenchError(f"minutes: must be > 0, got {minutes}")
+    _check_packing(base, space if space is not None else SPACE, objective)
     planned = candidates(base, space)   # validates every candidate before anything is queued
     if not planned:
         raise WorkbenchError("space: every point leaves the recipe unchanged; nothing to try")
@@ -185,8 +199,8 @@ def candidate_frame(store: Store, runs: list[Run], max_drop: float, x: str) -> t
     drop = -100 * df[f"d_{metric}"] if f"d_{metric}" in df else 100 * (1 - out[metric])
     out["drop"] = drop.astype(float).round(4) + 0.0   # + 0.0: no "-0" for an unchanged accuracy
     out["acc_change"] = df.get("acc_change")   # beyond test-set noise, or not (None: an older run)
-    out["gzip_kb"] = df.get("gzip_kb", np.nan)
-    out["gzip_x"] = df.get("gzip_x", np.nan)
+    for column in ("gzip_kb", "gzip_x", "packed_kb", "packed_x"):
+        out[column] = df.get(column, np.nan)
     sizes = batch_sizes(df)
     out["latency_ms"] = df[f"ort_ms@{sizes[0]}"] if sizes else np.nan
     ok = (out["status"] == "succeeded") & out["drop"].notna()
@@ -210,8 +224,11 @@ def _describe(row: Any) -> str:
     structured = f" · structured {row['ratio']:.0%}" if row["ratio"] else ""
     smaller = f" ({row['gzip_x']:.1f}x smaller than the baseline file)" if row["gzip_x"] == row["gzip_x"] else ""
     noise = f" ({row.get('acc_change')})" if row.get("acc_change") in ("within noise", "identical") else ""
-    return (f"{row['label']}{structured}: drop {row['drop']:.2f} pt{noise}, gzip {row['gzip_kb']:.1f} KB{smaller}, "
-            f"{row['latency_ms']:.3f} ms")
+    packed = row.get("packed_kb")
+    packed = (f", weights.packed {packed:.1f} KB ({row['packed_x']:.1f}x smaller than the baseline file)"
+              if packed is not None and packed == packed else "")
+    return (f"{row['label']}{structured}: drop {row['drop']:.2f} pt{noise}, gzip {row['gzip_kb']:.1f} KB{smaller}"
+            f"{packed}, {row['latency_ms']:.3f} ms")
 
 
 def recommend(frame: pd.DataFrame, max_drop: float, objective: str) -> tuple[int | None, tuple[int, ...], str]:
@@ -223,7 +240,7 @@ def recommend(frame: pd.DataFrame, max_drop: float, objective: str) -> tuple[int
     later = f" {pending} still to run." if pending else ""
     if len(meeting):
         best = meeting.sort_values([x, "drop"]).iloc[0]
-        word = "smallest" if objective == "size" else "fastest"
+        word = WORDS[objective]
         return int(best["id"]), (), (
             f"Recommended: {_describe(best)}; the {word} of the {len(meeting)} candidate(s) within "
             f"{max_drop:g} pt ({len(done)} finished, {int(done['pareto'].sum())} on the Pareto front).{later}")

@@ -190,7 +190,7 @@ class CompressSettings:
         return stages[0] if stages else None
 
     def _method_stages(self, recovery: FinetuneSpec | None, always_prune: bool) -> list:
-        t = self.technique
+        t, first = self.technique, []
         if t == "distill":
             return [DistillSpec(width=self.width, epochs=self.distill_epochs, init=self.init)]
         if t == "lowrank":
@@ -201,16 +201,15 @@ class CompressSettings:
             main = PruneSpec(method=self.method, sparsity=0.5, nm=NM, exclude=self.exclude,
                              reconstruct=self._reconstruct(), calib_samples=self.calib_samples)
         elif self.sparsity > 0 or always_prune:
-            thin = self.thinning_stages(recovery)
+            first = self.thinning_stages(recovery)
             main = PruneSpec(method=self.method, scope=self.scope, sparsity=self.sparsity, schedule=self.schedule,
                              per_round=self.per_round, steps=self.steps, rewind=self._rewind,
                              finetune=recovery if self.iterative else None, exclude=self.exclude,
                              overrides=dict(self.overrides), reconstruct=self._reconstruct(),
                              calib_samples=self.calib_samples)
-            return thin + ([main, recovery] if recovery and not self.iterative else [main])
         else:
             return []
-        return [main, recovery] if recovery and not self.iterative else [main]
+        return first + ([main, recovery] if recovery and not self.iterative else [main])
 
     def thinning_stages(self, recovery: FinetuneSpec | None = None) -> list:
         """Unstructured with `thin`: the structured stage that first removes that share of channels per group
@@ -380,8 +379,8 @@ class CompressSettings:
         out += refused[:1]
         trains = self._training_steps()
         thins = self.technique == "unstructured" and self.thin and self.sparsity > 0
-        what = TORCH_ONLY.get(self.technique) or ("structured pruning" if thins else None) or (trains[0] if trains
-                                                                                              else None)
+        what = TORCH_ONLY.get(self.technique) or ("structured pruning" if thins else None)
+        what = what or (trains[0] if trains else None)
         if what and model_kind != "torch" and unconvertible:
             out.append(f"{what} needs torch modules, and this ONNX graph does not convert to them: {unconvertible}")
         elif trains and not has_train_data:

@@ -303,40 +303,41 @@ def render(times: list[dict], alloc: list[dict], details: dict, run_check: tuple
     return "\n".join(lines) + "\n"
 
 
-def search_section(summary, planned: int, seconds: float) -> list[str]:
+def candidates_lines(summary, keys: list[str], formats: dict[str, str]) -> list[str]:
+    """A search's candidates table (columns `keys`), its Pareto set and its recommendation."""
     frame = summary.frame
-    keys = ["id", "label", "status", "accuracy", "drop", "gzip_kb", "gzip_x", "latency_ms", "meets_bar", "pareto"]
     rows = [{k: row[k] for k in keys} for row in frame.to_dict(orient="records")]
-    counts = frame["status"].value_counts().to_dict()
+    return [*table(rows, formats), "", f"Pareto set: {', '.join(frame.loc[frame['pareto'], 'label'])}.", "",
+            summary.message, ""]
+
+
+def statuses(summary) -> str:
+    return ", ".join(f"{n} {s}" for s, n in summary.frame["status"].value_counts().to_dict().items())
+
+
+def search_section(summary, planned: int, seconds: float) -> list[str]:
+    keys = ["id", "label", "status", "accuracy", "drop", "gzip_kb", "gzip_x", "latency_ms", "meets_bar", "pareto"]
     return [
         "### A search on digits-mlp",
         "",
         f"`search(store, base, max_drop={SEARCH['max_drop']}, trials={SEARCH['trials']}, "
         f"minutes={SEARCH['minutes']:g})` over sparsity (0, 50, 70, 80, 90, 95%) × bits (32, 8, 4): "
-        f"{planned} candidates planned, the first {len(frame)} queued in coarse-to-fine order (farthest-point "
+        f"{planned} candidates planned, the first {len(summary.frame)} queued in coarse-to-fine order (farthest-point "
         "over the grid, from its centre). Base recipe: one-shot global magnitude pruning with recovery "
         f"fine-tuning ({RECOVERY['epochs']} epochs, lr {RECOVERY['lr']}, label smoothing "
         f"{RECOVERY['label_smoothing']}); 8 bits = static int8 (QDQ), 4 bits = MatMulNBits weight-only. Every "
         "candidate is a run in the store; drop = accuracy drop vs that run's own baseline (pt); gzip = gzip of "
         "the exported ONNX file (measured); latency = ORT median at batch 1; Pareto = not beaten on both gzip "
-        f"size and accuracy. Executed one at a time in {seconds / 60:.1f} min; statuses: "
-        f"{', '.join(f'{n} {s}' for s, n in counts.items())}.",
+        f"size and accuracy. Executed one at a time in {seconds / 60:.1f} min; statuses: {statuses(summary)}.",
         "",
-        *table(rows, {"accuracy": ".4f", "drop": "+.2f", "gzip_kb": ".1f", "gzip_x": ".1f", "latency_ms": ".4f"}),
-        "",
-        f"Pareto set: {', '.join(frame.loc[frame['pareto'], 'label'])}.",
-        "",
-        summary.message,
-        "",
+        *candidates_lines(summary, keys, {"accuracy": ".4f", "drop": "+.2f", "gzip_kb": ".1f", "gzip_x": ".1f",
+                                          "latency_ms": ".4f"}),
     ]
 
 
 def packed_section(summary, planned: int, seconds: float) -> list[str]:
-    frame = summary.frame
     keys = ["id", "label", "ratio", "status", "accuracy", "drop", "packed_kb", "packed_x", "gzip_x", "latency_ms",
             "meets_bar", "pareto"]
-    rows = [{k: row[k] for k in keys} for row in frame.to_dict(orient="records")]
-    counts = frame["status"].value_counts().to_dict()
     return [
         "### A search by weights.packed on digits-mlp",
         "",
@@ -349,15 +350,10 @@ def packed_section(summary, planned: int, seconds: float) -> list[str]:
         "(every parameter, decoded back exactly; not a file ONNX Runtime loads); Pareto = not beaten on both "
         f"packed size and accuracy. One 360-sample split and one seed: a drop under ~1.4 pt is within test-set "
         f"noise (the clustering section has seeds and cross-validation). Executed one at a time in "
-        f"{seconds / 60:.1f} min; statuses: {', '.join(f'{n} {s}' for s, n in counts.items())}.",
+        f"{seconds / 60:.1f} min; statuses: {statuses(summary)}.",
         "",
-        *table(rows, {"ratio": ".2f", "accuracy": ".4f", "drop": "+.2f", "packed_kb": ".2f", "packed_x": ".1f",
-                      "gzip_x": ".1f", "latency_ms": ".4f"}),
-        "",
-        f"Pareto set: {', '.join(frame.loc[frame['pareto'], 'label'])}.",
-        "",
-        summary.message,
-        "",
+        *candidates_lines(summary, keys, {"ratio": ".2f", "accuracy": ".4f", "drop": "+.2f", "packed_kb": ".2f",
+                                          "packed_x": ".1f", "gzip_x": ".1f", "latency_ms": ".4f"}),
     ]
 
 

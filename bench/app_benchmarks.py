@@ -109,7 +109,7 @@ def method_preview_latency(model: str, repeats: int = 10, path: Path | None = No
     rows = []
     for name, knobs in method_settings():
         settings = CompressSettings(**knobs)
-        reshapes = knobs["technique"] in ("structured", "distill") or settings.thinning_stages()
+        reshapes = knobs["technique"] in ("structured", "distill") or settings.thins_first
         target = factored if settings.technique == "lowrank" else layered if reshapes else \
             seeing if settings.method == "wanda" else subject
         preview_settings(settings, target)   # warm-up

@@ -262,7 +262,7 @@ def _preview(key: str, data_key: str, settings: CompressSettings) -> Preview:
         subject = dataclasses.replace(subject, factors=_factors(key))
     if settings.method == "wanda" and settings.technique in ("unstructured", "nm"):
         subject = dataclasses.replace(subject, rms=_rms(key, data_key, settings.calib_samples))
-    reshapes = settings.technique in ("structured", "distill") or settings.thinning_stages()
+    reshapes = settings.technique in ("structured", "distill") or settings.thins_first
     if reshapes and (held.loaded.kind == "onnx" or traced_kind(held.loaded.module)):
         converted, test, _ = _conversion(key, data_key)   # count on the layers a run would convert it to
         subject = with_layers(subject, converted.module, test) if converted is not None else subject

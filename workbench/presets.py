@@ -211,6 +211,11 @@ class CompressSettings:
             return []
         return first + ([main, recovery] if recovery and not self.iterative else [main])
 
+    @property
+    def thins_first(self) -> bool:
+        """Channels are removed before the weights are pruned (unstructured, `thin` and a sparsity above 0)."""
+        return self.technique == "unstructured" and self.thin > 0 and self.sparsity > 0
+
     def thinning_stages(self, recovery: FinetuneSpec | None = None) -> list:
         """Unstructured with `thin`: the structured stage that first removes that share of channels per group
         (the exact ratio: the zeros pruned afterwards leave no SIMD width to keep) and its recovery."""
@@ -378,8 +383,7 @@ class CompressSettings:
                    and (r := traced_reason(edit, traced, unconvertible))]
         out += refused[:1]
         trains = self._training_steps()
-        thins = self.technique == "unstructured" and self.thin and self.sparsity > 0
-        what = TORCH_ONLY.get(self.technique) or ("structured pruning" if thins else None)
+        what = TORCH_ONLY.get(self.technique) or ("structured pruning" if self.thins_first else None)
         what = what or (trains[0] if trains else None)
         if what and model_kind != "torch" and unconvertible:
             out.append(f"{what} needs torch modules, and this ONNX graph does not convert to them: {unconvertible}")

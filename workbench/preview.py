@@ -90,9 +90,9 @@ class Subject:
 def model_weights(loaded) -> tuple[dict[str, np.ndarray], int]:
     """(prunable weights as arrays, count of all other parameters) of a `models.LoadedModel`."""
     if loaded.module is not None:
-        from workbench.pruning import torch_weights
+        from workbench.pruning import torch_weight_arrays
 
-        weights = {n: p.detach().cpu().numpy().copy() for n, p in torch_weights(loaded.module).items()}
+        weights = torch_weight_arrays(loaded.module)
         total = sum(p.numel() for p in loaded.module.parameters())
     else:
         from onnx import numpy_helper
@@ -316,7 +316,7 @@ def preview_settings(settings: CompressSettings, subject: Subject) -> Preview:
     elif t == "lowrank":
         base = _lowrank(s, subject)
     else:
-        thinned = _thinned(s, subject) if s.thinning_stages() and s.sparsity > 0 else None
+        thinned = _thinned(s, subject) if s.thins_first else None
         on = thinned or subject
         spec = PruneSpec(method=s.method, sparsity=0.5, nm="2:4", exclude=s.exclude) if t == "nm" else \
             PruneSpec(method=s.method, scope=s.scope, sparsity=s.sparsity, exclude=s.exclude,
@@ -332,7 +332,7 @@ def preview_settings(settings: CompressSettings, subject: Subject) -> Preview:
             base = replace(base, numbers=(base.numbers[0], _macs_number(
                 on.macs, "computed", "multiply-adds per sample of the dense kernels: zeros are multiplied "
                 "too"), *base.numbers[1:]))
-        if s.thinning_stages() and s.sparsity > 0:
+        if s.thins_first:
             base = replace(base, gains=(_thinning_gain(s, subject, thinned), *base.gains))
     numbers = list(base.numbers)
     gains = [g for g in base.gains if g[0] != "bitwidth" or not s.uses_qat]
@@ -499,10 +499,10 @@ def _thinned(s: CompressSettings, subject: Subject) -> Subject | None:
     reshaped = _reshaped(s.thinning_stages()[0], subject)
     if reshaped is None:
         return None
-    from workbench.pruning import torch_output_axes, torch_weights
+    from workbench.pruning import torch_output_axes, torch_weight_arrays
 
     module = reshaped[0]
-    weights = {n: p.detach().cpu().numpy().copy() for n, p in torch_weights(module).items() if n in subject.weights}
+    weights = {n: w for n, w in torch_weight_arrays(module).items() if n in subject.weights}
     other = sum(p.numel() for p in module.parameters()) - sum(w.size for w in weights.values())
     # a Linear/Conv layer's multiply-adds per sample are its weight count times its output positions
     macs = {n: m * weights[n].size // subject.weights[n].size for n, m in subject.macs.items()} if subject.macs \

@@ -271,6 +271,11 @@ def torch_weights(module) -> dict:
     return {n: p for n, p in module.named_parameters() if n.endswith("weight") and p.dim() >= 2 and n not in tables}
 
 
+def torch_weight_arrays(module) -> dict:
+    """`torch_weights` as numpy copies (what previews and packing work on)."""
+    return {n: p.detach().cpu().numpy().copy() for n, p in torch_weights(module).items()}
+
+
 def weight_name(layer: str) -> str:
     """The parameter name of module `layer`'s weight ('' is the model itself)."""
     return f"{layer}.weight" if layer else "weight"

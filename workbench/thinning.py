@@ -17,7 +17,7 @@ import numpy as np
 
 from workbench.clustering import cluster_weights
 from workbench.packing import encode
-from workbench.pruning import compute_masks, torch_weights
+from workbench.pruning import compute_masks, torch_weight_arrays
 from workbench.specs import PruneSpec, StructuredSpec
 
 PERCENT = 100   # sparsities tried: whole percents
@@ -68,10 +68,6 @@ def same_bytes(module, example: tuple, ratio: float, sparsity: float = 0.9, clus
     """The full model at `sparsity` against a copy with `ratio` of its channels removed, in the same packed bytes."""
     from workbench.structured import prune_structured
 
-    full = packing(_weights(module), sparsity, clusters)
+    full = packing(torch_weight_arrays(module), sparsity, clusters)
     thinner, _ = prune_structured(module, example, StructuredSpec(ratio=ratio))
-    return SameBytes(full, lowest_fitting(_weights(thinner), full.bytes, clusters))
-
-
-def _weights(module) -> dict[str, np.ndarray]:
-    return {n: p.detach().cpu().numpy().copy() for n, p in torch_weights(module).items()}
+    return SameBytes(full, lowest_fitting(torch_weight_arrays(thinner), full.bytes, clusters))

@@ -82,6 +82,21 @@ def test_presets_set_the_knobs():
     assert at.slider(key="thin").value == 50 and at.slider(key="sparsity").value == 65
     assert at.radio(key="schedule").value == "iterative" and at.select_slider(key="clusters").value == 8
     assert metric(at, "parameters") == "17,600" and "'structured': {" in at.code[0].value
+    assert at.slider(key="thin_epochs").value == 30 and at.selectbox(key="lr").value == 0.003   # as the recipe
+
+
+def test_the_recovery_learning_rate_defaults_to_the_models_and_reaches_the_recipe(isolated_home):
+    at = open_app(PAGE)
+    at.slider(key="sparsity").set_value(80).run()
+    assert not [s for s in at.selectbox if s.key == "lr"]   # no training, no learning rate
+    at.slider(key="epochs").set_value(5).run()
+    lr = at.selectbox(key="lr")
+    assert lr.value == 0.0 and lr.format_func(0.0) == "the model's (0.01)"
+    assert launched_spec(at, isolated_home).stages[1].lr == 0.01
+    lr.set_value(0.003).run()
+    assert not at.exception and launched_spec(at, isolated_home).stages[1].lr == 0.003
+    assert any(t.endswith("+ 5 ep recovery at lr 0.003") for t in texts(at) if t.startswith("**This setting:**"))
+    assert open_app(PAGE, query={"sparsity": "80", "epochs": "5", "lr": "0.003"}).selectbox(key="lr").value == 0.003
 
 
 def test_structured_knobs_give_a_structured_stage_and_a_counted_preview(isolated_home):
@@ -110,8 +125,11 @@ def test_channels_first_knob_previews_the_thinner_model_and_reaches_the_recipe(i
     assert metric(at, "parameters") == "17,600" and metric(at, "nonzero") == "6,160"   # 64-150-50-10, 35% kept
     assert "real" in gain(at, "channels first") and "50,200 -> 17,600 weights" in gain(at, "channels first")
     assert open_app(PAGE, query={"thin": "50"}).slider(key="thin").value == 50   # bound to the link
-    structured, prune = launched_spec(at, isolated_home).stages
+    structured, recovery, prune = launched_spec(at, isolated_home).stages
     assert (structured.kind, structured.ratio, prune.kind, prune.sparsity) == ("structured", 0.5, "prune", 0.65)
+    assert (recovery.epochs, recovery.lr) == (30, 0.01)    # recovers from the removed channels unless told not to
+    at.slider(key="thin_epochs").set_value(0).run()
+    assert [s.kind for s in launched_spec(at, isolated_home).stages] == ["structured", "prune"]
     at.slider(key="sparsity").set_value(0).run()
     assert any("Channels first applies with a sparsity above 0" in t for t in texts(at))
     assert metric(at, "parameters") == "50,200"

@@ -1,9 +1,11 @@
 """workbench.presets: each method's knobs give the expected recipe stages, recipes read back, sweeps, problems."""
 
+from pathlib import Path
+
 import pytest
 
 from workbench.jobs import expand_grid
-from workbench.presets import CompressSettings
+from workbench.presets import PRESETS, RECOVERY_LRS, CompressSettings, preset_spec
 from workbench.specs import (
     ClusterSpec,
     DataRef,
@@ -14,9 +16,10 @@ from workbench.specs import (
     RunSpec,
     SpecError,
     StructuredSpec,
+    load_recipe,
 )
 
-MLP = ModelRef(sample="digits-mlp")
+MLP, VIT = ModelRef(sample="digits-mlp"), ModelRef(sample="digits-vit")
 
 
 def kinds(settings: CompressSettings) -> list[str]:
@@ -78,7 +81,8 @@ def test_channels_first_removes_channels_recovers_then_prunes_the_rest():
     assert kinds(CompressSettings(thin=0.3, sparsity=0.8)) == ["structured", "prune"]   # no training asked for
     assert kinds(CompressSettings(thin=0.3)) == []                        # nothing pruned: no channels either
     assert kinds(CompressSettings(technique="nm", thin=0.3)) == ["prune"]   # unstructured pruning's knob only
-    assert iterative.describe().startswith("50% channels removed, then 65% magnitude/global iterative")
+    assert iterative.describe().startswith("50% channels removed + 20 ep recovery, then 65% magnitude/global "
+                                           "iterative")
     assert iterative.stages(MLP)[-1].bias_clusters is None   # biases float16 unless asked
     shared = CompressSettings(sparsity=0.9, clusters=8, bias_clusters=32)
     assert shared.stages(MLP)[-1].bias_clusters == 32 and "k=8 clustering (biases k=32)" in shared.describe()
@@ -90,6 +94,38 @@ def test_channels_first_removes_channels_recovers_then_prunes_the_rest():
     assert onnx[0].startswith("structured pruning needs torch modules")
     with pytest.raises(SpecError, match=r"^thin: must be in \[0, 1\), got 1.0"):
         CompressSettings(thin=1.0)
+
+
+def test_channels_first_recovery_and_the_rounds_learning_rate_are_knobs_of_their_own():
+    split = CompressSettings(thin=0.5, thin_epochs=30, sparsity=0.65, epochs=20, lr=0.003, schedule="iterative")
+    structured, recovery, prune = split.stages(MLP)
+    assert (recovery.epochs, recovery.lr) == (30, 0.01)            # after the channels: the model's own lr
+    assert (prune.finetune.epochs, prune.finetune.lr) == (20, 0.003)
+    assert "50% channels removed + 30 ep recovery" in split.describe()
+    assert "20 ep recovery per round at lr 0.003" in split.describe()
+    no_recovery = CompressSettings(thin=0.5, thin_epochs=0, sparsity=0.8, epochs=5)
+    assert kinds(no_recovery) == ["structured", "prune", "finetune"]
+    only_after_channels = CompressSettings(thin=0.5, thin_epochs=10, sparsity=0.8)
+    assert kinds(only_after_channels) == ["structured", "finetune", "prune"]
+    assert only_after_channels.problems("torch", has_train_data=False)[0].startswith(
+        "recovery fine-tuning needs training data")
+    assert CompressSettings(technique="lowrank", epochs=3, lr=3e-4).stages(MLP)[0].finetune.lr == 3e-4
+    assert CompressSettings(technique="structured", epochs=3).stages(VIT)[1].lr == 1e-3   # 0: the model's
+    for settings in (split, no_recovery, only_after_channels, CompressSettings(sparsity=0.5, epochs=3, lr=0.03)):
+        assert CompressSettings.from_spec(settings.to_spec(MLP)) == settings
+    assert CompressSettings.from_spec(CompressSettings(sparsity=0.5, epochs=3).to_spec(VIT)).lr == 0.0
+    with pytest.raises(SpecError, match=r"^lr: must be in \[0, 1\)"):
+        CompressSettings(lr=-0.1)
+    with pytest.raises(SpecError, match="^thin_epochs: must be an integer"):
+        CompressSettings(thin_epochs=51)
+
+
+def test_the_smallest_packed_preset_is_the_benchmarked_recipe():
+    recipe = load_recipe(Path(__file__).parent.parent / "recipes" / "mlp-thin-sparse-packed.yaml")
+    preset = preset_spec("Smallest packed: channels first + 65% + k=8", recipe.model, recipe.data)
+    assert preset.stages == recipe.stages
+    assert CompressSettings.from_spec(recipe) == PRESETS["Smallest packed: channels first + 65% + k=8"].settings
+    assert all(p.settings.lr in (0.0, *RECOVERY_LRS) for p in PRESETS.values())   # the app's choices
 
 
 def test_bad_knobs_name_the_field():

@@ -18,7 +18,9 @@ from workbench.presets import (
     MAX_DISTILL_EPOCHS,
     MAX_RECOVERY_EPOCHS,
     QAT_BITS,
+    RECOVERY_LRS,
     TECHNIQUES,
+    model_lr,
 )
 from workbench.specs import (
     CALIBRATIONS,
@@ -56,6 +58,14 @@ THIN_HELP = ("Remove this share of the channels / neurons of every layer first (
              "neurons first then 65% (recipes/mlp-thin-sparse-packed.yaml) packs smaller at no larger drop than 90% "
              "of the full model (BENCHMARKS.md, clustering section). Torch models, and ONNX graphs through their "
              "conversion")
+THIN_EPOCHS_HELP = ("Fine-tuning right after the channels are removed, before any weight is pruned, at the model's "
+                    "own learning rate (not the recovery learning rate below): removing channels is a bigger change "
+                    "than a round of pruning. The benchmarked recipe recovers 30 epochs at 0.01, then retrains each "
+                    "round 20 epochs at 0.003")
+LR_HELP = ("Adam's peak learning rate for the recovery fine-tuning (each round's, when pruning in rounds), decayed "
+           "by a cosine. The model's: 0.01 for the digits MLP and CNN, 0.001 for the ViT and for uploaded models. A "
+           "lower one keeps more of what the model learnt, a higher one recovers from bigger changes. The centroid "
+           "fine-tune of clustering keeps a tenth of the model's")
 CALIB_SAMPLES_HELP = ("How many training inputs reconstruction and wanda read (a fixed random draw, so a training "
                       "file sorted by class still gives every class; all of them when it has fewer). Their time "
                       "grows with it: lower it for large models (Wanda's and SparseGPT's papers use 128)")
@@ -69,8 +79,13 @@ def method_knobs() -> str:
      "lowrank": _lowrank}[technique]()
     if technique != "distill":
         per_round = " per round" if technique == "unstructured" and st.session_state["schedule"] != "oneshot" else ""
-        st.slider(f"Recovery fine-tuning epochs{per_round}", 0, MAX_RECOVERY_EPOCHS, key="epochs", **SHARED,
-                  help="training after the change that keeps pruned weights zero; torch models with training data")
+        epochs = st.slider(f"Recovery fine-tuning epochs{per_round}", 0, MAX_RECOVERY_EPOCHS, key="epochs", **SHARED,
+                           help="training after the change that keeps pruned weights zero; torch models with "
+                                "training data")
+        if epochs:
+            own = model_lr(state.current_model())
+            st.selectbox("Recovery learning rate", (0.0, *RECOVERY_LRS), key="lr", **SHARED, help=LR_HELP,
+                         format_func=lambda lr: f"{lr:g}" if lr else f"the model's ({own:g})")
     return technique
 
 
@@ -84,6 +99,9 @@ def _unstructured() -> None:
         if thin and not st.session_state.get("sparsity"):
             st.caption("Channels first applies with a sparsity above 0; for channels alone, pick the structured "
                        "method.")
+        elif thin:
+            st.slider("Recovery after removing channels (epochs)", 0, MAX_RECOVERY_EPOCHS, DEFAULT["thin_epochs"],
+                      key="thin_epochs", help=THIN_EPOCHS_HELP, **SHARED)
         st.radio("Pruning", PRUNE_METHODS, key="method", horizontal=True, **SHARED,
                  help="magnitude: drop the smallest |weight|; random: a baseline to compare with; lamp: "
                       "magnitude rescaled per layer (Lee et al. 2021), so a global cut spreads over the layers "

@@ -12,12 +12,12 @@ Session-state keys other pages may read:
   "batch", "threads", "eager"  how runs measure (ui.measure_knobs, on the Model and Compress pages) -> measure_spec()
 URL: ?model=<sample name | uploaded file name>&arch=<arch>&data=<digits | uploaded file name>&label=<column>
      &train=<uploaded training file name> plus the bound widgets: technique, sparsity (percent), bits, method,
-     scope, int8, calibration, epochs, schedule, per_round (percent), steps, rewind, reconstruct, calib_samples,
-     thin (percent), ratio (percent), round8, width (percent), distill_epochs, init, energy (percent), clusters,
-     cluster_epochs, bias_clusters, qat, qat_epochs, qat_act8, retrain_head, transfer_backbone, classes and
-     exclude (repeated), overrides (JSON {layer: sparsity}, set by the sensitivity allocation, not a widget) and
-     layer_bits (JSON {"method": "fake" | "weight_only", "bits": {layer: bits}}, set by the bits allocation);
-     batch (repeated), threads and eager (how runs measure).
+     scope, int8, calibration, epochs, lr (0: the model's), schedule, per_round (percent), steps, rewind,
+     reconstruct, calib_samples, thin (percent), thin_epochs, ratio (percent), round8, width (percent),
+     distill_epochs, init, energy (percent), clusters, cluster_epochs, bias_clusters, qat, qat_epochs, qat_act8,
+     retrain_head, transfer_backbone, classes and exclude (repeated), overrides (JSON {layer: sparsity}, set by
+     the sensitivity allocation, not a widget) and layer_bits (JSON {"method": "fake" | "weight_only", "bits":
+     {layer: bits}}, set by the bits allocation); batch (repeated), threads and eager (how runs measure).
 """
 
 from __future__ import annotations
@@ -42,15 +42,16 @@ DEFAULT_SAMPLE = "digits-mlp"
 # the Compress widgets: key (= URL parameter) -> default. Every default here is its widget's first option, so
 # a bound widget drops the parameter from the URL exactly when the value is the default.
 COMPRESS_DEFAULTS = {"technique": "unstructured", "sparsity": 0, "bits": 32, "method": "magnitude",
-                     "scope": "global", "int8": "static", "calibration": "minmax", "epochs": 0, "schedule": "oneshot",
+                     "scope": "global", "int8": "static", "calibration": "minmax", "epochs": 0, "lr": 0.0,
+                     "schedule": "oneshot",
                      "rewind": "lr", "reconstruct": "none", "thin": 0, "init": "teacher", "clusters": 0,
                      "cluster_epochs": 0, "bias_clusters": 0, "qat": False, "qat_act8": False, "retrain_head": False,
                      "transfer_backbone": False, "classes": [],
                      "exclude": []}
 # ...and those whose default is not their first option: the page passes it as the widget's value (percent
 # for fractions), so they are not put into the session state before the widget exists
-COMPRESS_VALUES = {"per_round": 20, "steps": 10, "ratio": 50, "width": 50, "distill_epochs": 30, "energy": 90,
-                   "qat_epochs": 5, "round8": True, "calib_samples": CompressSettings.calib_samples}
+COMPRESS_VALUES = {"per_round": 20, "steps": 10, "thin_epochs": 30, "ratio": 50, "width": 50, "distill_epochs": 30,
+                   "energy": 90, "qat_epochs": 5, "round8": True, "calib_samples": CompressSettings.calib_samples}
 # Test/dev knob: WORKBENCH_FAST_MEASURE=1 makes runs launched from the app (and the Model page baseline)
 # measure quickly and roughly. Never use it for numbers you report.
 FAST_MEASURE_ENV = "WORKBENCH_FAST_MEASURE"
@@ -163,9 +164,10 @@ def compress_settings() -> CompressSettings:
     method, bits = layer_bits()
     return CompressSettings(
         technique=v["technique"], sparsity=v["sparsity"] / 100, bits=v["bits"], method=v["method"], scope=v["scope"],
-        int8=v["int8"], calibration=v["calibration"], epochs=v["epochs"], schedule=v["schedule"],
+        int8=v["int8"], calibration=v["calibration"], epochs=v["epochs"], lr=v["lr"], schedule=v["schedule"],
         per_round=v["per_round"] / 100, steps=v["steps"], rewind=v["rewind"],
-        reconstruct=v["reconstruct"], calib_samples=v["calib_samples"], thin=v["thin"] / 100, ratio=v["ratio"] / 100,
+        reconstruct=v["reconstruct"], calib_samples=v["calib_samples"], thin=v["thin"] / 100,
+        thin_epochs=None if v["thin_epochs"] == v["epochs"] else v["thin_epochs"], ratio=v["ratio"] / 100,
         round_to=8 if v["round8"] else None, width=v["width"] / 100, distill_epochs=v["distill_epochs"],
         init=v["init"], energy=v["energy"] / 100, clusters=v["clusters"], cluster_epochs=v["cluster_epochs"],
         bias_clusters=v["bias_clusters"],
@@ -180,9 +182,10 @@ def apply_settings(settings: CompressSettings) -> None:
     s = settings
     st.session_state.update(
         technique=s.technique, sparsity=round(s.sparsity * 100), bits=s.bits, method=s.method, scope=s.scope,
-        int8=s.int8, calibration=s.calibration, epochs=s.epochs, schedule=s.schedule,
+        int8=s.int8, calibration=s.calibration, epochs=s.epochs, lr=s.lr, schedule=s.schedule,
         per_round=round(s.per_round * 100), steps=s.steps, rewind=s.rewind,
-        reconstruct=s.reconstruct, calib_samples=s.calib_samples, thin=round(s.thin * 100), ratio=round(s.ratio * 100),
+        reconstruct=s.reconstruct, calib_samples=s.calib_samples, thin=round(s.thin * 100),
+        thin_epochs=s.thin_recovery_epochs, ratio=round(s.ratio * 100),
         round8=s.round_to == 8, width=round(s.width * 100), distill_epochs=s.distill_epochs, init=s.init,
         energy=round(s.energy * 100), clusters=s.clusters, cluster_epochs=s.cluster_epochs,
         bias_clusters=s.bias_clusters, qat=s.qat,

@@ -59,10 +59,11 @@ MAX_DISTILL_EPOCHS = 100
 # recovery fine-tuning lr per sample (the transformer diverges at 0.01; it was trained at 1e-3, see bench/)
 RECOVERY_LR = {"digits-mlp": 0.01, "digits-cnn": 0.01, "digits-vit": 1e-3}
 DEFAULT_RECOVERY_LR = 1e-3      # unknown models: the cautious choice
+RECOVERY_LRS = (0.03, 0.01, 0.003, 0.001, 3e-4, 1e-4)   # the app's choices for `CompressSettings.lr`
 RECOVERY_LABEL_SMOOTHING = 0.1
-# a shared value moves every weight of its cluster at once: a tenth of the recovery lr (the clustering
-# benchmark's centroid fine-tune: 0.001 on digits-mlp)
-CENTROID_LR_FACTOR = 0.1
+# a shared value moves every weight of its cluster at once: a tenth of the model's recovery lr (the
+# clustering benchmark's centroid fine-tune: 0.001 on digits-mlp)
+CENTROID_LR_DIVISOR = 10
 # the main knob a sweep varies per method (grid key for workbench.jobs.apply_setting); N:M has none
 SWEEP_KEYS = {"unstructured": "sparsity", "structured": "structured.ratio", "distill": "distill.width",
               "lowrank": "lowrank.energy"}
@@ -78,6 +79,7 @@ class CompressSettings:
     int8: str = "static"           # the int8 kind when bits == 8 (post-training)
     calibration: str = "minmax"
     epochs: int = 0                # recovery fine-tuning; per round when the schedule is iterative/gradual
+    lr: float = 0.0                # its learning rate (0: the model's, RECOVERY_LR)
     schedule: str = "oneshot"
     per_round: float = 0.2         # iterative: fraction of the survivors pruned per round
     steps: int = 10                # gradual: rounds of the cubic schedule
@@ -85,6 +87,7 @@ class CompressSettings:
     reconstruct: str = "none"      # unstructured and N:M: solve the kept weights on calibration inputs
     calib_samples: int = PruneSpec.calib_samples   # inputs that reconstruction and method wanda read
     thin: float = 0.0              # unstructured: first remove this fraction of channels per group (structured)
+    thin_epochs: int | None = None   # and recover this long, at the model's lr (None: `epochs`)
     ratio: float = 0.5             # structured: fraction of channels removed per group
     round_to: int | None = 8       # structured: keep channel counts multiples of this (None: the exact ratio)
     width: float = 0.5             # distill: fraction of channels the student keeps
@@ -119,10 +122,13 @@ class CompressSettings:
         _one_of(self.clusters, (0, *range(2, 257)), "clusters")
         _one_of(self.bias_clusters, (0, *range(2, 257)), "bias_clusters")
         for name, low, top in (("epochs", 0, MAX_RECOVERY_EPOCHS), ("cluster_epochs", 0, MAX_RECOVERY_EPOCHS),
-                               ("qat_epochs", 0, MAX_RECOVERY_EPOCHS), ("distill_epochs", 1, MAX_DISTILL_EPOCHS)):
+                               ("thin_epochs", 0, MAX_RECOVERY_EPOCHS), ("qat_epochs", 0, MAX_RECOVERY_EPOCHS),
+                               ("distill_epochs", 1, MAX_DISTILL_EPOCHS)):
             value = getattr(self, name)
-            if not (isinstance(value, int) and low <= value <= top):
+            if not (isinstance(value, int) and low <= value <= top) and not (name == "thin_epochs" and value is None):
                 raise SpecError(f"{name}: must be an integer in {low}..{top}, got {value!r}")
+        if not (isinstance(self.lr, int | float) and 0 <= self.lr < 1):
+            raise SpecError(f"lr: must be in [0, 1) (0: the model's own), got {self.lr!r}")
         # the spec classes validate their own fields (fractions, steps, widths, energies)
         PruneSpec(sparsity=self.sparsity, per_round=self.per_round, steps=self.steps, rewind=self.rewind,
                   overrides=dict(self.overrides), exclude=self.exclude, calib_samples=self.calib_samples)
@@ -160,9 +166,9 @@ class CompressSettings:
     def stages(self, model: ModelRef | None = None, always_prune: bool = False) -> tuple:
         """The recipe stages: [transfer], the method (+ recovery), [cluster], then quantize or QAT. The model
         picks the fine-tuning learning rates (without one: the defaults, enough to ask what the stages do)."""
-        recovery = recovery_finetune(model, self.epochs) if self.epochs else None
+        recovery = recovery_finetune(model, self.epochs, self.lr) if self.epochs else None
         stages: list = [TransferSpec(train_backbone=self.transfer_backbone)] if self.transfers else []
-        stages += self._method_stages(recovery, always_prune)
+        stages += self._method_stages(recovery, always_prune, model)
         if self.clusters:
             tune = centroid_finetune(model, self.cluster_epochs) if self.cluster_epochs else None
             stages.append(ClusterSpec(clusters=self.clusters, finetune=tune, bias_clusters=self.bias_clusters or None))
@@ -186,10 +192,10 @@ class CompressSettings:
     @property
     def method_stage(self):
         """The stage that applies the method, without recovery (None when nothing is pruned)."""
-        stages = self._method_stages(None, False)
+        stages = self._method_stages(None, False, None)
         return stages[0] if stages else None
 
-    def _method_stages(self, recovery: FinetuneSpec | None, always_prune: bool) -> list:
+    def _method_stages(self, recovery: FinetuneSpec | None, always_prune: bool, model: ModelRef | None) -> list:
         t, first = self.technique, []
         if t == "distill":
             return [DistillSpec(width=self.width, epochs=self.distill_epochs, init=self.init)]
@@ -201,7 +207,7 @@ class CompressSettings:
             main = PruneSpec(method=self.method, sparsity=0.5, nm=NM, exclude=self.exclude,
                              reconstruct=self._reconstruct(), calib_samples=self.calib_samples)
         elif self.sparsity > 0 or always_prune:
-            first = self.thinning_stages(recovery)
+            first = self.thinning_stages(model)
             main = PruneSpec(method=self.method, scope=self.scope, sparsity=self.sparsity, schedule=self.schedule,
                              per_round=self.per_round, steps=self.steps, rewind=self._rewind,
                              finetune=recovery if self.iterative else None, exclude=self.exclude,
@@ -216,12 +222,22 @@ class CompressSettings:
         """Channels are removed before the weights are pruned (unstructured, `thin` and a sparsity above 0)."""
         return self.technique == "unstructured" and self.thin > 0 and self.sparsity > 0
 
-    def thinning_stages(self, recovery: FinetuneSpec | None = None) -> list:
+    def thinning_stages(self, model: ModelRef | None = None) -> list:
         """Unstructured with `thin`: the structured stage that first removes that share of channels per group
-        (the exact ratio: the zeros pruned afterwards leave no SIMD width to keep) and its recovery."""
+        (the exact ratio: the zeros pruned afterwards leave no SIMD width to keep) and its recovery:
+        `thin_recovery_epochs` at the model's own learning rate, not `lr`. Removing channels is a bigger
+        change than a round of pruning: the benchmarked recipe recovers from it at 0.01 and retrains its
+        rounds at 0.003."""
         if self.technique != "unstructured" or not self.thin:
             return []
-        return [StructuredSpec(ratio=self.thin, exclude=self.exclude), *([recovery] if recovery else [])]
+        epochs = self.thin_recovery_epochs
+        return [StructuredSpec(ratio=self.thin, exclude=self.exclude),
+                *([recovery_finetune(model, epochs)] if epochs else [])]
+
+    @property
+    def thin_recovery_epochs(self) -> int:
+        """Epochs of the recovery after the channels are removed first: `thin_epochs`, else `epochs`."""
+        return self.epochs if self.thin_epochs is None else self.thin_epochs
 
     @property
     def _rewind(self) -> str:
@@ -277,6 +293,9 @@ class CompressSettings:
         tune = first["finetune"]
         if first["structured"] and first["prune"] and first["prune"].nm is None:
             values["thin"] = first["structured"].ratio   # channels removed first, then the weights pruned
+            thin_tune = _tune_after(spec, first["structured"])
+            values["thin_epochs"] = min(thin_tune.epochs, MAX_RECOVERY_EPOCHS) if thin_tune else 0
+            tune = _tune_after(spec, first["prune"])
         if first["structured"] and "thin" not in values:
             s = first["structured"]
             values.update(technique="structured", ratio=s.ratio, round_to=s.round_to, exclude=s.exclude)
@@ -295,10 +314,13 @@ class CompressSettings:
             else:
                 values.update(sparsity=p.sparsity, scope=p.scope, schedule=p.schedule, per_round=p.per_round,
                               steps=p.steps, rewind=p.rewind, overrides=tuple(p.overrides.items()))
-                tune = p.finetune if p.schedule != "oneshot" and not values.get("thin") else tune
+                tune = p.finetune if p.schedule != "oneshot" else tune
             values.update(reconstruct=p.reconstruct, calib_samples=p.calib_samples)
         if tune:
             values["epochs"] = min(tune.epochs, MAX_RECOVERY_EPOCHS)
+            values["lr"] = 0.0 if tune.lr == model_lr(spec.model) else tune.lr
+        if values.get("thin_epochs") == values.get("epochs", 0):
+            values["thin_epochs"] = None   # the same as the recovery's: the default
         values.update(_cluster_values(first["cluster"]))
         values.update(_quant_values(first["quantize"], first["qat"]))
         if first["transfer"] and spec.data.classes:
@@ -313,7 +335,8 @@ class CompressSettings:
         """A short label, e.g. '90% magnitude/global + 30 ep recovery + int8 static'."""
         parts = [self._describe_method() + self._describe_layers()] if self._describe_method() else []
         if self.epochs and self.technique != "distill" and parts:
-            parts.append(f"{self.epochs} ep recovery" + (" per round" if self.iterative else ""))
+            parts.append(f"{self.epochs} ep recovery" + (" per round" if self.iterative else "")
+                         + (f" at lr {self.lr:g}" if self.lr else ""))
         if self.clusters:
             parts.append(f"k={self.clusters} clustering" + (f" (biases k={self.bias_clusters})" if self.bias_clusters
                                                            else "")
@@ -348,7 +371,9 @@ class CompressSettings:
             return f"low-rank {self.energy:.0%} energy"
         if self.sparsity <= 0:
             return ""
-        thin = f"{self.thin:.0%} channels removed, then " if self.thin else ""
+        epochs = self.thin_recovery_epochs
+        thin = (f"{self.thin:.0%} channels removed" + (f" + {epochs} ep recovery" if epochs else "")
+                + ", then ") if self.thin else ""
         rounds = {"iterative": f" iterative {self.per_round:.0%}/round", "gradual": f" gradual {self.steps} steps"}
         rewind = {"lr": ", LR rewinding", "none": ", fine-tuning", "weight": ", weight rewinding"}
         return (f"{thin}{self.sparsity:.0%} {self.method}/{self.scope}{rounds.get(self.schedule, '')}"
@@ -411,13 +436,20 @@ class CompressSettings:
         steps = ["transfer"] if self.transfers else []
         if self.technique == "distill":
             steps.append("distillation")
-        elif self.epochs and (self.technique != "unstructured" or self.sparsity > 0):
+        elif self.epochs and (self.technique != "unstructured" or self.sparsity > 0) or (
+                self.thins_first and self.thin_recovery_epochs):
             steps.append("recovery fine-tuning")
         if self.clusters and self.cluster_epochs:
             steps.append("centroid fine-tuning")
         if self.uses_qat:
             steps.append("quantization-aware training")
         return steps
+
+
+def _tune_after(spec: RunSpec, stage) -> FinetuneSpec | None:
+    """The fine-tuning stage right after `stage` in the recipe, if that is one."""
+    index = spec.stages.index(stage) + 1
+    return spec.stages[index] if index < len(spec.stages) and spec.stages[index].kind == "finetune" else None
 
 
 def _one_of(value, allowed: tuple, name: str) -> None:
@@ -448,16 +480,19 @@ def _quant_values(quant: QuantSpec | None, qat: QATSpec | None) -> dict:
             "int8": quant.method if quant.method in INT8_KINDS else "static"}
 
 
-def recovery_finetune(model: ModelRef | None, epochs: int) -> FinetuneSpec:
-    """Masked recovery fine-tuning with the lr that suits the model (see `RECOVERY_LR`; None: the default)."""
-    lr = RECOVERY_LR.get(model and (model.sample or model.arch) or "", DEFAULT_RECOVERY_LR)
-    return FinetuneSpec(epochs=epochs, lr=lr, label_smoothing=RECOVERY_LABEL_SMOOTHING)
+def model_lr(model: ModelRef | None) -> float:
+    """The recovery learning rate that suits the model (see `RECOVERY_LR`; None: the default)."""
+    return RECOVERY_LR.get(model and (model.sample or model.arch) or "", DEFAULT_RECOVERY_LR)
+
+
+def recovery_finetune(model: ModelRef | None, epochs: int, lr: float = 0.0) -> FinetuneSpec:
+    """Masked recovery fine-tuning at `lr` (0: the model's, `model_lr`)."""
+    return FinetuneSpec(epochs=epochs, lr=lr or model_lr(model), label_smoothing=RECOVERY_LABEL_SMOOTHING)
 
 
 def centroid_finetune(model: ModelRef | None, epochs: int) -> FinetuneSpec:
-    """Fine-tuning of clustered weights' shared values (see `CENTROID_LR_FACTOR`)."""
-    recovery = recovery_finetune(model, epochs)
-    return dataclasses.replace(recovery, lr=recovery.lr * CENTROID_LR_FACTOR)
+    """Fine-tuning of clustered weights' shared values (see `CENTROID_LR_DIVISOR`)."""
+    return recovery_finetune(model, epochs, model_lr(model) / CENTROID_LR_DIVISOR)
 
 
 @dataclass(frozen=True)
@@ -495,14 +530,14 @@ PRESETS: dict[str, Preset] = {
         "epochs of centroid fine-tuning, entropy-coded into weights.packed: that file's size is real; the "
         "ONNX file stays float32 and runs at float speed"),
     "Smallest packed: channels first + 65% + k=8": Preset(
-        CompressSettings(thin=0.5, sparsity=0.65, epochs=20, schedule="iterative", per_round=0.2,
-                         reconstruct="obs", clusters=8, cluster_epochs=30, bias_clusters=32),
-        "remove half the channels/neurons first (a really smaller, faster dense model), recover, then prune the "
-        "remaining weights to 65% in rounds (20 epochs each, OBS repair), 8 shared values with 30 epochs of "
-        "centroid fine-tuning, entropy-coded into weights.packed. Fewer, denser weights cost fewer bytes than 90% "
-        "of the full model; biases share 32 values. recipes/mlp-thin-sparse-packed.yaml is the benchmarked version "
-        "(30 recovery epochs, rounds at a lower lr); queue it from the Runs page. Torch models, and ONNX graphs "
-        "through their conversion"),
+        CompressSettings(thin=0.5, thin_epochs=30, sparsity=0.65, epochs=20, lr=0.003, schedule="iterative",
+                         per_round=0.2, reconstruct="obs", clusters=8, cluster_epochs=30, bias_clusters=32),
+        "remove half the channels/neurons first (a really smaller, faster dense model), recover 30 epochs, then "
+        "prune the remaining weights to 65% in rounds (20 epochs each at lr 0.003, OBS repair), 8 shared values "
+        "with 30 epochs of centroid fine-tuning, entropy-coded into weights.packed. Fewer, denser weights cost "
+        "fewer bytes than 90% of the full model; biases share 32 values. On digits-mlp this is "
+        "recipes/mlp-thin-sparse-packed.yaml, the benchmarked recipe (BENCHMARKS.md, clustering section). Torch "
+        "models, and ONNX graphs through their conversion"),
     "Distilled student 0.5×": Preset(
         CompressSettings(technique="distill", width=0.5, distill_epochs=30),
         "a student with half the channels of every layer, trained 30 epochs on the original model's softened "

@@ -8,7 +8,7 @@ from tests.conftest import FAST_MEASURE
 from workbench.errors import WorkbenchError
 from workbench.jobs import execute
 from workbench.search import SPACE, candidates, recommend, search, search_summary
-from workbench.specs import PruneSpec, QuantSpec, RunSpec, StructuredSpec
+from workbench.specs import ClusterSpec, FinetuneSpec, PruneSpec, QuantSpec, RunSpec, StructuredSpec, TransferSpec
 from workbench.store import BUDGET_EXHAUSTED, Store
 from workbench.worker import Worker
 
@@ -36,6 +36,16 @@ def test_candidates_span_the_space_coarse_to_fine():
     assert {s for s, _ in first} >= {0.0, 0.95} and {b for _, b in first} == {32, 8, 4}
     assert specs[1].name == "mlp [search sparsity=0.95 bits=32]" and [s.kind for s in specs[1].stages] == ["prune"]
     assert candidates(MLP) == specs   # deterministic
+
+
+def test_with_a_cluster_stage_clustering_alone_is_a_candidate():
+    clustered = RunSpec(model=MLP.model, stages=(PruneSpec(sparsity=0.5, finetune=FinetuneSpec(epochs=1)),
+                                                 ClusterSpec(clusters=8)))
+    specs = candidates(clustered, {"sparsity": (0.0, 0.5, 0.9)})
+    assert [[s.kind for s in spec.stages] for spec in specs] == [["prune", "cluster"], ["cluster"],
+                                                                  ["prune", "cluster"]]
+    tuned = RunSpec(model=MLP.model, stages=(TransferSpec(), FinetuneSpec(epochs=1), PruneSpec(sparsity=0.5)))
+    assert [_settings(s)[0] for s in candidates(tuned, {"sparsity": (0.0, 0.5, 0.9)})] == [0.5, 0.9]   # no-op gone
 
 
 def test_structured_axis_and_bad_spaces(tmp_path, tiny):
@@ -172,8 +182,8 @@ def test_the_packed_objective_recommends_the_smallest_weights_packed(tmp_path, t
     with pytest.raises(WorkbenchError, match="space.bits: the recipe clusters its weights"):
         search(Store(tmp_path), clustered, 100.0, trials=2, space={"sparsity": (0.5,), "bits": (32, 8)})
     store = Store(tmp_path)
-    sweep_id, runs = search(store, clustered, 100.0, trials=2, space={"sparsity": (0.0, 0.5, 0.9)},
-                            objective="packed")   # sparsity 0 leaves the recipe as it is: not a candidate
+    sweep_id, runs = search(store, clustered, 100.0, trials=3, space={"sparsity": (0.0, 0.5, 0.9)},
+                            objective="packed")   # sparsity 0: clustering alone, a candidate too
     for run in runs:
         store.claim("w")
         assert execute(store, run.id) == "succeeded"
@@ -182,6 +192,6 @@ def test_the_packed_objective_recommends_the_smallest_weights_packed(tmp_path, t
     assert frame["packed_kb"].gt(0).all() and frame["packed_x"].gt(1).all()
     smallest = frame.sort_values("packed_kb").iloc[0]
     assert smallest["sparsity"] == 0.9 and summary.recommended == smallest["id"]
-    assert "the smallest packed of the 2 candidate(s)" in summary.message and "weights.packed" in summary.message
+    assert "the smallest packed of the 3 candidate(s)" in summary.message and "weights.packed" in summary.message
     by_size = search_summary(store, sweep_id, objective="size")   # the same candidates by gzip of the file
     assert by_size.frame["packed_kb"].equals(frame["packed_kb"]) and "the smallest of" in by_size.message

@@ -3,10 +3,11 @@ summarise them against the bar.
 
 Contract:
 - `candidates(base, space)` applies each point of the space (prune `sparsity` x `bits` x optional
-  structured `ratio`; 0 / 32 / 0 mean "no such stage") to the base recipe, skipping the point that changes
-  nothing. The order is coarse-to-fine: farthest-point order over the grid (each axis by rank, scaled to
-  [0, 1]), starting at the point nearest the centre, so any prefix spans the space as evenly as the
-  grid allows. Deterministic: no shuffle, no seed.
+  structured `ratio`; 0 / 32 / 0 mean "no such stage") to the base recipe, skipping a point that leaves it
+  nothing that compresses (only fine-tuning or a transfer): with a cluster stage in the base, the point
+  without pruning is "clustering alone", a candidate like any other. The order is coarse-to-fine:
+  farthest-point order over the grid (each axis by rank, scaled to [0, 1]), starting at the point nearest
+  the centre, so any prefix spans the space as evenly as the grid allows. Deterministic: no shuffle, no seed.
 - `search(store, base, max_drop, trials, minutes)` queues the first `trials` candidates as one sweep
   through workbench.jobs and records the sweep as a "search" with its settings and, with `minutes`, a
   deadline. Candidates still queued at the deadline are cancelled ("search budget exhausted") by the
@@ -46,6 +47,7 @@ AXES = ("sparsity", "bits", "ratio")
 OBJECTIVES = {"size": "gzip_kb", "latency": "latency_ms", "packed": "packed_kb"}
 WORDS = {"size": "smallest", "latency": "fastest", "packed": "smallest packed"}
 CLOSEST = 3
+NOT_COMPRESSING = ("finetune", "transfer")   # stages that leave the model's size and speed as they are
 
 
 # --- planning ----------------------------------------------------------------------------------
@@ -100,12 +102,13 @@ def coarse_to_fine(points: list[dict[str, Any]], space: dict[str, tuple]) -> lis
 
 
 def candidates(base: RunSpec, space: dict[str, Any] | None = None) -> list[RunSpec]:
-    """Every point of the space applied to `base`, coarse-to-fine; the do-nothing point is left out."""
+    """Every point of the space applied to `base`, coarse-to-fine; a point that compresses nothing is left out."""
     space = _check_space(space if space is not None else SPACE)
     axes = list(space)
     points = [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*(space[a] for a in axes))]
-    points = [p for p in points if p.get("sparsity", 0) or p.get("bits", 32) != 32 or p.get("ratio", 0)]
-    return [apply_point(base, p) for p in coarse_to_fine(points, space)]
+    specs = {tuple(p.values()): apply_point(base, p) for p in points}
+    kept = [p for p in points if any(s.kind not in NOT_COMPRESSING for s in specs[tuple(p.values())].stages)]
+    return [specs[tuple(p.values())] for p in coarse_to_fine(kept, space)]
 
 
 def _check_packing(base: RunSpec, space: dict[str, Any], objective: str) -> None:

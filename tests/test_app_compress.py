@@ -459,6 +459,23 @@ def test_structured_sweep_varies_the_ratio(isolated_home):
     assert all([st.kind for st in s.stages] == ["structured"] for s in specs)
 
 
+def test_a_sweep_over_the_channels_removed_first(isolated_home):
+    at = open_app(PAGE)
+    assert "sweep_thin" not in [m.key for m in at.multiselect]   # only with channels removed first
+    at.slider(key="sparsity").set_value(65).run()
+    at.slider(key="thin").set_value(50).run()
+    at.multiselect(key="sweep_sparsity").set_value([50, 70]).run()
+    at.multiselect(key="sweep_bits").set_value([32]).run()
+    at.multiselect(key="sweep_thin").set_value([25, 50, 70]).run()
+    assert at.button(key="launch_sweep").label == "Launch sweep (6 runs)"
+    at.button(key="launch_sweep").click().run()
+    assert not at.exception
+    specs = [RunSpec.from_dict(r.spec) for r in Store(isolated_home).list()]
+    assert sorted((s.stages[0].ratio, s.stages[2].sparsity) for s in specs) == [
+        (r, p) for r in (0.25, 0.5, 0.7) for p in (0.5, 0.7)]
+    assert all([st.kind for st in s.stages] == ["structured", "finetune", "prune"] for s in specs)
+
+
 def test_presets_round_trip_and_problems():
     for name, preset in PRESETS.items():
         spec = preset_spec(name, ModelRef(sample="digits-vit"))

@@ -187,6 +187,12 @@ def test_sweeps_vary_the_method_knob_and_the_bits():
     assert all(s.stages[-1].overrides == {"fc1": 8, "fc2": 2} for s in expand_grid(base, grid))
     with pytest.raises(SpecError, match="per-layer bits are set"):
         mixed.sweep(MLP, [0.9], [8])
+    base, grid = CompressSettings(thin=0.5, sparsity=0.65, epochs=2).sweep(MLP, [0.6, 0.7], [], thin=[0.6, 0.3])
+    assert grid == {"sparsity": [0.6, 0.7], "structured.ratio": [0.3, 0.6]}
+    assert sorted((s.stages[0].ratio, s.stages[2].sparsity) for s in expand_grid(base, grid)) == [
+        (0.3, 0.6), (0.3, 0.7), (0.6, 0.6), (0.6, 0.7)]
+    with pytest.raises(SpecError, match="channels removed first are swept only when"):
+        CompressSettings(sparsity=0.65).sweep(MLP, [0.6], [], thin=[0.5])
 
 
 def test_problems_say_what_cannot_run():

@@ -112,6 +112,9 @@ with sweep:
     if technique in SWEEPS:
         key, text, options, default = SWEEPS[technique]
         chosen = st.multiselect(text, options, default=default, key=key, persist_state="session")
+    thins = st.multiselect("Sweep channels removed first (%)", SWEEPS["structured"][2], key="sweep_thin",
+                           persist_state="session", help="each run removes this share of the channels first, "
+                           "then prunes to its sparsity") if settings.thins_first else []
     if settings.clusters:
         widths = []
         st.caption("Clustering replaces quantization: the sweep keeps 32-bit weights.")
@@ -136,12 +139,12 @@ with sweep:
     with_unsolved = masked and settings.reconstruct != "none" and st.checkbox(
         "Add the unsolved mask", key="sweep_unsolved", persist_state="session",
         help=f"each setting again without reconstruction: Compare shows what {settings.reconstruct} buys")
-    count = max(len(chosen), 1) * max(len(widths), 1) if chosen or widths else 0
+    count = max(len(chosen), 1) * max(len(widths), 1) * max(len(thins), 1) if chosen or widths or thins else 0
     count *= int(seeds) * (2 if with_random else 1) * (2 if with_unsolved else 1)
     if st.button(f"Launch sweep ({count} runs)", key="launch_sweep", disabled=not count or bool(problems)):
         with view.guard():
             base, grid = settings.sweep(ref, [v / 100 for v in chosen], widths, data, measure,
-                                        name=f"{label} sweep")
+                                        name=f"{label} sweep", thin=[v / 100 for v in thins])
             grid |= {"prune.method": [ranking, "random"]} if with_random else {}
             grid |= {"prune.reconstruct": ["none", settings.reconstruct]} if with_unsolved else {}
             grid |= {"seed": list(range(int(seeds)))} if seeds > 1 else {}

@@ -268,9 +268,14 @@ class CompressSettings:
                        measure=measure or MeasureSpec(), name=name)
 
     def sweep(self, model: ModelRef, values: list[float], bits: list[int], data: DataRef | None = None,
-              measure: MeasureSpec | None = None, name: str = "") -> tuple[RunSpec, dict[str, list]]:
-        """(base recipe, grid) of a sweep over the method's main knob (`values`, fractions; see SWEEP_KEYS)
-        and the bitwidth (with QAT: the QAT stage's weight bits, 2..8)."""
+              measure: MeasureSpec | None = None, name: str = "",
+              thin: list[float] | None = None) -> tuple[RunSpec, dict[str, list]]:
+        """(base recipe, grid) of a sweep over the method's main knob (`values`, fractions; see SWEEP_KEYS),
+        the bitwidth (with QAT: the QAT stage's weight bits, 2..8) and, with channels removed first, the
+        share removed (`thin`, fractions)."""
+        if thin and not self.thins_first:
+            raise SpecError("sweep: channels removed first are swept only when the setting removes some before "
+                            "pruning (thin and a sparsity above 0)")
         if bits and self.clusters:
             raise SpecError("sweep: clustering replaces quantization; sweep bitwidths without clustering")
         if bits and self.layer_bits:
@@ -280,6 +285,8 @@ class CompressSettings:
         grid: dict[str, list] = {}
         if values and self.technique in SWEEP_KEYS:
             grid[SWEEP_KEYS[self.technique]] = sorted(values)
+        if thin:
+            grid["structured.ratio"] = sorted(thin)
         if bits:
             grid["qat.weight_bits" if self.uses_qat else "bits"] = sorted(bits, reverse=True)
         return base, grid

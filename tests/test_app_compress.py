@@ -459,6 +459,16 @@ def test_structured_sweep_varies_the_ratio(isolated_home):
     assert all([st.kind for st in s.stages] == ["structured"] for s in specs)
 
 
+def test_a_shared_link_opens_the_expanders_that_hold_its_settings():
+    expanded = {e.label: e.proto.expanded for e in open_app(PAGE).expander}
+    assert not any(expanded[k] for k in ("Pruning options", "Weight clustering (Deep Compression)",
+                                          "Transfer to a subset of the classes first", "Leave layers dense"))
+    link = {"sparsity": "65", "thin": "50", "clusters": "8", "classes": ["5", "9"], "exclude": "fc3"}
+    expanded = {e.label: e.proto.expanded for e in open_app(PAGE, query=link).expander}
+    assert all(expanded[k] for k in ("Pruning options", "Weight clustering (Deep Compression)",
+                                     "Transfer to a subset of the classes first", "Leave layers dense"))
+
+
 def test_a_sweep_over_the_channels_removed_first(isolated_home):
     at = open_app(PAGE)
     assert "sweep_thin" not in [m.key for m in at.multiselect]   # only with channels removed first

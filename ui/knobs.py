@@ -93,8 +93,7 @@ def _unstructured() -> None:
     st.slider("Sparsity: % of weights set to zero", 0, 99, key="sparsity", **SHARED,
               help="simulated gain: zeros are stored densely, so the file and latency stay the same; gzip and a "
                    "sparse format (minimum storage, an estimate) shrink")
-    opened = st.session_state.get("schedule", "oneshot") != "oneshot" or bool(st.session_state.get("thin"))
-    with st.expander("Pruning options", expanded=opened):
+    with st.expander("Pruning options", expanded=state.chosen("schedule") or state.chosen("thin")):
         thin = st.slider("Remove channels first (% per layer)", 0, 90, step=5, key="thin", help=THIN_HELP, **SHARED)
         if thin and not st.session_state.get("sparsity"):
             st.caption("Channels first applies with a sparsity above 0; for channels alone, pick the structured "
@@ -197,7 +196,7 @@ def bits_knobs() -> None:
 
 
 def cluster_knobs() -> None:
-    with st.expander("Weight clustering (Deep Compression)", expanded=bool(st.session_state.get("clusters"))):
+    with st.expander("Weight clustering (Deep Compression)", expanded=state.chosen("clusters")):
         clusters = st.select_slider(
             "Shared values per layer", CLUSTER_CHOICES, key="clusters", format_func=lambda k: f"{k}" if k else "off",
             **SHARED, help="k-means shares k values per layer (zeros stay zero). weights.packed stores entropy-coded "
@@ -222,7 +221,7 @@ def transfer_knobs(ref: ModelRef, data: DataRef) -> None:
         st.session_state["classes"] = []
     if builtin or not data.train_path:
         st.session_state["retrain_head"] = False
-    opened = bool(st.session_state.get("classes") or st.session_state.get("retrain_head"))
+    opened = state.chosen("classes") if builtin else bool(data.train_path) and state.chosen("retrain_head")
     with st.expander("Transfer to a new task first" if not builtin else "Transfer to a subset of the classes first",
                      expanded=opened):
         if builtin:
@@ -258,7 +257,7 @@ def layer_knobs(layers: list[str]) -> None:
     method, bits = state.layer_bits()
     if any(k not in layers for k in bits):
         state.set_layer_bits(method, {})
-    with st.expander("Leave layers dense", expanded=bool(st.session_state.get("exclude"))):
+    with st.expander("Leave layers dense", expanded=state.chosen("exclude")):
         st.multiselect("Excluded from pruning", layers, key="exclude", **SHARED,
                        help="these layers keep every weight (unstructured, 2:4 and structured pruning) or stay "
                             "whole (low-rank); a distilled student is trained whole. The per-layer sensitivity "

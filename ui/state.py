@@ -159,6 +159,14 @@ def init_compress_state() -> None:
         st.session_state.setdefault(key, value)
 
 
+def chosen(key: str) -> bool:
+    """Whether compress knob `key` is set away from its default: in the URL (a bound widget drops the parameter
+    at its default) or in the session. The URL counts because on a link's first load a widget reads it only
+    when it renders, which is after the expander around it has decided whether to open."""
+    default = {**COMPRESS_DEFAULTS, **COMPRESS_VALUES}[key]
+    return key in st.query_params or st.session_state.get(key, default) != default
+
+
 def compress_settings() -> CompressSettings:
     v = {k: st.session_state.get(k, d) for k, d in {**COMPRESS_DEFAULTS, **COMPRESS_VALUES}.items()}
     method, bits = layer_bits()

@@ -194,3 +194,38 @@ def test_a_recipe_naming_a_file_that_is_not_here_cannot_be_queued_until_retarget
     assert "model.path: /nowhere/model.onnx" in at.error[0].value and at.button(key="queue_recipe").disabled
     at.toggle(key="recipe_retarget").set_value(True).run()
     assert not at.error and not at.button(key="queue_recipe").disabled
+
+
+def test_a_recipe_file_opens_in_compress_with_every_field_held():
+    from tests.app_fixtures import open_app
+
+    recipe = (RECIPES / "mlp-thin-sparse-packed.yaml").read_bytes()
+    at = queue_recipe(open_app("views/runs.py", query={"model": "digits-cnn"}), "packed.yaml", recipe)
+    at.button(key="open_recipe").click().run()
+    assert not at.exception
+    assert at.slider(key="thin").value == 50 and at.slider(key="sparsity").value == 65   # on the Compress page
+    assert at.slider(key="thin_epochs").value == 30 and at.selectbox(key="lr").value == 0.003
+    assert at.select_slider(key="clusters").value == 8 and at.select_slider(key="bias_clusters").value == 32
+    assert at.session_state["model_ref"] == {"sample": "digits-mlp"}      # the recipe's model, not the one before
+    assert [s.value for s in at.success] == ["Opened packed.yaml: the knobs below hold its whole recipe."]
+    at.run()
+    assert not at.success   # said once
+
+
+def test_a_run_opens_in_compress_and_says_what_the_knobs_cannot_hold(store):
+    from tests.app_fixtures import open_app
+
+    spec = {"model": {"sample": "digits-mlp"}, "data": {"builtin": "digits", "classes": [3, 5]},
+            "stages": [{"transfer": {}}, {"prune": {"sparsity": 0.853, "seed": 3}},
+                       {"finetune": {"epochs": 4, "lr": 0.005, "label_smoothing": 0.1}}, {"cluster": {"clusters": 12}}]}
+    run = store.submit(spec, name="odd")
+    at = open_app("views/runs.py", query={"run": str(run.id)})
+    at.button(key=f"open_{run.id}").click().run()
+    assert not at.exception
+    assert at.slider(key="sparsity").value == 85 and at.multiselect(key="classes").value == [3, 5]
+    assert at.selectbox(key="lr").value == 0.003 and at.select_slider(key="clusters").value == 16   # nearest
+    (warning,) = at.warning
+    assert warning.value.startswith(f"Opened run #{run.id}, but the knobs below cannot hold all of its recipe (")
+    for field in ("prune.sparsity: 0.853 -> 0.85", "prune.seed: 3 -> 0", "finetune.lr: 0.005 -> 0.003",
+                  "cluster.clusters: 12 -> 16"):
+        assert field in warning.value

@@ -11,6 +11,7 @@ import streamlit as st
 
 from ui import cache, state
 from ui.state import COMPRESS_VALUES as DEFAULT
+from ui.state import SLIDER_RANGES as RANGES
 from workbench.presets import (
     BITWIDTHS,
     CLUSTER_CHOICES,
@@ -90,11 +91,12 @@ def method_knobs() -> str:
 
 
 def _unstructured() -> None:
-    st.slider("Sparsity: % of weights set to zero", 0, 99, key="sparsity", **SHARED,
+    st.slider("Sparsity: % of weights set to zero", *RANGES["sparsity"], key="sparsity", **SHARED,
               help="simulated gain: zeros are stored densely, so the file and latency stay the same; gzip and a "
                    "sparse format (minimum storage, an estimate) shrink")
     with st.expander("Pruning options", expanded=state.chosen("schedule") or state.chosen("thin")):
-        thin = st.slider("Remove channels first (% per layer)", 0, 90, step=5, key="thin", help=THIN_HELP, **SHARED)
+        thin = st.slider("Remove channels first (% per layer)", *RANGES["thin"], step=5, key="thin", help=THIN_HELP,
+                         **SHARED)
         if thin and not st.session_state.get("sparsity"):
             st.caption("Channels first applies with a sparsity above 0; for channels alone, pick the structured "
                        "method.")
@@ -118,9 +120,10 @@ def _unstructured() -> None:
                                  "round; gradual: the cubic schedule of Zhu & Gupta over a number of rounds. "
                                  "Rounds train in between (recovery epochs per round)")
         if schedule == "iterative":
-            st.slider("Pruned per round (% of the survivors)", 5, 50, DEFAULT["per_round"], key="per_round", **SHARED)
+            st.slider("Pruned per round (% of the survivors)", *RANGES["per_round"], DEFAULT["per_round"],
+                      key="per_round", **SHARED)
         elif schedule == "gradual":
-            st.slider("Rounds (gradual steps)", 2, 30, DEFAULT["steps"], key="steps", **SHARED)
+            st.slider("Rounds (gradual steps)", *RANGES["steps"], DEFAULT["steps"], key="steps", **SHARED)
         if schedule != "oneshot":
             st.radio("Between rounds: rewind", REWINDS, key="rewind", horizontal=True, help=REWIND_HELP, **SHARED)
         _reconstruct()
@@ -146,7 +149,7 @@ def _nm() -> None:
 
 
 def _structured() -> None:
-    st.slider("Channels removed per layer (%)", 5, 90, DEFAULT["ratio"], 5, key="ratio", **SHARED,
+    st.slider("Channels removed per layer (%)", *RANGES["ratio"], DEFAULT["ratio"], 5, key="ratio", **SHARED,
               help="real: channels, neurons and heads are physically removed (Torch-Pruning, coupled layers "
                    "together; the classifier's outputs kept). The file and multiply-adds shrink; speed is measured")
     st.toggle("Round channel counts to multiples of 8", value=DEFAULT["round8"], key="round8", **SHARED,
@@ -157,7 +160,7 @@ def _structured() -> None:
 
 
 def _distill() -> None:
-    st.slider("Student width (% of the channels kept)", 10, 100, DEFAULT["width"], 5, key="width", **SHARED,
+    st.slider("Student width (% of the channels kept)", *RANGES["width"], DEFAULT["width"], 5, key="width", **SHARED,
               help="real: the student is a smaller dense model with this share of every layer's channels")
     st.slider("Training epochs", 1, MAX_DISTILL_EPOCHS, DEFAULT["distill_epochs"], key="distill_epochs", **SHARED,
               help="the student learns from the original model's softened outputs and the labels; torch models "
@@ -167,7 +170,7 @@ def _distill() -> None:
 
 
 def _lowrank() -> None:
-    st.slider("Energy kept per layer (%)", 50, 99, DEFAULT["energy"], key="energy", **SHARED,
+    st.slider("Energy kept per layer (%)", *RANGES["energy"], DEFAULT["energy"], key="energy", **SHARED,
               help="real where it applies: each layer keeps the smallest rank holding this share of its squared "
                    "singular values and becomes two thinner layers, but only when that saves weights")
 

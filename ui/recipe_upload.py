@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import launch, state, uploads, view
+from ui import launch, runs_view, state, uploads, view
 from workbench.errors import WorkbenchError
 from workbench.specs import RunSpec, dump_recipe, missing_files, parse_recipe, retarget
 
@@ -31,10 +31,13 @@ def section() -> None:
                      "or run it on the current model and data.")
         st.caption(f"Model **{uploads.model_label(spec.model)}** · data **{uploads.data_label(spec.data)}** · "
                    f"{len(spec.stages)} stage(s): {', '.join(stage.kind for stage in spec.stages) or 'baseline only'}")
-        if st.button("Queue it", key="queue_recipe", type="primary", disabled=bool(missing)):
+        queue, opener = st.columns([1, 4])
+        if queue.button("Queue it", key="queue_recipe", type="primary", disabled=bool(missing)):
             with view.guard():
                 run = launch.launch_run(spec)
                 st.success(f"Run #{run.id} queued: it runs in the background.")
+        if not missing:
+            runs_view.open_in_compress(opener, spec, upload.name, key="open_recipe")
         st.caption("The recipe with every default filled in:")
         st.code(dump_recipe(spec), language="yaml", height=320)
 

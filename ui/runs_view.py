@@ -16,6 +16,7 @@ from streamlit.errors import StreamlitAPIException
 from ui import cache, launch, state, uploads
 from workbench import charts, compare
 from workbench.errors import WorkbenchError
+from workbench.specs import RunSpec
 from workbench.store import Run, Store
 
 STATUS_ICONS = {"queued": "⏳", "running": "▶️", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️",
@@ -186,6 +187,15 @@ def default_ids(store: Store) -> list[int]:
         if ids:
             return ids
     return compare.default_selection(store, state.current_model().label)
+
+
+def open_in_compress(where, spec: RunSpec, label: str, key: str) -> None:
+    """A button that sets the Compress knobs (and the model and data) to `spec`'s and opens that page, which then
+    says what of the recipe the knobs could not hold (ui.state.open_recipe)."""
+    if where.button("Open in Compress", key=key, on_click=state.open_recipe, args=(spec, label),
+                    help="set the Compress page's model, data and knobs to this recipe, to change it and launch "
+                         "variants; that page says if a field of the recipe has no knob there"):
+        st.switch_page("views/compress.py")
 
 
 def start_worker() -> bool:

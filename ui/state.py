@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -32,9 +33,10 @@ import streamlit as st
 
 from workbench.errors import WorkbenchError
 from workbench.measure_plan import default_batch_sizes
-from workbench.presets import LAYER_BITS_METHODS, CompressSettings
+from workbench.presets import CLUSTER_CHOICES, LAYER_BITS_METHODS, RECOVERY_LRS, CompressSettings
+from workbench.recipe_diff import stage_differences
 from workbench.settings import get_settings
-from workbench.specs import DataRef, MeasureSpec, ModelRef
+from workbench.specs import DataRef, MeasureSpec, ModelRef, RunSpec
 
 MODEL_KEY, DATA_KEY = "model_ref", "data_ref"
 LAST_RUNS_KEY, LAST_SWEEP_KEY = "last_runs", "last_sweep"
@@ -52,6 +54,11 @@ COMPRESS_DEFAULTS = {"technique": "unstructured", "sparsity": 0, "bits": 32, "me
 # for fractions), so they are not put into the session state before the widget exists
 COMPRESS_VALUES = {"per_round": 20, "steps": 10, "thin_epochs": 30, "ratio": 50, "width": 50, "distill_epochs": 30,
                    "energy": 90, "qat_epochs": 5, "round8": True, "calib_samples": CompressSettings.calib_samples}
+# the sliders' (low, high), in the widgets' units (percent for fractions): a recipe opened here is fitted into them
+SLIDER_RANGES = {"sparsity": (0, 99), "thin": (0, 90), "per_round": (5, 50), "steps": (2, 30), "ratio": (5, 90),
+                 "width": (10, 100), "energy": (50, 99)}
+PERCENT = ("sparsity", "thin", "per_round", "ratio", "width", "energy")
+OPENED_KEY = "opened_recipe"   # what opening a recipe on the Compress page could not hold, shown there once
 # Test/dev knob: WORKBENCH_FAST_MEASURE=1 makes runs launched from the app (and the Model page baseline)
 # measure quickly and roughly. Never use it for numbers you report.
 FAST_MEASURE_ENV = "WORKBENCH_FAST_MEASURE"
@@ -202,6 +209,37 @@ def apply_settings(settings: CompressSettings) -> None:
         exclude=list(s.exclude))
     set_overrides(dict(s.overrides))
     set_layer_bits(s.layer_bits_method, dict(s.layer_bits))
+
+
+def open_recipe(spec: RunSpec, label: str) -> None:
+    """Set the model, the data and the compress knobs to `spec`'s (a button callback, before the Compress widgets
+    render). The knobs hold what `CompressSettings.from_spec` reads, fitted into the widgets' ranges and choices;
+    the fields of `spec` they cannot hold go to OPENED_KEY, which the Compress page shows once."""
+    try:
+        settings = fit_to_knobs(CompressSettings.from_spec(spec))
+    except WorkbenchError as exc:
+        st.session_state[OPENED_KEY] = {"label": label, "error": str(exc).splitlines()[0]}
+        return
+    set_model(spec.model)
+    set_data(dataclasses.replace(spec.data, classes=None))   # a class subset is the transfer knob's
+    apply_settings(settings)
+    held = compress_settings().to_spec(current_model(), current_data())
+    st.session_state[OPENED_KEY] = {"label": label, "differences": stage_differences(spec.stages, held.stages)}
+
+
+def fit_to_knobs(s: CompressSettings) -> CompressSettings:
+    """`s` with every value a widget offers: sliders clamped into SLIDER_RANGES, the learning rate and the
+    shared-value counts the nearest choice (log scale)."""
+    fitted = {k: min(max(round(getattr(s, k) * 100), low), high) / 100 if k in PERCENT else
+              min(max(getattr(s, k), low), high) for k, (low, high) in SLIDER_RANGES.items()}
+    return dataclasses.replace(s, **fitted, lr=_nearest(s.lr, RECOVERY_LRS),
+                               clusters=_nearest(s.clusters, CLUSTER_CHOICES[1:]),
+                               bias_clusters=_nearest(s.bias_clusters, CLUSTER_CHOICES[1:]))
+
+
+def _nearest(value: float, choices: tuple) -> float:
+    """The choice nearest `value` on a log scale; 0 (off, or the default) stays 0."""
+    return min(choices, key=lambda choice: abs(math.log(choice / value))) if value else value
 
 
 OVERRIDES_KEY = "overrides"

@@ -166,3 +166,19 @@ def sidebar() -> None:
         with guard():
             st.caption(launch.worker_status())
         st.caption(f"Data dir: `{state.home()}`")
+
+
+def opened_recipe_note(opened: dict | None) -> None:
+    """Once, after a run or recipe file was opened here (ui.state.open_recipe): that it was, and which of its
+    fields the knobs could not hold, so launching from here would not repeat it exactly."""
+    if opened is None:
+        return
+    if "error" in opened:
+        st.error(f"{opened['label']} could not be opened here: {opened['error']}")
+    elif not opened["differences"]:
+        st.success(f"Opened {opened['label']}: the knobs below hold its whole recipe.")
+    else:
+        listed = "; ".join(opened["differences"][:8]) + ("; …" if len(opened["differences"]) > 8 else "")
+        st.warning(f"Opened {opened['label']}, but the knobs below cannot hold all of its recipe ({listed}). A run "
+                   "launched from here differs in those fields: to repeat it exactly, queue its recipe file on the "
+                   "Runs page (or retry the run).")

@@ -28,6 +28,7 @@ label = uploads.model_label(ref)
 held = view.model_or_stop(ref)
 state.init_compress_state()
 st.caption(f"Model **{label}** · data **{uploads.data_label(data)}** · change them on the Model page.")
+view.opened_recipe_note(st.session_state.pop(state.OPENED_KEY, None))
 
 st.markdown("**Presets**")
 items = list(PRESETS.items())

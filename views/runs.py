@@ -5,6 +5,7 @@ import streamlit as st
 from ui import launch, recipe_upload
 from ui import runs_view as rv
 from workbench.jobs import sweep_summary
+from workbench.specs import RunSpec
 
 st.title("Runs")
 st.caption("Runs execute in a background worker; this page only reads the run store, so it survives a reload.")
@@ -23,7 +24,7 @@ def worker_line() -> None:
 
 
 def actions(run) -> None:
-    cancel, retry, delete, link = st.columns([1, 1, 1, 3], vertical_alignment="center")
+    cancel, retry, delete, opener, link = st.columns([1, 1, 1, 2, 3], vertical_alignment="center")
     cancel.button("Cancel", key=f"cancel_{run.id}", disabled=run.done, help="stop a queued or running run",
                   on_click=rv.act, args=(store.request_cancel, run.id, f"run #{run.id}: cancel requested"))
     retry.button("Retry", key=f"retry_{run.id}", disabled=run.status not in ("failed", "cancelled", "interrupted"),
@@ -33,6 +34,7 @@ def actions(run) -> None:
         st.write(f"Delete run #{run.id} and its files?")
         st.button("Delete for good", key=f"delete_{run.id}", type="primary",
                   on_click=rv.act, args=(store.delete, run.id, f"run #{run.id}: deleted"))
+    rv.open_in_compress(opener, RunSpec.from_dict(run.spec), f"run #{run.id}", key=f"open_{run.id}")
     with link:
         if run.status == "succeeded":
             rv.compare_link([run.id], "Compare this run")

@@ -173,6 +173,9 @@ def test_clustered_structured_and_rewinding_runs_show_their_results(methods_home
     table = at.dataframe[0].value.set_index("id")
     assert table.loc[1, "packed_x"] > 10 and table["packed_kb"].isna().sum() == 1
     assert table.loc[2, "file_x"] > 1.5          # structured: channels removed, a really smaller file
+    at.radio(key="compare_size").set_value("stored_kb").run()   # offered: a run wrote weights.packed
+    front = chart_frames(at)["accuracy vs stored size (KB)"].set_index("label")["stored_kb"]   # the frontier
+    assert front[table.loc[1, "label"]] == pytest.approx(table.loc[1, "packed_kb"])     # clustered: its packed
     lines = set(chart_frames(at)["accuracy per pruning round"]["run"])
     assert len(lines) == 2 and any(line.endswith("iterative, LR rewinding") for line in lines)
     assert any(line.endswith("iterative, weight rewinding") for line in lines)

@@ -197,6 +197,9 @@ def test_tradeoff_frame_adds_the_baseline_as_a_reference_point(frame):
     base = both[both["kind"] == "baseline"].iloc[0]
     assert base["accuracy"] == pytest.approx(frame["base_accuracy"].iloc[0])
     assert base["pareto"]  # nothing is more accurate than the untouched model
+    stored = compare.tradeoff_frame(frame, "stored_kb")   # nothing clustered: every run's stored bytes are its file
+    base_file = compare.baselines_frame(frame)["file_kb"].iloc[0]
+    assert stored["stored_kb"].tolist() == pytest.approx([*frame["file_kb"], base_file])
 
 
 def test_layer_sparsity_from_the_exported_model(finished):

@@ -8,6 +8,11 @@ from ui import runs_view as rv
 from ui import view
 from workbench import charts, compare
 
+SIZE_HELP = ("gzip: the exported ONNX file compressed (what masked zeros shrink); raw file: the ONNX file as "
+             "written; stored (with a clustered run): the smaller of its ONNX file and its weights.packed, the "
+             "bytes the run really keeps (the baseline: its file); minimum storage: an estimate of what a sparse, "
+             "bit-packed format would need")
+
 st.title("Compare")
 store = rv.get_store()
 done = store.list(status="succeeded", limit=500)
@@ -57,8 +62,10 @@ with view.guard():
     right.altair_chart(charts.latency_bars(df, batch), width="stretch")
 
 st.subheader("Trade-offs")
-size_col = st.radio("Size measure", ["gzip_kb", "file_kb", "min_storage_kb"], horizontal=True, key="compare_size",
-                    format_func=lambda c: {"gzip_kb": "gzip", "file_kb": "raw file",
+packed = "packed_kb" in df and df["packed_kb"].notna().any()   # a clustered run wrote weights.packed
+size_col = st.radio("Size measure", ["gzip_kb", "file_kb", *(["stored_kb"] if packed else []), "min_storage_kb"],
+                    horizontal=True, key="compare_size", help=SIZE_HELP,
+                    format_func=lambda c: {"gzip_kb": "gzip", "file_kb": "raw file", "stored_kb": "stored",
                                            "min_storage_kb": "minimum storage (estimate)"}[c])
 left, right, lat = *st.columns(2), f"ort_ms@{batch}"
 with view.guard():

@@ -3,9 +3,10 @@
 Contract: `runs_frame(store, runs)` gives one row per run, built from the final variant of the run's
 `report.json` (falling back to the summary rows in the store when the file is gone): accuracy and its
 change vs the run's own baseline (with `acc_change`: whether it is beyond test-set noise, by the paired
-counts of workbench.significance), file / gzip / minimum-storage bytes and their ratios vs the baseline
-file, ONNX Runtime latency per batch size and speedups, sparsity, stored bits, the method, the
-real/simulated kind of each claim, and the sweep settings (sparsity, bits) parsed from the recipe.
+counts of workbench.significance), file / gzip / minimum-storage / weights.packed bytes and their ratios vs the
+baseline file (`stored`: the smaller of the file and weights.packed, the bytes the run really keeps), ONNX
+Runtime latency per batch size and speedups, sparsity, stored bits, the method, the real/simulated kind
+of each claim, and the sweep settings (sparsity, bits) parsed from the recipe.
 Rigour (ShrinkBench-style): each row also says what the recipe asked for next to what was measured
 (`requested_*` vs achieved `sparsity`, `bits`, `storage_bits`, `channels_removed`, `params_x`), its `seed`,
 and a `config` key (the recipe without seeds or name); `seed_summary` folds runs that differ only by seed
@@ -50,6 +51,7 @@ ARTIFACTS = {"model": "model.onnx", "recipe": "recipe.yaml", "report": "report.j
              "packed": "weights.packed", "torch": "model.pt2"}
 CLAIM_ASPECTS = ("file size", "compressed size", "minimum storage", "latency @ batch 1", "accuracy")
 LAYER_SUFFIXES = ("_quantized", "_fp16", "_DequantizeLinear", ".weight")
+SIZE_KEYS = ("file", "gzip", "min_storage", "packed", "stored")   # each with _bytes, _kb and _x columns
 NBITS_SUFFIX = re.compile(r"_KxN_Q\d+$")   # what ORT's MatMulNBits quantizer appends: fc1.weight_KxN_Q4
 
 
@@ -239,7 +241,8 @@ def report_row(report: dict[str, Any]) -> dict[str, Any]:
             row[f"d_{metric}"] = row[metric] - row[f"base_{metric}"]
     # weights.packed (clustering): the weights in a purpose-built format; NaN for a run that wrote none
     row["packed_bytes"] = (final.get("facts") or {}).get("packed_bytes") or np.nan
-    for key in ("file", "gzip", "min_storage", "packed"):
+    row["stored_bytes"] = np.nanmin([row["file_bytes"], row["packed_bytes"]])   # the smaller real artifact
+    for key in SIZE_KEYS:
         row[f"{key}_x"] = row["base_file_bytes"] / row[f"{key}_bytes"] if row[f"{key}_bytes"] else np.nan
     for s in m["latency"]:
         ref = row.get(f"base_ort_ms@{s['batch_size']}")
@@ -321,7 +324,7 @@ def runs_frame(store: Store, runs: list[Run], reports: dict[int, dict] | None = 
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    for key in ("file", "gzip", "min_storage", "packed"):
+    for key in SIZE_KEYS:
         if f"{key}_bytes" in df:
             df[f"{key}_kb"] = df[f"{key}_bytes"] / 1024
     return df
@@ -384,7 +387,9 @@ def baselines_frame(df: pd.DataFrame) -> pd.DataFrame:
     base = base.rename(columns={c: c.removeprefix("base_") for c in cols})
     several = len(data_groups(df)) > 1
     base["label"] = base["model"] + " baseline" + (" on " + base["data"] if several else "")
-    for key in ("file", "gzip", "min_storage"):
+    if "file_bytes" in base:
+        base["stored_bytes"] = base["file_bytes"]   # a baseline is stored as its model file
+    for key in ("file", "gzip", "min_storage", "stored"):
         if f"{key}_bytes" in base:
             base[f"{key}_kb"] = base[f"{key}_bytes"] / 1024
     return base

@@ -121,6 +121,16 @@ def test_logs_and_compare_link_of_a_finished_run(store):
                                    "baseline's gzip) · ORT @ batch 1 20 µs (1.50x the baseline's speed)")
 
 
+def test_a_clustered_run_says_its_packed_size():
+    store = Store(get_settings().home)
+    final = {"accuracy": 0.99, "gzip_kb": 9.3, "packed_kb": 4.2, "packed_x": 47.8, "ort_ms@1": 0.006}
+    run = store.submit(SPEC, name="packed")
+    store.claim("w")
+    store.finish(run.id, "succeeded", {"rows": [{"accuracy": 0.99, "gzip_kb": 185.0}, final], "final": final})
+    line = select(page().run(), run.id).success[0].value
+    assert "· weights.packed 4.2 KB (47.8x smaller than the baseline file) ·" in line
+
+
 def test_state_comes_from_the_store_only(store):
     first = select(page().run(), 3)
     first.button(key="cancel_3").click().run()

@@ -213,6 +213,10 @@ def test_pipeline_reports_a_real_packed_size_and_writes_the_artifact(tmp_path):
     tuned = report.variants[1].measurement.metrics["accuracy"]
     assert final.measurement.metrics["accuracy"] >= tuned - 0.01 > 0.9   # 16 shared values cost ~nothing
     assert not any(c.aspect == "packed size" for c in report.variants[0].claims)
+    rows = report.summary_rows()   # the store's summary (Runs page, sweep summaries, the CLI table)
+    assert rows[-1]["packed_kb"] == round(len(blob) / 1024, 1) and rows[-1]["packed_x"] == pytest.approx(claim.ratio,
+                                                                                                        rel=0.01)
+    assert "packed_kb" not in rows[1]   # only a variant that wrote weights.packed
     size = final.measurement.size
     assert size.storage_bits == 4     # a 16-value index, not the 32-bit float the file stores
     assert size.min_storage_bytes < report.variants[1].measurement.size.min_storage_bytes / 2

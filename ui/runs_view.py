@@ -100,8 +100,9 @@ def run_label(run: Run) -> str:
 
 
 def outcome_line(metrics: dict) -> str:
-    """A succeeded run in one line: accuracy, gzip size and ORT latency at batch 1, each against the baseline
-    measured in the same run (gzip against the baseline's gzip: gzip alone shrinks an untouched float file)."""
+    """A succeeded run in one line: accuracy, gzip size, the weights.packed size when clustering wrote one, and
+    ORT latency at batch 1, each against the baseline measured in the same run (gzip against the baseline's
+    gzip: gzip alone shrinks an untouched float file; weights.packed against the baseline's file)."""
     rows = metrics.get("rows") or [{}]
     base, final = rows[0], metrics.get("final", rows[-1])
     parts = []
@@ -113,6 +114,9 @@ def outcome_line(metrics: dict) -> str:
     if (gzip := final.get("gzip_kb")) is not None:
         parts.append(f"gzip {gzip:.1f} KB" + (f" ({base['gzip_kb'] / gzip:.2f}x smaller than the baseline's gzip)"
                                               if base.get("gzip_kb") and gzip else ""))
+    if (packed := final.get("packed_kb")) is not None:
+        parts.append(f"weights.packed {packed:.1f} KB" + (f" ({final['packed_x']:.1f}x smaller than the baseline "
+                                                          "file)" if final.get("packed_x") else ""))
     if (latency := final.get("ort_ms@1")) is not None:
         parts.append(f"ORT @ batch 1 {ms(latency)}" + (f" ({final['speedup@1']:.2f}x the baseline's speed)"
                                                        if final.get("speedup@1") else ""))

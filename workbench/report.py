@@ -64,6 +64,9 @@ def _row(v: VariantResult, base: VariantResult) -> dict[str, Any]:
     row.update(file_kb=round(m.size.file_bytes / 1024, 1), gzip_kb=round(m.size.gzip_bytes / 1024, 1),
                min_storage_kb=round(m.size.min_storage_bytes / 1024, 1), sparsity=round(m.size.sparsity, 3),
                bits=m.size.bits_per_weight, gzip_x=round(b.size.file_bytes / m.size.gzip_bytes, 2))
+    if v.facts.packed_bytes:   # clustering wrote weights.packed: the run's real smallest size
+        row.update(packed_kb=round(v.facts.packed_bytes / 1024, 1),
+                   packed_x=round(b.size.file_bytes / v.facts.packed_bytes, 2))
     for s in m.latency:
         ref = b.latency_at(s.batch_size)
         row[f"ort_ms@{s.batch_size}"] = round(s.median_ms, 4)

@@ -49,7 +49,14 @@ def test_size_bars_group_the_three_sizes(runs):
     assert bars["mark"]["type"] == "bar" and rule["mark"]["type"] == "rule"
     assert bars["encoding"]["xOffset"]["field"] == "measure" and bars["encoding"]["y"]["field"] == "kb"
     long = charts.size_bars(runs).layer[0].data
-    assert len(long) == 9 and set(long["measure"]) == set(charts.SIZE_COLUMNS.values())
+    assert len(long) == 9 and set(long["measure"]) == {"file", "gzip", "min (estimate)"}   # no clustered run
+
+
+def test_size_bars_show_the_packed_size_of_clustered_runs_only(runs):
+    long = charts.size_bars(runs.assign(packed_kb=[None, 5.0, None])).layer[0].data
+    packed = long[long["measure"] == "weights.packed"]
+    assert list(packed["label"]) == ["#2 90%"] and list(packed["kb"]) == [5.0]
+    assert len(long) == 10
 
 
 def test_tradeoff_scatter_highlights_the_pareto_frontier(runs):

@@ -16,7 +16,7 @@ import pandas as pd
 FRONTIER = "#f58518"
 BASELINE = "#7f7f7f"
 HEIGHT = 260
-SIZE_COLUMNS = {"file_kb": "file", "gzip_kb": "gzip", "min_storage_kb": "min (estimate)"}
+SIZE_COLUMNS = {"file_kb": "file", "gzip_kb": "gzip", "packed_kb": "weights.packed", "min_storage_kb": "min (estimate)"}
 
 
 def _order(df: pd.DataFrame, key: str = "label") -> list[str]:
@@ -66,9 +66,10 @@ def latency_bars(df: pd.DataFrame, batch: int) -> alt.LayerChart:
 
 
 def size_bars(df: pd.DataFrame) -> alt.LayerChart:
-    """File, gzip and minimum-storage KB side by side per run; the baseline file size as a rule."""
-    columns = [c for c in SIZE_COLUMNS if c in df]
-    long = df.melt(id_vars=["label"], value_vars=columns, var_name="measure", value_name="kb")
+    """File, gzip, weights.packed (clustered runs) and minimum-storage KB side by side per run; the baseline
+    file size as a rule. A measure no run has (no clustered run: no packed size) is left out."""
+    columns = [c for c in SIZE_COLUMNS if c in df and df[c].notna().any()]
+    long = df.melt(id_vars=["label"], value_vars=columns, var_name="measure", value_name="kb").dropna(subset=["kb"])
     long["measure"] = long["measure"].map(SIZE_COLUMNS)
     bars = alt.Chart(long).mark_bar().encode(
         x=alt.X("label:N", sort=_order(df), title=None, axis=alt.Axis(labelAngle=-40, labelOverlap=False)),

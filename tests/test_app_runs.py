@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from streamlit.testing.v1 import AppTest
 
 from workbench.settings import get_settings
@@ -239,3 +240,21 @@ def test_a_run_opens_in_compress_and_says_what_the_knobs_cannot_hold(store):
     for field in ("prune.sparsity: 0.853 -> 0.85", "prune.seed: 3 -> 0", "finetune.lr: 0.005 -> 0.003",
                   "cluster.clusters: 12 -> 16"):
         assert field in warning.value
+
+
+def test_a_recipe_opens_with_its_measurement_settings_and_says_which_the_widgets_cannot_hold():
+    import os
+
+    from tests.app_fixtures import open_app
+
+    recipe = yaml.safe_dump({"model": "digits-mlp", "stages": [{"prune": {"sparsity": 0.5}}],
+                             "measure": {"batch_sizes": [1, 4, 64], "threads": 64, "torch_eager": False}})
+    at = queue_recipe(open_app("views/runs.py"), "timed.yaml", recipe.encode())
+    at.button(key="open_recipe").click().run()
+    assert not at.exception
+    assert at.multiselect(key="batch").value == [1, 64] and at.toggle(key="eager").value is False
+    assert at.selectbox(key="threads").value == os.cpu_count()
+    (warning,) = at.warning
+    assert "measure.batch_sizes: 1, 4, 64 -> 1, 64" in warning.value
+    assert f"measure.threads: 64 -> {os.cpu_count()}" in warning.value
+    assert "measure.torch_eager" not in warning.value

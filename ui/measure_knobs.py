@@ -12,7 +12,6 @@ from ui import state
 from workbench.measure_plan import default_batch_sizes, default_reason
 from workbench.specs import MeasureSpec
 
-BATCH_CHOICES = [1, 8, 32, 64, 128, 256]
 SHARED = {"bind": "query-params", "persist_state": "session"}
 
 
@@ -21,7 +20,7 @@ def section(macs_per_sample: int | None, torch_model: bool) -> MeasureSpec:
     `torch_model`: the model is a torch model, which runs also time in torch eager (ONNX graphs: never)."""
     sizes = state.measure_spec(macs_per_sample).batch_sizes   # shown as the placeholder only while none is chosen
     with st.expander("Measurement settings: batch sizes, threads"):
-        st.multiselect("Batch sizes", BATCH_CHOICES, key="batch", **SHARED,
+        st.multiselect("Batch sizes", list(state.BATCH_CHOICES), key="batch", **SHARED,
                        placeholder=f"automatic: {', '.join(map(str, sizes))}",
                        help="Latency is timed at each batch size. Batch 1 is one request at a time (per-call "
                             "overhead weighs most); large batches show throughput (the arithmetic dominates). "

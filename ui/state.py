@@ -34,7 +34,7 @@ import streamlit as st
 from workbench.errors import WorkbenchError
 from workbench.measure_plan import default_batch_sizes
 from workbench.presets import CLUSTER_CHOICES, LAYER_BITS_METHODS, RECOVERY_LRS, CompressSettings
-from workbench.recipe_diff import stage_differences
+from workbench.recipe_diff import measure_differences, stage_differences
 from workbench.settings import get_settings
 from workbench.specs import DataRef, MeasureSpec, ModelRef, RunSpec
 
@@ -63,6 +63,7 @@ OPENED_KEY = "opened_recipe"   # what opening a recipe on the Compress page coul
 # measure quickly and roughly. Never use it for numbers you report.
 FAST_MEASURE_ENV = "WORKBENCH_FAST_MEASURE"
 FAST_MEASURE = MeasureSpec(batch_sizes=(1, 32), warmup=1, repeats=5, min_time_s=0)
+BATCH_CHOICES = (1, 8, 32, 64, 128, 256)   # the batch sizes the measurement widget offers (ui.measure_knobs)
 UPLOAD_NAME = re.compile(r"^[0-9a-f]{64}\.(onnx|pt2|pt|ts|safetensors|npz|csv)$")
 SAMPLE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -223,8 +224,18 @@ def open_recipe(spec: RunSpec, label: str) -> None:
     set_model(spec.model)
     set_data(dataclasses.replace(spec.data, classes=None))   # a class subset is the transfer knob's
     apply_settings(settings)
+    apply_measure(spec.measure)
     held = compress_settings().to_spec(current_model(), current_data())
-    st.session_state[OPENED_KEY] = {"label": label, "differences": stage_differences(spec.stages, held.stages)}
+    differences = (stage_differences(spec.stages, held.stages)
+                   + measure_differences(spec.measure, measure_spec(None)))
+    st.session_state[OPENED_KEY] = {"label": label, "differences": differences}
+
+
+def apply_measure(measure: MeasureSpec) -> None:
+    """Set the measurement widgets to `measure`: the batch sizes the widget offers, the threads up to this
+    machine's cores, torch-eager timing (a button callback, before the widgets render)."""
+    st.session_state.update(batch=[b for b in BATCH_CHOICES if b in measure.batch_sizes],
+                            threads=min(measure.threads, os.cpu_count() or 1), eager=measure.torch_eager)
 
 
 def fit_to_knobs(s: CompressSettings) -> CompressSettings:

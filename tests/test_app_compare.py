@@ -84,6 +84,10 @@ def test_metric_cards_have_deltas_vs_the_baseline(finished):
     for card, change in zip(accuracy, frame.sort_values("id")["acc_change"], strict=True):
         assert card.proto.delta.endswith("within noise") == (change == "within noise")   # a noise change says so
         assert "McNemar" in card.proto.help
+    latency = [m for m in at.metric if m.label == "ORT @ batch 1"]
+    for card, kind in zip(latency, frame.sort_values("id")["claim:latency @ batch 1"], strict=True):
+        assert card.proto.delta.endswith("within noise") == (kind == "none")   # as the claim: noise is grey
+        assert ("run-to-run spread" in card.proto.help) == (kind == "none")
 
 
 def test_runs_are_set_against_a_chosen_run_sample_by_sample(finished):
@@ -299,6 +303,7 @@ def test_a_change_that_rounds_to_zero_is_grey_not_a_red_rise():
     assert _pct(100.2, 100.0) == {"delta": "±0% vs baseline", "delta_color": "off", "delta_arrow": "off"}
     assert _pct(50.0, 100.0) == {"delta": "-50% vs baseline", "delta_color": "inverse"}
     assert _pct(1.0, float("nan")) == {"delta": None}
+    assert _pct(106.0, 100.0, noise=True) == {"delta": "+6%, within noise", "delta_color": "off"}
     assert _points(0.0001) == {"delta": "±0.000 vs baseline", "delta_color": "off", "delta_arrow": "off"}
     assert _points(-0.02) == {"delta": "-0.020 vs baseline", "delta_color": "normal"}
     assert _points(-0.02, "drop") == {"delta": "-0.020 vs baseline", "delta_color": "normal"}

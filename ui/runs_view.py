@@ -257,6 +257,8 @@ TABLE_COLUMNS = ["id", "label", "model", "data", "method", "accuracy", "d_accura
                  "setting_sparsity", "setting_bits", "sweep_id", "threads"]
 ACC_CHANGE_HELP = ("Within noise: the samples that went from right to wrong and from wrong to right could be chance "
                    "(exact McNemar test, p ≥ 0.05). The counts are under Claims.")
+LATENCY_NOISE_HELP = ("Within noise: the change is inside the run-to-run spread of the timings (p90 over median), or "
+                      "the variant runs the baseline's kernels; the reason is under Claims.")
 PACKED_HELP = ("weights.packed: shared values + entropy-coded indices, decoded back losslessly by the workbench. "
                "A real size, but not a file ONNX Runtime loads: the model still runs from the float ONNX file")
 
@@ -284,14 +286,17 @@ def ms(value: float) -> str:
     return f"{value * 1000:.0f} µs" if value < 1 else f"{value:.2f} ms"
 
 
-def _pct(value: float, ref: float, what: str = "vs baseline") -> dict:
+def _pct(value: float, ref: float, what: str = "vs baseline", noise: bool = False) -> dict:
     """st.metric's delta (and its colour) for `value` against `ref`, lower being better; a change that rounds
-    to 0% is grey and has no arrow, not a red "up"."""
+    to 0% is grey and has no arrow, not a red "up"; so is one the run's claim found within noise (`noise`:
+    a latency inside the run-to-run spread), which says so."""
     if not (ref and value == value and ref == ref):
         return {"delta": None}
     change = round((value / ref - 1) * 100)
     if not change:
         return {"delta": f"±0% {what}", "delta_color": "off", "delta_arrow": "off"}
+    if noise:
+        return {"delta": f"{change:+d}%, within noise", "delta_color": "off"}
     return {"delta": f"{change:+d}% {what}", "delta_color": "inverse"}
 
 
@@ -327,7 +332,10 @@ def metric_cards(df: pd.DataFrame, claims: dict[int, list[dict]], batch: int, pe
                     st.metric("packed size", f"{packed:.1f} KB", help=PACKED_HELP,
                               **_pct(packed * 1024, row.get("base_file_bytes"), "vs baseline file"))
                 if lat in row:
-                    st.metric(f"ORT @ batch {batch}", ms(row[lat]), **_pct(row[lat], row.get(f"base_{lat}")))
+                    flat = any(c["aspect"] == f"latency @ batch {batch}" and c["kind"] == "none"
+                               for c in claims.get(row["id"], []))
+                    st.metric(f"ORT @ batch {batch}", ms(row[lat]), help=LATENCY_NOISE_HELP if flat else None,
+                              **_pct(row[lat], row.get(f"base_{lat}"), noise=flat))
                 shown = [c for c in claims.get(row["id"], []) if c["kind"] != "estimate"]
                 st.markdown(badges(shown, short=True) or " ")
 

@@ -59,6 +59,15 @@ def test_size_bars_show_the_packed_size_of_clustered_runs_only(runs):
     assert len(long) == 10
 
 
+def test_each_size_keeps_its_colour_whichever_sizes_are_shown(runs):
+    def colours(df):
+        scale = charts.size_bars(df).to_dict()["layer"][0]["encoding"]["color"]["scale"]
+        return dict(zip(scale["domain"], scale["range"], strict=True))
+
+    assert colours(runs) == colours(runs.assign(packed_kb=[None, 5.0, None]))
+    assert colours(runs)["min (estimate)"] != colours(runs)["weights.packed"]
+
+
 def test_tradeoff_scatter_highlights_the_pareto_frontier(runs):
     frame = compare.tradeoff_frame(runs, "gzip_kb")
     chart = charts.tradeoff_scatter(frame, "gzip_kb", "accuracy")

@@ -17,6 +17,8 @@ FRONTIER = "#f58518"
 BASELINE = "#7f7f7f"
 HEIGHT = 260
 SIZE_COLUMNS = {"file_kb": "file", "gzip_kb": "gzip", "packed_kb": "weights.packed", "min_storage_kb": "min (estimate)"}
+# each size keeps its colour whichever are shown; the estimate is orange, as estimate badges are
+SIZE_COLORS = ["#1f4e9a", "#7fb2e5", "#2e9e5b", "#f2a541"]
 
 
 def _order(df: pd.DataFrame, key: str = "label") -> list[str]:
@@ -75,7 +77,8 @@ def size_bars(df: pd.DataFrame) -> alt.LayerChart:
         x=alt.X("label:N", sort=_order(df), title=None, axis=alt.Axis(labelAngle=-40, labelOverlap=False)),
         xOffset=alt.XOffset("measure:N", sort=list(SIZE_COLUMNS.values())),
         y=alt.Y("kb:Q", title="size (KB)"),
-        color=alt.Color("measure:N", sort=list(SIZE_COLUMNS.values()), legend=alt.Legend(orient="bottom", title=None)),
+        color=alt.Color("measure:N", scale=alt.Scale(domain=list(SIZE_COLUMNS.values()), range=SIZE_COLORS),
+                        legend=alt.Legend(orient="bottom", title=None)),
         tooltip=["label:N", "measure:N", alt.Tooltip("kb:Q", format=".1f")],
     )
     layers = [bars]

@@ -170,6 +170,9 @@ def test_clustered_structured_and_rewinding_runs_show_their_results(methods_home
     assert "**What each stage did**" in text and "removed 50% of channels per group" in text   # stage notes
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels.count("Packed weights (weights.packed)") == 1 and labels.count("Script (reproduce.py)") == 2
+    (graph,) = [b for b in at.get("download_button") if b.proto.label == "Network without them (graph.onnx)"]
+    assert "workbench unpack run-1-graph.onnx run-1.packed" in graph.proto.help
+    assert "the whole model is" in text   # the packed claim counts the network too
     assert labels.count("PyTorch model (model.pt2)") == 2     # both end as torch models (clustered, structured)
     methods = [c.value for c in at.caption]     # each card names its method
     assert any("LR rewinding" in m and "cluster k=16" in m for m in methods)

@@ -152,7 +152,7 @@ for row in df.to_dict("records"):
             st.markdown(f"- **{claim['aspect']}** ({claim['kind']}): {claim['reason']}")
         if notes := compare.stage_notes(reports.get(row["id"])):
             st.markdown("**What each stage did**\n" + "\n".join(f"- *{stage}*: {note}" for stage, note in notes))
-        model_col, torch_col, recipe_col, script_col, packed_col = st.columns(5)
+        model_col, torch_col, recipe_col, script_col, packed_col, graph_col = st.columns(6)
         rv.download(model_col, store, row["id"], "model", "Compressed model (model.onnx)", f"run-{row['id']}.onnx")
         if rv.has_artifact(store, row["id"], "torch"):
             rv.download(torch_col, store, row["id"], "torch", "PyTorch model (model.pt2)", f"run-{row['id']}.pt2",
@@ -163,3 +163,8 @@ for row in df.to_dict("records"):
         if rv.has_artifact(store, row["id"], "packed"):
             rv.download(packed_col, store, row["id"], "packed", "Packed weights (weights.packed)",
                         f"run-{row['id']}.packed")
+        if rv.has_artifact(store, row["id"], "graph"):
+            rv.download(graph_col, store, row["id"], "graph", "Network without them (graph.onnx)",
+                        f"run-{row['id']}-graph.onnx",
+                        help=f"`workbench unpack run-{row['id']}-graph.onnx run-{row['id']}.packed -o model.onnx` "
+                             "restores the compressed model from the two files")

@@ -61,6 +61,19 @@ def _run(args: argparse.Namespace) -> None:
     print("\nwrote " + ", ".join(str(out / name) for name in (*report.artifacts.values(), "log.txt")))
 
 
+def _unpack(args: argparse.Namespace) -> None:
+    from workbench.packed_model import restore
+
+    graph, packed = Path(args.graph), Path(args.packed)
+    for path in (graph, packed):
+        if not path.is_file():
+            raise WorkbenchError(f"{path}: file not found")
+    model = restore(graph.read_bytes(), packed.read_bytes())
+    data = model.SerializeToString()
+    Path(args.output).write_bytes(data)
+    print(f"wrote {args.output} ({len(data):,} bytes) from {graph.stat().st_size:,} + {packed.stat().st_size:,} bytes")
+
+
 def _inspect(args: argparse.Namespace) -> None:
     from workbench.models import load_model
     from workbench.specs import MODEL_SUFFIXES, ModelRef
@@ -541,6 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--arch", help="built-in architecture for a .safetensors file")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(func=_inspect)
+    unpack = sub.add_parser("unpack", help="restore model.onnx from a clustered run's graph.onnx and weights.packed")
+    unpack.add_argument("graph", help="graph.onnx (the network without the packed weights)")
+    unpack.add_argument("packed", help="weights.packed")
+    unpack.add_argument("-o", "--output", required=True, help="the ONNX model to write")
+    unpack.set_defaults(func=_unpack)
     script = sub.add_parser("export-script", help="write a Python script that reproduces a recipe")
     script.add_argument("recipe")
     script.add_argument("-o", "--output", help="script path (default: print)")

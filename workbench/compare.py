@@ -48,7 +48,7 @@ def _base_name(path: str) -> str:
     return Path(path).name
 
 ARTIFACTS = {"model": "model.onnx", "recipe": "recipe.yaml", "report": "report.json", "log": "log.txt",
-             "packed": "weights.packed", "torch": "model.pt2"}
+             "packed": "weights.packed", "graph": "graph.onnx", "torch": "model.pt2"}
 CLAIM_ASPECTS = ("file size", "compressed size", "minimum storage", "latency @ batch 1", "accuracy")
 LAYER_SUFFIXES = ("_quantized", "_fp16", "_DequantizeLinear", ".weight")
 SIZE_KEYS = ("file", "gzip", "min_storage", "packed", "stored")   # each with _bytes, _kb and _x columns

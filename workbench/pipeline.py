@@ -14,6 +14,7 @@ and claims live in their own modules.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import logging
 import os
@@ -32,6 +33,8 @@ from workbench.measure import measure
 from workbench.measure_plan import heavy_calls
 from workbench.models import LoadedModel, load_model, traced_kind
 from workbench.onnx_graph import kernel_signature
+from workbench.packed_model import split_graph
+from workbench.packing import unpack
 from workbench.report import Report, VariantResult
 from workbench.specs import RunSpec, StageSpec, stage_dict
 from workbench.stage_needs import needs_conversion
@@ -140,7 +143,7 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
     baseline = VariantResult(base_name, base_stage, base_m, Facts(), (), base_notes, base_history)
     labelled = splits.test.labels is not None   # accuracy (paired with the baseline's answers), else fidelity
 
-    results, model, base_signature = [], base_model, kernel_signature(base_model)
+    results, model, base_signature, graph = [], base_model, kernel_signature(base_model), None
     for i, stage in stages:
         variant = _run_stage(variant, i, stage, ctx, report_progress, steps)
         if stage.kind == "transfer":
@@ -154,10 +157,12 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
                        storage_bits=variant.storage_bits if _computed_bits(variant) else None,
                        layer_bits=variant.layer_bits if _computed_bits(variant) else None,
                        baseline_outputs=base_outputs if labelled else None)
+        graph = split_graph(model, unpack(variant.packed)) if variant.packed else None
         facts = Facts(m.size.sparsity, variant.quant_method, variant.simulated_quant, variant.storage_bits,
                       layer_bits=tuple(sorted(set(variant.layer_bits.values()), reverse=True)),
                       same_kernels=kernel_signature(model) == base_signature, structured=variant.structured,
-                      packed_bytes=len(variant.packed) if variant.packed else None)
+                      packed_bytes=len(variant.packed) if variant.packed else None,
+                      graph_gzip_bytes=len(gzip.compress(graph, 9, mtime=0)) if graph else None)
         results.append(VariantResult(label, stage_dict(stage), m, facts,
                                      tuple(claims_for(base_m, m, facts)), tuple(variant.notes),
                                      tuple(variant.history)))
@@ -165,7 +170,7 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
                     round(time.perf_counter() - started, 2))
     if out_dir is not None:
         program = _torch_archive(variant, ctx)
-        report = write_artifacts(report, model, spec, Path(out_dir), variant.packed, program)
+        report = write_artifacts(report, model, spec, Path(out_dir), variant.packed, program, graph)
     report_progress(1.0, "done", f"finished in {report.seconds:.1f} s")
     return report
 
@@ -221,7 +226,7 @@ def _torch_archive(variant: Variant, ctx: Context) -> bytes | None:
 
 
 def write_artifacts(report: Report, model, spec: RunSpec, out_dir: Path, packed: bytes | None = None,
-                    program: bytes | None = None) -> Report:
+                    program: bytes | None = None, graph: bytes | None = None) -> Report:
     from workbench.specs import dump_recipe
 
     try:
@@ -232,6 +237,9 @@ def write_artifacts(report: Report, model, spec: RunSpec, out_dir: Path, packed:
         if packed:
             _atomic_write(out_dir / "weights.packed", packed)
             artifacts["packed"] = "weights.packed"
+        if packed and graph:   # the network without the packed weights: the two restore model.onnx
+            _atomic_write(out_dir / "graph.onnx", graph)
+            artifacts["graph"] = "graph.onnx"
         if program:
             _atomic_write(out_dir / "model.pt2", program)
             artifacts["torch"] = "model.pt2"

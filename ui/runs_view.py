@@ -294,7 +294,8 @@ def _pct(value: float, ref: float, what: str = "vs baseline", noise: bool = Fals
         return {"delta": None}
     change = round((value / ref - 1) * 100)
     if not change:
-        return {"delta": f"±0% {what}", "delta_color": "off", "delta_arrow": "off"}
+        return {"delta": "±0%" + (", within noise" if noise else f" {what}"), "delta_color": "off",
+                "delta_arrow": "off"}
     if noise:
         return {"delta": f"{change:+d}%, within noise", "delta_color": "off"}
     return {"delta": f"{change:+d}% {what}", "delta_color": "inverse"}

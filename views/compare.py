@@ -9,8 +9,9 @@ from ui import view
 from workbench import charts, compare
 
 SIZE_HELP = ("gzip: the exported ONNX file compressed (what masked zeros shrink); raw file: the ONNX file as "
-             "written; stored (with a clustered run): the smaller of its ONNX file and its weights.packed, the "
-             "bytes the run really keeps (the baseline: its file); minimum storage: an estimate of what a sparse, "
+             "written; stored (with a clustered run): the smaller of its ONNX file and its weights.packed plus "
+             "the network it needs (graph.onnx, gzipped), the bytes the run really keeps (the baseline: its file); "
+             "minimum storage: an estimate of what a sparse, "
              "bit-packed format would need")
 
 st.title("Compare")

@@ -4,7 +4,8 @@ Contract: `runs_frame(store, runs)` gives one row per run, built from the final 
 `report.json` (falling back to the summary rows in the store when the file is gone): accuracy and its
 change vs the run's own baseline (with `acc_change`: whether it is beyond test-set noise, by the paired
 counts of workbench.significance), file / gzip / minimum-storage / weights.packed bytes and their ratios vs the
-baseline file (`stored`: the smaller of the file and weights.packed, the bytes the run really keeps), ONNX
+baseline file (`stored`: the smaller of the file and weights.packed with its gzipped graph.onnx, the bytes the
+run really keeps), ONNX
 Runtime latency per batch size and speedups, sparsity, stored bits, the method, the real/simulated kind
 of each claim, and the sweep settings (sparsity, bits) parsed from the recipe.
 Rigour (ShrinkBench-style): each row also says what the recipe asked for next to what was measured
@@ -240,8 +241,10 @@ def report_row(report: dict[str, Any]) -> dict[str, Any]:
         if f"base_{metric}" in row:
             row[f"d_{metric}"] = row[metric] - row[f"base_{metric}"]
     # weights.packed (clustering): the weights in a purpose-built format; NaN for a run that wrote none
-    row["packed_bytes"] = (final.get("facts") or {}).get("packed_bytes") or np.nan
-    row["stored_bytes"] = np.nanmin([row["file_bytes"], row["packed_bytes"]])   # the smaller real artifact
+    facts = final.get("facts") or {}
+    row["packed_bytes"] = facts.get("packed_bytes") or np.nan
+    # the smaller real artifact: the file, or weights.packed with the network (gzipped graph.onnx) it needs
+    row["stored_bytes"] = np.nanmin([row["file_bytes"], row["packed_bytes"] + (facts.get("graph_gzip_bytes") or 0)])
     for key in SIZE_KEYS:
         row[f"{key}_x"] = row["base_file_bytes"] / row[f"{key}_bytes"] if row[f"{key}_bytes"] else np.nan
     for s in m["latency"]:

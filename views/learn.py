@@ -207,7 +207,9 @@ with st.expander("Weight clustering (Deep Compression)"):
                 "log2(k)-bit index (4 bits for k = 16) and the layer a small table of values. Deep Compression "
                 "(Han et al. 2016) combined pruning, clustering and Huffman coding. The workbench writes the "
                 "positions and indices entropy-coded into weights.packed, a **real** size it decodes back "
-                "exactly; the ONNX file itself stays float32 and runs at float speed.")
+                "exactly, and the network without those weights into graph.onnx (a few hundred bytes gzipped: "
+                "they count once the weights are 40× smaller); `workbench unpack` turns the two back into the "
+                "model. The ONNX file itself stays float32 and runs at float speed.")
 
 st.subheader("6 · Is an accuracy change real?")
 st.markdown("A variant and its baseline answer the same test samples, so what counts is how many samples **changed "

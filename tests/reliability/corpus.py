@@ -4,7 +4,8 @@ Every case writes its input into a folder at test time (no binary blobs in the r
 fragment its one-line error must contain. `level` says when the problem can be seen: "load" (reading
 the file), "run" (only once the model meets the data) or "spec" (recipe validation). `entries` are
 the doors it is pushed through: "api" (load_model / load_user_data / load_recipe / run_pipeline),
-"cli" (`workbench inspect|run|check` in a subprocess) and "app" (an upload on the Model page).
+"cli" (`workbench inspect|run|check|unpack` in a subprocess) and "app" (an upload on the Model page).
+Kinds "packed" and "graph" are one half of a `workbench unpack` pair, the valid other half beside it (PAIR).
 Cases at the "run" level also go through the worker, as queued runs between good ones.
 
 Inputs marked `sentinel=True` would create `folder/SENTINEL` if anything unpickled them.
@@ -34,7 +35,7 @@ FAST_MEASURE = {"batch_sizes": [1, 32], "warmup": 1, "repeats": 5, "threads": 1,
 @dataclass(frozen=True)
 class Case:
     name: str
-    kind: str                             # "model", "data" or "recipe"
+    kind: str                             # "model", "data", "recipe", or "packed" / "graph" (unpack)
     make: Callable[[Path], Path]          # writes the input into a folder and returns its path
     expect: str                           # fragment of the one-line error
     level: str = "load"                   # "load", "run" or "spec"
@@ -539,4 +540,58 @@ TRAINING_CASES = [  # a training file next to the user's evaluation data: refuse
          "the training labels (unseen-train.npz) stop at 1", level="run", entries=RECIPE_ENTRIES),
 ]
 
-ALL_CASES = MODEL_CASES + DATA_CASES + RECIPE_CASES + CONVERSION_CASES + TRAINING_CASES
+PAIR = {"packed": "pair.graph.onnx", "graph": "pair.weights.packed"}   # the valid other half, beside the input
+PACKED_ENTRIES = ("api", "cli")   # `workbench unpack`; the app offers the two files, it does not read them
+
+
+def _valid_pair() -> tuple[bytes, bytes]:
+    """graph.onnx and weights.packed of the digits ONNX model, as a clustered run writes them."""
+    from workbench.packed_model import split_graph
+    from workbench.packing import pack
+
+    model = digits_onnx()
+    tensors = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    return split_graph(model, tensors), pack(tensors)
+
+
+def _unpack_input(kind: str, name: str, spoil: Callable[[bytes], bytes]) -> Callable[[Path], Path]:
+    """A bad `kind` file (`spoil` of the valid one) named `name`, with the valid other half written beside it."""
+    def make(folder: Path) -> Path:
+        graph, packed = _valid_pair()
+        good, bad = (graph, packed) if kind == "packed" else (packed, graph)
+        (folder / PAIR[kind]).write_bytes(good)
+        path = folder / name
+        path.write_bytes(spoil(bad))
+        return path
+    return make
+
+
+def _other_weights(_: bytes) -> bytes:
+    from workbench.packing import pack
+
+    return pack({"w": np.zeros((3, 3), np.float32)})
+
+
+UNPACK_CASES = [  # `workbench unpack graph.onnx weights.packed`: one half bad, the other valid
+    Case("packed-empty", "packed", _unpack_input("packed", "empty.packed", lambda b: b""),
+         "not a workbench packed file", entries=PACKED_ENTRIES),
+    Case("packed-random-bytes", "packed", _unpack_input("packed", "noise.packed",
+                                                        lambda b: np.random.default_rng(2).bytes(2048)),
+         "not a workbench packed file", entries=PACKED_ENTRIES),
+    Case("packed-truncated", "packed", _unpack_input("packed", "cut.packed", lambda b: b[:len(b) // 2]),
+         "truncated", entries=PACKED_ENTRIES),
+    Case("packed-future-version", "packed", _unpack_input("packed", "v9.packed", lambda b: b[:4] + b"\x09" + b[5:]),
+         "unsupported version 9", entries=PACKED_ENTRIES),
+    Case("packed-other-model", "packed", _unpack_input("packed", "other.packed", _other_weights),
+         "are the two files from the same run?", entries=PACKED_ENTRIES),
+    Case("graph-random-bytes", "graph", _unpack_input("graph", "noise.onnx",
+                                                      lambda b: np.random.default_rng(3).bytes(2048)),
+         "graph.onnx: not", entries=PACKED_ENTRIES),
+    Case("graph-truncated", "graph", _unpack_input("graph", "cut.onnx", lambda b: b[:len(b) // 2]),
+         "graph.onnx: not", entries=PACKED_ENTRIES),
+    Case("graph-plain-model", "graph", _unpack_input("graph", "model.onnx",
+                                                     lambda b: digits_onnx().SerializeToString()),
+         "not a graph written beside a weights.packed", entries=PACKED_ENTRIES),
+]
+
+ALL_CASES = MODEL_CASES + DATA_CASES + RECIPE_CASES + CONVERSION_CASES + TRAINING_CASES + UNPACK_CASES

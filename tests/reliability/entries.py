@@ -1,7 +1,8 @@
 """The doors a corpus input is pushed through, each returning (outcome, message) for the tally.
 
-- `api_attempt`: load_model / load_user_data / load_recipe, then run_pipeline for "run"-level cases.
-- `cli_attempt`: `python -m workbench inspect|run|check` in a subprocess, in an empty cwd, with TMPDIR
+- `api_attempt`: load_model / load_user_data / load_recipe, then run_pipeline for "run"-level cases;
+  packed_model.restore for the two halves of an unpack pair.
+- `cli_attempt`: `python -m workbench inspect|run|check|unpack` in a subprocess, in an empty cwd, with TMPDIR
   in the sandbox. Clear means: exit status 2, exactly one `error:` line on stderr, no traceback.
 - `Sandbox`: the folders one attempt may touch. Only `home` (the data dir) may gain files; anything
   new elsewhere (the inputs folder, the cwd, TMPDIR) and the unpickling sentinel turn the outcome into
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.reliability.corpus import FAST_MEASURE, SENTINEL, Case, digits_onnx
+from tests.reliability.corpus import FAST_MEASURE, PAIR, SENTINEL, Case, digits_onnx
 from workbench.errors import WorkbenchError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,7 +75,12 @@ def _api(case: Case, path: Path, box: Sandbox) -> None:
     from workbench.specs import DataRef, MeasureSpec, ModelRef, RunSpec, load_recipe
 
     fast = MeasureSpec(**FAST_MEASURE | {"batch_sizes": tuple(FAST_MEASURE["batch_sizes"])})
-    if case.kind == "recipe":
+    if case.kind in PAIR:
+        from workbench.packed_model import restore
+
+        graph, packed = _unpack_pair(case, path)
+        restore(graph.read_bytes(), packed.read_bytes())
+    elif case.kind == "recipe":
         spec = load_recipe(path)
         if case.level == "run":
             run_pipeline(spec)
@@ -93,6 +99,9 @@ def _api(case: Case, path: Path, box: Sandbox) -> None:
 
 def cli_args(case: Case, path: Path, box: Sandbox) -> list[str]:
     """The command a user would type for this input; recipes for it are written to the inputs folder."""
+    if case.kind in PAIR:
+        graph, packed = _unpack_pair(case, path)
+        return ["unpack", str(graph), str(packed), "-o", str(box.home / "restored.onnx")]
     if case.kind == "recipe":
         return ["check", str(path)] if case.level == "spec" else _run_args(path, box)
     if case.kind == "model" and case.level == "load":
@@ -104,6 +113,12 @@ def cli_args(case: Case, path: Path, box: Sandbox) -> list[str]:
     recipe = box.inputs / f"{case.name}.yaml"
     recipe.write_text(yaml.safe_dump(body))
     return _run_args(recipe, box)
+
+
+def _unpack_pair(case: Case, path: Path) -> tuple[Path, Path]:
+    """(graph.onnx, weights.packed) for an unpack case: its bad input and the valid half beside it."""
+    other = path.parent / PAIR[case.kind]
+    return (other, path) if case.kind == "packed" else (path, other)
 
 
 def _run_args(recipe: Path, box: Sandbox) -> list[str]:

@@ -33,7 +33,7 @@ def _cases(entry: str) -> list[Case]:
 
 def test_the_corpus_is_large_and_covers_every_door():
     assert len(ALL_CASES) >= 30
-    assert {c.kind for c in ALL_CASES} == {"model", "data", "recipe"}
+    assert {c.kind for c in ALL_CASES} == {"model", "data", "recipe", "packed", "graph"}
     assert all(len(_cases(entry)) >= 20 for entry in ("api", "cli", "app"))
     assert sum(c.sentinel for c in ALL_CASES) >= 8
     assert len({c.name for c in ALL_CASES}) == len(ALL_CASES)

@@ -120,6 +120,25 @@ def test_unpack_rejects_foreign_or_truncated_data():
         unpack(data[:-50])
 
 
+def test_a_flipped_bit_anywhere_is_an_error_not_another_model():
+    """A range coder decodes a flipped bit into other values without noticing: the CRC-32 at the end does."""
+    rng = np.random.default_rng(4)
+    weights = np.where(rng.random((60, 40)) < 0.1, rng.choice([-0.5, 0.25, 1.5], (60, 40)), 0).astype(np.float32)
+    data = pack({"w": weights, "b": rng.normal(size=60).astype(np.float32)})
+    for position in range(5, len(data)):   # every byte after the magic and version
+        spoiled = bytearray(data)
+        spoiled[position] ^= 1 << (position % 8)
+        with pytest.raises(WorkbenchError, match="checksum mismatch"):
+            unpack(bytes(spoiled))
+
+
+def test_a_version_1_file_without_a_checksum_still_reads():
+    weights = np.where(np.arange(400).reshape(20, 20) % 7 == 0, 0.5, 0).astype(np.float32)
+    data = pack({"w": weights})
+    old = data[:4] + b"\x01" + data[5:-4]    # what the workbench wrote before the checksum
+    assert np.array_equal(unpack(old)["w"], weights)
+
+
 def test_pruned_clustered_mlp_packs_far_below_gzip_of_the_fp32_onnx(pruned_mlp):
     module, masks = pruned_mlp
     base = load_model(ModelRef(sample="digits-mlp")).module

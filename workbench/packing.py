@@ -19,21 +19,26 @@ entropy there); indices are coded as a binary tree of adaptive bits (order-0). P
 per coded bit, i.e. 1-2 s per million weights at 10% density.
 
 Layout (integers are LEB128 varints, floats little-endian):
-    b"CWPK" version=1, count, then per tensor: name (length + UTF-8), dtype code, ndim, dims, mode,
+    b"CWPK" version=2, count, then per tensor: name (length + UTF-8), dtype code, ndim, dims, mode,
     raw: storage code, bytes | shared: storage code, table size, table, payload length, payload |
-    sparse: storage code, payload length, payload, nonzero values.
+    sparse: storage code, payload length, payload, nonzero values; then the CRC-32 of every byte before it
+    (4 bytes). A range coder turns a flipped bit into other values, not an error, so the checksum is what
+    makes a corrupted file an error instead of a different model. Version 1 (no checksum) still reads.
 """
 
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from workbench.errors import WorkbenchError
 
-MAGIC, VERSION = b"CWPK", 1
+MAGIC, VERSION = b"CWPK", 2
+CHECKED = 2   # the first version that ends with a CRC-32
 MAX_TABLE = 256
 RAW, SHARED, SPARSE = 0, 1, 2
 MODE_NAMES = {RAW: "raw", SHARED: "shared", SPARSE: "sparse"}
@@ -320,6 +325,8 @@ def encode(tensors: dict[str, np.ndarray]) -> Packed:
             out += bytes([code]) + raw
             _add(sections, "raw values", len(raw) + 1)
     sections["header"] = len(out) - sum(sections.values())   # names, shapes, modes, lengths
+    out += struct.pack("<I", zlib.crc32(out))
+    sections["checksum"] = 4
     return Packed(bytes(out), sections, modes)
 
 
@@ -330,12 +337,17 @@ def pack(tensors: dict[str, np.ndarray]) -> bytes:
 
 def unpack(data: bytes) -> dict[str, np.ndarray]:
     """Decode `pack` output back to the exact arrays."""
-    buf = io.BytesIO(data)
-    if buf.read(4) != MAGIC:
+    if data[:4] != MAGIC:
         raise WorkbenchError("packed weights: not a workbench packed file (bad magic)")
-    version = buf.read(1)
-    if not version or version[0] != VERSION:
-        raise WorkbenchError(f"packed weights: unsupported version {version[0] if version else None}")
+    version = data[4] if len(data) > 4 else None
+    if version not in (1, VERSION):
+        raise WorkbenchError(f"packed weights: unsupported version {version}")
+    if version >= CHECKED:
+        data, stored = data[:-4], data[-4:]
+        if len(stored) < 4 or struct.pack("<I", zlib.crc32(data)) != stored:
+            raise WorkbenchError("packed weights: checksum mismatch (the file is corrupted or truncated)")
+    buf = io.BytesIO(data)
+    buf.seek(5)
     tensors = {}
     for _ in range(_read_varint(buf)):
         name = buf.read(_read_varint(buf)).decode()

@@ -101,3 +101,13 @@ def test_restore_refuses_a_stub_its_packed_weights_lack():
             [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
             [numpy_helper.from_array(np.ones(2, np.float32), "w")]))
         restore(split_graph(model, {"w": np.ones(2, np.float32)}), pack({"v": np.ones(2, np.float32)}))
+
+
+def test_restore_refuses_a_graph_edited_after_it_was_written(clustered):
+    _, out = clustered
+    packed = (out / "weights.packed").read_bytes()
+    graph = onnx.load_from_string((out / "graph.onnx").read_bytes())
+    first = graph.graph.initializer[0]
+    first.CopyFrom(numpy_helper.from_array(unpack(packed)[first.name], first.name))   # one stub filled by hand
+    with pytest.raises(WorkbenchError, match="the file was changed"):
+        restore(graph.SerializeToString(), packed)

@@ -7,12 +7,12 @@ Contract:
 - `split_graph(model, tensors)` returns graph.onnx's bytes: `model` with every initializer whose values
   `tensors` holds exactly (same name, shape and values in the initializer's dtype) reduced to a stub (name,
   dtype, shape, no data), and what ONNX Runtime does not need to run it dropped (shape annotations, the
-  exporter's metadata and doc strings). Initializers that differ from
-  `tensors` (the exporter may fold BatchNorm into a convolution's weights) keep their data, so the split never
-  changes a value; it only moves the ones weights.packed already holds.
+  exporter's metadata and doc strings). Initializers that differ from `tensors` (the exporter may fold
+  BatchNorm into a convolution's weights) keep their data, so the split never changes a value; it only moves
+  the ones weights.packed already holds. The graph records how many it moved (STUB_KEY).
 - `restore(graph, packed)` fills every stub from weights.packed and returns the ONNX model, whose
-  initializers equal the original's. A stub without its tensor, or a tensor of another shape (a different
-  run's file), is a WorkbenchError naming it.
+  initializers equal the original's. A stub without its tensor, a tensor of another shape (a different
+  run's file), or fewer stubs than the graph recorded (an edited graph) is a WorkbenchError naming it.
 
 graph.onnx stays plain ONNX (Netron and onnx.load open it); the packed claim counts it gzipped, as the gzip size
 of any model file is counted (workbench.claims).
@@ -57,7 +57,8 @@ def restore(graph: bytes, packed: bytes) -> onnx.ModelProto:
         model = onnx.load_from_string(graph)
     except Exception as exc:   # protobuf's DecodeError and friends
         raise WorkbenchError(f"graph.onnx: not an ONNX model ({exc})") from None
-    if not any(p.key == STUB_KEY for p in model.metadata_props):
+    recorded = next((p.value for p in model.metadata_props if p.key == STUB_KEY), None)
+    if recorded is None:
         raise WorkbenchError("graph.onnx: not a graph written beside a weights.packed (no packed weights in it)")
     try:
         tensors = unpack(packed)
@@ -65,9 +66,11 @@ def restore(graph: bytes, packed: bytes) -> onnx.ModelProto:
         raise
     except Exception as exc:   # a truncated or corrupted file fails somewhere inside the decoder
         raise WorkbenchError(f"weights.packed: truncated or corrupted ({type(exc).__name__})") from None
-    for init in model.graph.initializer:
-        if not _is_stub(init):
-            continue
+    stubs = [init for init in model.graph.initializer if _is_stub(init)]
+    if str(len(stubs)) != recorded:
+        raise WorkbenchError(f"graph.onnx: {len(stubs)} initializers wait for weights.packed where it was written "
+                             f"with {recorded}: the file was changed")
+    for init in stubs:
         if init.name not in tensors:
             raise WorkbenchError(f"weights.packed has no '{init.name}', which graph.onnx needs: are the two files "
                                  "from the same run?")

@@ -572,29 +572,28 @@ def _other_weights(_: bytes) -> bytes:
     return pack({"w": np.zeros((3, 3), np.float32)})
 
 
+def _unpack_case(name: str, kind: str, file: str, spoil: Callable[[bytes], bytes], expect: str) -> Case:
+    return Case(name, kind, _unpack_input(kind, file, spoil), expect, entries=PACKED_ENTRIES)
+
+
+def _noise(seed: int) -> Callable[[bytes], bytes]:
+    return lambda _: np.random.default_rng(seed).bytes(2048)
+
+
 UNPACK_CASES = [  # `workbench unpack graph.onnx weights.packed`: one half bad, the other valid
-    Case("packed-empty", "packed", _unpack_input("packed", "empty.packed", lambda b: b""),
-         "not a workbench packed file", entries=PACKED_ENTRIES),
-    Case("packed-random-bytes", "packed", _unpack_input("packed", "noise.packed",
-                                                        lambda b: np.random.default_rng(2).bytes(2048)),
-         "not a workbench packed file", entries=PACKED_ENTRIES),
-    Case("packed-truncated", "packed", _unpack_input("packed", "cut.packed", lambda b: b[:len(b) // 2]),
-         "truncated", entries=PACKED_ENTRIES),
-    Case("packed-future-version", "packed", _unpack_input("packed", "v9.packed", lambda b: b[:4] + b"\x09" + b[5:]),
-         "unsupported version 9", entries=PACKED_ENTRIES),
-    Case("packed-flipped-bit", "packed", _unpack_input("packed", "flip.packed",
-                                                       lambda b: b[:40] + bytes([b[40] ^ 4]) + b[41:]),
-         "checksum mismatch", entries=PACKED_ENTRIES),
-    Case("packed-other-model", "packed", _unpack_input("packed", "other.packed", _other_weights),
-         "are the two files from the same run?", entries=PACKED_ENTRIES),
-    Case("graph-random-bytes", "graph", _unpack_input("graph", "noise.onnx",
-                                                      lambda b: np.random.default_rng(3).bytes(2048)),
-         "graph.onnx: not", entries=PACKED_ENTRIES),
-    Case("graph-truncated", "graph", _unpack_input("graph", "cut.onnx", lambda b: b[:len(b) // 2]),
-         "graph.onnx: not", entries=PACKED_ENTRIES),
-    Case("graph-plain-model", "graph", _unpack_input("graph", "model.onnx",
-                                                     lambda b: digits_onnx().SerializeToString()),
-         "not a graph written beside a weights.packed", entries=PACKED_ENTRIES),
+    _unpack_case("packed-empty", "packed", "empty.packed", lambda b: b"", "not a workbench packed file"),
+    _unpack_case("packed-random-bytes", "packed", "noise.packed", _noise(2), "not a workbench packed file"),
+    _unpack_case("packed-truncated", "packed", "cut.packed", lambda b: b[:len(b) // 2], "truncated"),
+    _unpack_case("packed-future-version", "packed", "v9.packed", lambda b: b[:4] + b"\x09" + b[5:],
+                 "unsupported version 9"),
+    _unpack_case("packed-flipped-bit", "packed", "flip.packed", lambda b: b[:40] + bytes([b[40] ^ 4]) + b[41:],
+                 "checksum mismatch"),
+    _unpack_case("packed-other-model", "packed", "other.packed", _other_weights,
+                 "are the two files from the same run?"),
+    _unpack_case("graph-random-bytes", "graph", "noise.onnx", _noise(3), "graph.onnx: not"),
+    _unpack_case("graph-truncated", "graph", "cut.onnx", lambda b: b[:len(b) // 2], "graph.onnx: not"),
+    _unpack_case("graph-plain-model", "graph", "model.onnx", lambda b: digits_onnx().SerializeToString(),
+                 "not a graph written beside a weights.packed"),
 ]
 
 ALL_CASES = MODEL_CASES + DATA_CASES + RECIPE_CASES + CONVERSION_CASES + TRAINING_CASES + UNPACK_CASES

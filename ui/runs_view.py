@@ -333,8 +333,7 @@ def metric_cards(df: pd.DataFrame, claims: dict[int, list[dict]], batch: int, pe
                     st.metric("packed size", f"{packed:.1f} KB", help=PACKED_HELP,
                               **_pct(packed * 1024, row.get("base_file_bytes"), "vs baseline file"))
                 if lat in row:
-                    flat = any(c["aspect"] == f"latency @ batch {batch}" and c["kind"] == "none"
-                               for c in claims.get(row["id"], []))
+                    flat = row.get(f"claim:latency @ batch {batch}") == "none"   # the run's claim: no change
                     st.metric(f"ORT @ batch {batch}", ms(row[lat]), help=LATENCY_NOISE_HELP if flat else None,
                               **_pct(row[lat], row.get(f"base_{lat}"), noise=flat))
                 shown = [c for c in claims.get(row["id"], []) if c["kind"] != "estimate"]

@@ -14,7 +14,6 @@ and claims live in their own modules.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from workbench.onnx_graph import kernel_signature
 from workbench.packed_model import split_graph
 from workbench.packing import unpack
 from workbench.report import Report, VariantResult
+from workbench.size import gzip_size
 from workbench.specs import RunSpec, StageSpec, stage_dict
 from workbench.stage_needs import needs_conversion
 from workbench.stages import STAGE_RUNNERS, Context, Variant, to_onnx
@@ -162,7 +162,7 @@ def run_pipeline(spec: RunSpec, progress: Progress | None = None, cancel: Callab
                       layer_bits=tuple(sorted(set(variant.layer_bits.values()), reverse=True)),
                       same_kernels=kernel_signature(model) == base_signature, structured=variant.structured,
                       packed_bytes=len(variant.packed) if variant.packed else None,
-                      graph_gzip_bytes=len(gzip.compress(graph, 9, mtime=0)) if graph else None)
+                      graph_gzip_bytes=gzip_size(graph) if graph else None)
         results.append(VariantResult(label, stage_dict(stage), m, facts,
                                      tuple(claims_for(base_m, m, facts)), tuple(variant.notes),
                                      tuple(variant.history)))
@@ -237,7 +237,7 @@ def write_artifacts(report: Report, model, spec: RunSpec, out_dir: Path, packed:
         if packed:
             _atomic_write(out_dir / "weights.packed", packed)
             artifacts["packed"] = "weights.packed"
-        if packed and graph:   # the network without the packed weights: the two restore model.onnx
+        if graph:   # the network without the packed weights (only beside them): the two restore model.onnx
             _atomic_write(out_dir / "graph.onnx", graph)
             artifacts["graph"] = "graph.onnx"
         if program:
